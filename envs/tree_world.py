@@ -1,0 +1,153 @@
+"""TreeWorldEnv: the single Gymnasium environment, a batch of one world."""
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from treeworld.config import WorldConfig
+from treeworld.envs.batch import (ACTION_SPACE, HEALTH_PER_REWARD, WorldBatch, check_reset_options,
+                                  observation_space, privileged_info)
+
+TRAIL_LENGTH = 500
+
+
+class TreeWorldEnv(gym.Env):
+    """A continuous 2-D world of fruit trees, some poisonous, where an agent must forage to survive.
+
+    ## Description
+
+    Trees stand at N(0, tree_spread^2) per axis inside a disc arena (radius ``arena_radius``; the
+    agent stops at the wall; ``arena_radius=None`` is the open plane). Each tree has a unique
+    name, a fruit kind (12 edible, 4 poisonous; P(poisonous) = ``poison_probability``) and 0..5
+    fruit that regrow one every ``regrow_every`` steps. The agent smells all trees and sees the
+    nearest tree ahead; percepts are unit vectors built from a vocabulary of real
+    all-MiniLM-L6-v2 sentence embeddings (384-d): a tree is ``normalize(kind + name)``, plus its
+    fruit-count phrase when seen.
+
+    ## Action Space
+
+    ``Box(-1, 1, (3,), float32)``:
+
+    | Index | Action                       | Unit / effect                                           |
+    |-------|------------------------------|---------------------------------------------------------|
+    | 0     | displacement x               | times ``max_step`` (5) world units                      |
+    | 1     | displacement y               | times ``max_step``; vectors longer than 1 are shortened |
+    | 2     | eat                          | eat when > 0                                            |
+
+    Eating succeeds only on the nearest tree within ``eat_radius`` (10) units that has fruit: it
+    loses one fruit and health changes by +25 (edible) or -25 (poisonous). A discrete version
+    (8 directions + stay + eat) is :class:`~treeworld.envs.DiscreteActions`.
+
+    ## Observation Space
+
+    ``Dict`` of float32 arrays (D = ``percept_dim``, 384 by default):
+
+    | Key            | Shape | Bounds          | Meaning                                                   |
+    |----------------|-------|-----------------|-----------------------------------------------------------|
+    | smell          | (D,)  | [-T, T]         | sum over trees of k(d) * percept, k(d) = a^((d/100)^2)    |
+    | sight          | (D,)  | [-1, 1]         | percept of the nearest tree with cos > 0.9 to the heading |
+    |                |       |                 | within 100 units (+ fruit phrase); zeros if none          |
+    | sight_distance | (1,)  | [0, 1]          | its distance / sight_distance; 0 if none                  |
+    | motion         | (2,)  | [-5, 5]         | realized displacement (world units), + N(0, noise^2)      |
+    | heading        | (2,)  | [-1, 1]         | unit vector of the last move                              |
+    | health         | (1,)  | [0, 1]          | health / max_health                                       |
+    | position       | (2,)  | arena           | only with ``observe_position=True``                       |
+
+    Position, tree positions, fruit and counters are privileged: they are in ``info`` only.
+
+    ## Rewards
+
+    Health change / 25 per step: -(1 + 0.2 * distance moved) / 25 for living and moving, about
+    +1 for an edible fruit, -1 for a poisonous one.
+
+    ## Starting State
+
+    Health 1000 (max); position uniform in the disc of radius ``start_radius`` (50); heading
+    uniform. ``reset(seed=s)`` seeds everything; ``reset(options={"world_seed": k})`` draws the
+    tree layout from ``k`` so it repeats across episodes while the start varies.
+
+    ## Episode End
+
+    Terminated when health reaches 0. Truncated after ``max_episode_steps`` (2000) by the
+    ``TimeLimit`` wrapper of ``gym.make("treeworld/TreeWorld-v0")``.
+
+    ## Arguments
+
+    ``gym.make("treeworld/TreeWorld-v0", render_mode=None, config=None, **overrides)``: ``config``
+    is a :class:`~treeworld.WorldConfig`; keyword ``overrides`` replace its fields (unknown keys
+    raise ``ValueError``). ``render_mode`` is ``"human"`` or ``"rgb_array"``. Agents may set
+    ``env.unwrapped.overlays`` to a list of :mod:`treeworld.overlay` primitives to draw beliefs.
+
+    ## Version History
+
+    * v0: initial release.
+    """
+
+    metadata = {"render_modes": ["human", "rgb_array"], "render_fps": 30}
+
+    def __init__(self, config: WorldConfig | None = None, render_mode: str | None = None, **overrides: Any):
+        if config is not None and not isinstance(config, WorldConfig):
+            raise TypeError(f"config: expected a WorldConfig or None, got {type(config).__name__}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode: expected one of {self.metadata['render_modes']} or None, got {render_mode!r}")
+        self.config = (config or WorldConfig()).replace(**overrides)
+        self.render_mode = render_mode
+        self._batch = WorldBatch(self.config, num_envs=1)
+        self.observation_space = observation_space(self.config, self._batch.vocabulary.dim)
+        self.action_space = ACTION_SPACE
+        self.overlays: list = []
+        self._trail: deque = deque(maxlen=TRAIL_LENGTH)
+        self._renderer = None
+
+    @property
+    def state(self):
+        """The current :class:`~treeworld.world.WorldState` (B = 1); None before reset."""
+        return self._batch.state
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        world_seeds = check_reset_options(options)
+        self._batch.rngs[0] = self.np_random
+        self._batch.reset([0], world_seeds)
+        self._trail.clear()
+        self._trail.append(self.state.agent_position[0].copy())
+        if self.render_mode == "human":
+            self.render()
+        return self._observation(), self._info(None)
+
+    def step(self, action):
+        events = self._batch.step(self._batch.check_actions(action, (3,))[None])
+        state = self.state
+        self._trail.append(state.agent_position[0].copy())
+        if self.render_mode == "human":
+            self.render()
+        reward = float(events.health_change[0]) / HEALTH_PER_REWARD
+        return self._observation(), reward, bool(state.health[0] <= 0), False, self._info(events)
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        return {key: value[0] for key, value in self._batch.observe().items()}
+
+    def _info(self, events) -> dict[str, Any]:
+        return {key: value[0].copy() for key, value in privileged_info(self.state, events).items()}
+
+    def render(self):
+        if self.render_mode is None:
+            gym.logger.warn("render() called without a render_mode; pass render_mode='rgb_array' or 'human'.")
+            return None
+        if self._renderer is None:
+            from treeworld.envs.rendering import Renderer
+
+            self._renderer = Renderer(self.config, self._batch.vocabulary, render_fps=self.metadata["render_fps"])
+        frame = self._renderer.render_frame(self.state, 0, np.array(self._trail), self.overlays)
+        if self.render_mode == "human":
+            self._renderer.show(frame)
+            return None
+        return frame
+
+    def close(self):
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None

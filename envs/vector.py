@@ -1,0 +1,92 @@
+"""TreeWorldVectorEnv: N worlds stepped as one batch (numpy on CPU, torch on CPU or CUDA)."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from treeworld.backend import BACKENDS, copy, from_numpy, to_numpy
+from treeworld.config import WorldConfig
+from treeworld.envs.batch import (ACTION_SPACE, HEALTH_PER_REWARD, WorldBatch, check_reset_options,
+                                  observation_space, privileged_info)
+
+
+class TreeWorldVectorEnv(VectorEnv):
+    """``num_envs`` tree worlds in one batched physics, with Gymnasium's next-step autoreset.
+
+    Env ``i`` with ``reset(seed=s)`` reproduces ``TreeWorldEnv`` reset with seed ``s + i`` step
+    for step. Observations, rewards and flags are numpy arrays on the numpy backend and torch
+    tensors on the torch backend. Made by ``gym.make_vec("treeworld/TreeWorld-v0", num_envs=N,
+    vectorization_mode="vector_entry_point", device="cpu" or "cuda")``.
+
+    Args:
+        num_envs: number of worlds N.
+        config: a :class:`~treeworld.WorldConfig`; keyword ``overrides`` replace its fields.
+        device: "cpu" or a torch device such as "cuda".
+        backend: "numpy" or "torch"; default numpy on "cpu" and torch elsewhere.
+        max_episode_steps: truncate episodes after this many steps (None: never).
+    """
+
+    metadata = {"render_modes": [], "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(self, num_envs: int = 1, config: WorldConfig | None = None, device: str = "cpu",
+                 backend: str | None = None, max_episode_steps: int | None = 2000, render_mode: str | None = None,
+                 **overrides: Any):
+        if config is not None and not isinstance(config, WorldConfig):
+            raise TypeError(f"config: expected a WorldConfig or None, got {type(config).__name__}")
+        if render_mode is not None:
+            raise ValueError(f"render_mode: the vector env does not render, got {render_mode!r}; "
+                             "render a single TreeWorldEnv instead")
+        backend = backend or ("numpy" if str(device) == "cpu" else "torch")
+        if backend not in BACKENDS:
+            raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+        if max_episode_steps is not None and (not isinstance(max_episode_steps, int) or max_episode_steps < 1):
+            raise ValueError(f"max_episode_steps: expected an int >= 1 or None, got {max_episode_steps!r}")
+        self.config = (config or WorldConfig()).replace(**overrides)
+        self.batch = WorldBatch(self.config, num_envs, backend, None if backend == "numpy" else device)
+        self.num_envs = self.batch.num_envs
+        self.device = device
+        self.max_episode_steps = max_episode_steps
+        self._step_limit = max_episode_steps or np.iinfo(np.int64).max
+        self.render_mode = None
+        self.single_observation_space = observation_space(self.config, self.batch.vocabulary.dim)
+        self.single_action_space = ACTION_SPACE
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self._autoreset = np.zeros(self.num_envs, dtype=bool)
+
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict | None = None):
+        world_seeds = check_reset_options(options, self.num_envs)
+        seeds = [None if seed is None else seed + i for i in range(self.num_envs)] if not isinstance(seed, list) else seed
+        if len(seeds) != self.num_envs:
+            raise ValueError(f"seed: expected an int, None or a list of {self.num_envs} seeds, got {len(seeds)}")
+        super().reset(seed=seed if isinstance(seed, int) else None)
+        self.batch.rngs = [np.random.default_rng(s) for s in seeds]
+        self.batch.reset(range(self.num_envs), world_seeds)
+        self._autoreset[:] = False
+        return self.batch.observe(), self._info(None)
+
+    def step(self, actions):
+        events = self.batch.step(self.batch.check_actions(actions, (self.num_envs, 3)))
+        state = self.batch.state
+        rows = np.flatnonzero(self._autoreset)
+        if rows.size:  # next-step autoreset: envs that ended last step restart now, ignoring their action
+            self.batch.reset(rows.tolist())
+        reward = events.health_change / HEALTH_PER_REWARD
+        terminated = state.health <= 0
+        truncated = state.steps >= self._step_limit
+        if rows.size:
+            restarted = from_numpy(self._autoreset, self.batch.backend, self.batch.device)
+            reward = reward * ~restarted
+            terminated = terminated & ~restarted
+            truncated = truncated & ~restarted
+        self._autoreset = to_numpy(terminated | truncated).copy()
+        return self.batch.observe(), reward, terminated, truncated, self._info(events)
+
+    def _info(self, events) -> dict[str, Any]:
+        info = {key: copy(value) for key, value in privileged_info(self.batch.state, events).items()}
+        present = np.ones(self.num_envs, dtype=bool)
+        info.update({f"_{key}": present for key in list(info)})
+        return info

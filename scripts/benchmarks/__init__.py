@@ -1,0 +1,1 @@
+"""Benchmark suites for scripts/bench.py; each module exposes run(repeats, device, quick) -> dict."""

@@ -1,0 +1,74 @@
+"""The array backend: numpy (single env, small batches) or torch (large batches, CUDA).
+
+The physics is written against the array API standard. numpy >= 2 implements it in its main
+namespace, which we use directly, with the few functions whose Python wrappers cost several
+microseconds (astype, any, min, max) replaced by the equivalent array methods: at batch 1 each
+call is the single env's budget. torch goes through ``array_api_compat``. The one operation the
+standard lacks, a row-wise scatter-add, is defined here per backend.
+"""
+from __future__ import annotations
+
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+_NUMPY = SimpleNamespace(**{name: getattr(np, name) for name in dir(np) if not name.startswith("_")})
+_NUMPY.__name__ = "numpy"
+_NUMPY.astype = lambda x, dtype, /, *, copy=True: x.astype(dtype, copy=copy)
+_NUMPY.any = lambda x, /, *, axis=None, keepdims=False: x.any(axis=axis, keepdims=keepdims)
+_NUMPY.min = lambda x, /, *, axis=None, keepdims=False: x.min(axis=axis, keepdims=keepdims)
+_NUMPY.max = lambda x, /, *, axis=None, keepdims=False: x.max(axis=axis, keepdims=keepdims)
+
+BACKENDS = ("numpy", "torch")
+
+
+def namespace(x: Any) -> ModuleType | SimpleNamespace:
+    """The array namespace of ``x``: numpy's (see module docstring), or torch's compat namespace."""
+    if isinstance(x, np.ndarray):
+        return _NUMPY
+    import array_api_compat
+
+    return array_api_compat.array_namespace(x)
+
+
+def from_numpy(x: np.ndarray, backend: str, device: str | None = None) -> Any:
+    """Move a numpy array to ``backend`` ('numpy' or 'torch') on ``device``."""
+    if backend == "numpy":
+        if device not in (None, "cpu"):
+            raise ValueError(f"device: the numpy backend runs on 'cpu' only, got {device!r}")
+        return x
+    if backend == "torch":
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(x)).to(device or "cpu")
+    raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A numpy view or copy of a numpy array or torch tensor."""
+    if isinstance(x, np.ndarray):
+        return x
+    return x.detach().cpu().numpy()
+
+
+def copy(x: Any) -> Any:
+    """A copy of a numpy array or torch tensor."""
+    return x.copy() if isinstance(x, np.ndarray) else x.clone()
+
+
+def device_of(x: Any) -> Any:
+    """The device of a torch tensor; None for numpy arrays."""
+    return None if isinstance(x, np.ndarray) else x.device
+
+
+def scatter_add_rows(index: Any, values: Any, width: int) -> Any:
+    """out[b, index[b, k]] += values[b, k] for index/values (B, K) -> out (B, width)."""
+    if isinstance(index, np.ndarray):
+        rows = index.shape[0]
+        flat = index.ravel() if rows == 1 else (index + (np.arange(rows) * width)[:, None]).ravel()
+        return np.bincount(flat, weights=values.ravel(), minlength=rows * width).reshape(rows, width).astype(values.dtype)
+    import torch
+
+    out = torch.zeros((index.shape[0], width), dtype=values.dtype, device=values.device)
+    return out.scatter_add_(1, index, values)

@@ -1,0 +1,176 @@
+"""World state and physics over a leading batch axis: sample, step (move, eat, costs, regrowth).
+
+Pure functions over a :class:`WorldState` of arrays (numpy or torch, see
+:mod:`treeworld.backend`). Worlds are sampled one at a time in numpy from explicit
+``np.random.Generator`` objects, so a batch of N worlds equals N single worlds drawn with the same
+generators, then stacked and moved to the chosen backend and device.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from treeworld.backend import device_of, from_numpy, namespace
+from treeworld.config import WorldConfig
+from treeworld.vocabulary import EDIBLE_KINDS, FRUIT_PHRASES, Vocabulary
+
+Array = Any  # a numpy array or a torch tensor
+
+
+@dataclass
+class WorldState:
+    """Everything that changes in B worlds of T trees. Shapes in comments; float32, int64, bool."""
+
+    agent_position: Array  # (B, 2) world units
+    heading: Array  # (B, 2) unit vector, direction of the last move
+    motion: Array  # (B, 2) realized displacement of the last step
+    health: Array  # (B,) in [0, max_health]
+    steps: Array  # (B,) int64 steps taken this episode
+    fruit_eaten: Array  # (B,) int64 edible fruit eaten this episode
+    poison_eaten: Array  # (B,) int64 poisonous fruit eaten this episode
+    distance: Array  # (B,) world units travelled this episode
+    tree_position: Array  # (B, T, 2) world units
+    tree_kind: Array  # (B, T) int64 vocabulary row of the fruit kind
+    tree_name: Array  # (B, T) int64 vocabulary row of the (unique) tree name
+    tree_poisonous: Array  # (B, T) bool
+    tree_fruit: Array  # (B, T) int64 in [0, max_fruit]
+    tree_smell_weight: Array  # (B, T) 1 / ||e_kind + e_name||, fixed per world (normalizes a tree's percept)
+    tree_smell_rows: Array  # (B, 2T) int64 rows of the smell table (kinds, then pooled names), fixed per world
+    tree_sight_row: Array  # (B, T) int64 first row of the tree's (kind, name) block in the sight table
+    tree_offset: Array  # (B, T, 2) tree_position - agent_position, kept in step with the agent
+    tree_distance: Array  # (B, T) |tree_offset|, used by eating and by both sensors
+
+    @property
+    def batch_size(self) -> int:
+        return self.health.shape[0]
+
+    def map(self, fn) -> "WorldState":
+        """A new state with ``fn`` applied to every array."""
+        return WorldState(**{f.name: fn(getattr(self, f.name)) for f in dataclasses.fields(self)})
+
+    def to(self, backend: str, device: str | None = None) -> "WorldState":
+        """Move a numpy state to ``backend`` ('numpy' or 'torch') on ``device``."""
+        return self.map(lambda x: from_numpy(x, backend, device))
+
+    def write_rows(self, rows: Array, source: "WorldState") -> None:
+        """In place: rows ``rows`` of every array take ``source``'s (len(rows)) rows (autoreset)."""
+        for f in dataclasses.fields(self):
+            getattr(self, f.name)[rows] = getattr(source, f.name)
+
+
+@dataclass
+class StepEvents:
+    """What happened in one step, per world: (B,) arrays."""
+
+    ate: Array  # bool, an eat succeeded
+    poisoned: Array  # bool, the fruit eaten was poisonous
+    health_change: Array  # float32, new health - old health
+
+
+def sample_world(config: WorldConfig, vocabulary: Vocabulary, layout_rng: np.random.Generator,
+                 agent_rng: np.random.Generator) -> WorldState:
+    """One fresh world (B = 1, numpy): trees from ``layout_rng``, agent start from ``agent_rng``."""
+    n = config.num_trees
+    positions = layout_rng.normal(0.0, config.tree_spread, size=(n, 2))
+    if config.arena_radius is not None:  # redraw trees outside the arena: a truncated Gaussian
+        outside = np.hypot(positions[:, 0], positions[:, 1]) > config.arena_radius
+        while outside.any():
+            positions[outside] = layout_rng.normal(0.0, config.tree_spread, size=(int(outside.sum()), 2))
+            outside = np.hypot(positions[:, 0], positions[:, 1]) > config.arena_radius
+    names = vocabulary.name_offset + layout_rng.choice(config.name_pool, size=n, replace=False)
+    poisonous = layout_rng.random(n) < config.poison_probability
+    edible_kind = layout_rng.integers(0, len(EDIBLE_KINDS), size=n)
+    poison_kind = layout_rng.integers(len(EDIBLE_KINDS), vocabulary.num_kinds, size=n)
+    kinds = np.where(poisonous, poison_kind, edible_kind)
+    fruit = layout_rng.integers(0, config.max_fruit + 1, size=n)
+    smell_weight = 1.0 / np.linalg.norm(vocabulary.table[kinds] + vocabulary.table[names], axis=1)
+
+    radius = config.start_radius * math.sqrt(agent_rng.random())
+    angle, heading_angle = agent_rng.uniform(0.0, 2 * math.pi, size=2)
+    f32 = np.float32
+    position = np.array([[radius * math.cos(angle), radius * math.sin(angle)]], dtype=f32)
+    offset = positions.astype(f32)[None] - position[:, None, :]
+    return WorldState(
+        agent_position=position,
+        heading=np.array([[math.cos(heading_angle), math.sin(heading_angle)]], dtype=f32),
+        motion=np.zeros((1, 2), dtype=f32),
+        health=np.full(1, config.max_health, dtype=f32),
+        steps=np.zeros(1, dtype=np.int64),
+        fruit_eaten=np.zeros(1, dtype=np.int64),
+        poison_eaten=np.zeros(1, dtype=np.int64),
+        distance=np.zeros(1, dtype=f32),
+        tree_position=positions.astype(f32)[None],
+        tree_kind=kinds.astype(np.int64)[None],
+        tree_name=names.astype(np.int64)[None],
+        tree_poisonous=poisonous[None],
+        tree_fruit=fruit.astype(np.int64)[None],
+        tree_smell_weight=smell_weight.astype(f32)[None],
+        tree_smell_rows=np.concatenate([kinds, names - vocabulary.name_offset + vocabulary.num_kinds])[None],
+        tree_sight_row=((kinds * config.name_pool + names - vocabulary.name_offset) * len(FRUIT_PHRASES))[None],
+        tree_offset=offset,
+        tree_distance=np.hypot(offset[..., 0], offset[..., 1]),
+    )
+
+
+def stack(states: Sequence[WorldState]) -> WorldState:
+    """Concatenate numpy states along the batch axis."""
+    if not states:
+        raise ValueError("states: expected at least one state to stack, got none")
+    return WorldState(**{f.name: np.concatenate([getattr(s, f.name) for s in states])
+                         for f in dataclasses.fields(WorldState)})
+
+
+def step(config: WorldConfig, state: WorldState, action: Array) -> tuple[WorldState, StepEvents]:
+    """Advance B worlds by one step.
+
+    ``action`` (B, 3) in [-1, 1]: (dx, dy) times ``max_step`` is the wished displacement (longer
+    ones are shortened to ``max_step``); a move that would leave the arena ends on the wall at the
+    nearest point. Eat when action[:, 2] > 0: one fruit from the nearest tree in reach
+    (``eat_radius``) that has fruit. Then costs, health clamped to [0, max_health], regrowth.
+    Every array call costs about a microsecond at B = 1, a large share of the single env's
+    budget, so the code keeps calls few and skips eating and regrowth when no world needs them.
+    """
+    xp = namespace(state.health)
+    wish = action[:, :2]  # (B, 2) in units of max_step
+    length = xp.hypot(wish[:, 0], wish[:, 1])  # (B,)
+    position = state.agent_position + wish * (config.max_step / xp.maximum(length, 1.0))[:, None]
+    if config.arena_radius is not None:
+        radius = xp.hypot(position[:, 0], position[:, 1])
+        position = position * (config.arena_radius / xp.maximum(radius, config.arena_radius))[:, None]
+    move = position - state.agent_position  # (B, 2) realized displacement
+    moved = xp.hypot(move[:, 0], move[:, 1])  # (B,)
+    heading = xp.where((moved > 0)[:, None], move / xp.maximum(moved, 1e-12)[:, None], state.heading)
+    offset = state.tree_offset - move[:, None, :]  # (B, T, 2)
+    dist = xp.hypot(offset[..., 0], offset[..., 1])  # (B, T)
+    health = state.health - (config.living_cost + config.move_cost * moved)
+    fruit, fruit_eaten, poison_eaten = state.tree_fruit, state.fruit_eaten, state.poison_eaten
+
+    ate = poisoned = action[:, 2] > 0  # (B,) the eat wish; stays all False when no world eats
+    if xp.any(ate):  # a shortcut only: the result is the same without it
+        reachable = (dist <= config.eat_radius) & (fruit > 0)
+        target = xp.argmin(xp.where(reachable, dist, math.inf), axis=1)  # (B,) nearest tree with fruit in reach
+        rows = xp.arange(state.batch_size, device=device_of(dist))
+        ate = ate & reachable[rows, target]
+        poisoned = ate & state.tree_poisonous[rows, target]
+        edible = ate ^ poisoned
+        picked = (xp.arange(dist.shape[1], device=device_of(dist)) == target[:, None]) & ate[:, None]  # (B, T)
+        fruit = fruit - xp.astype(picked, fruit.dtype)
+        health = health + config.fruit_health * (xp.astype(edible, dist.dtype) - xp.astype(poisoned, dist.dtype))
+        fruit_eaten = fruit_eaten + xp.astype(edible, fruit_eaten.dtype)
+        poison_eaten = poison_eaten + xp.astype(poisoned, poison_eaten.dtype)
+    health = xp.minimum(xp.maximum(health, 0.0), config.max_health)
+
+    steps = state.steps + 1
+    regrow = steps % config.regrow_every == 0  # (B,)
+    if xp.any(regrow):
+        fruit = xp.minimum(fruit + xp.astype(regrow, fruit.dtype)[:, None], config.max_fruit)
+
+    new_state = dataclasses.replace(
+        state, agent_position=position, heading=heading, motion=move, health=health, steps=steps,
+        fruit_eaten=fruit_eaten, poison_eaten=poison_eaten, distance=state.distance + moved, tree_fruit=fruit,
+        tree_offset=offset, tree_distance=dist)
+    return new_state, StepEvents(ate=ate, poisoned=poisoned, health_change=health - state.health)
