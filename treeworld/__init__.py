@@ -7,6 +7,6 @@ the percept vocabulary. Gymnasium environments live in ``treeworld.envs``, agent
 from treeworld.config import WorldConfig
 from treeworld.sensors import PerceptTables, observe
 from treeworld.vocabulary import Vocabulary
-from treeworld.world import StepEvents, WorldState, sample_world, stack, step
+from treeworld.world import StepEvents, WorldState, build_world, sample_world, stack, step
 
-__all__ = ["WorldConfig", "Vocabulary", "WorldState", "StepEvents", "sample_world", "stack", "step", "observe", "PerceptTables"]
+__all__ = ["WorldConfig", "Vocabulary", "WorldState", "StepEvents", "sample_world", "build_world", "stack", "step", "observe", "PerceptTables"]

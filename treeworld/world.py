@@ -87,30 +87,47 @@ def sample_world(config: WorldConfig, vocabulary: Vocabulary, layout_rng: np.ran
     poison_kind = layout_rng.integers(len(EDIBLE_KINDS), vocabulary.num_kinds, size=n)
     kinds = np.where(poisonous, poison_kind, edible_kind)
     fruit = layout_rng.integers(0, config.max_fruit + 1, size=n)
-    smell_weight = 1.0 / np.linalg.norm(vocabulary.table[kinds] + vocabulary.table[names], axis=1)
-
     radius = config.start_radius * math.sqrt(agent_rng.random())
     angle, heading_angle = agent_rng.uniform(0.0, 2 * math.pi, size=2)
+    return build_world(config, vocabulary, positions, kinds, names, fruit,
+                       agent_position=(radius * math.cos(angle), radius * math.sin(angle)),
+                       heading=(math.cos(heading_angle), math.sin(heading_angle)))
+
+
+def build_world(config: WorldConfig, vocabulary: Vocabulary, tree_position, tree_kind, tree_name, tree_fruit,
+                agent_position=(0.0, 0.0), heading=(1.0, 0.0)) -> WorldState:
+    """One world (B = 1, numpy) from explicit trees: positions (T, 2), kinds (T,) in [0, 16), names
+    (T,) vocabulary rows of pooled names, fruit (T,); the agent at full health."""
     f32 = np.float32
-    position = np.array([[radius * math.cos(angle), radius * math.sin(angle)]], dtype=f32)
-    offset = positions.astype(f32)[None] - position[:, None, :]
+    positions = np.asarray(tree_position, f32).reshape(-1, 2)
+    kinds, names, fruit = (np.asarray(a, np.int64).reshape(-1) for a in (tree_kind, tree_name, tree_fruit))
+    pooled = names - vocabulary.name_offset
+    if not (len(kinds) == len(names) == len(fruit) == len(positions)):
+        raise ValueError(f"trees: expected equal lengths, got positions {len(positions)}, kinds {len(kinds)}, "
+                         f"names {len(names)}, fruit {len(fruit)}")
+    if ((kinds < 0) | (kinds >= vocabulary.num_kinds)).any() or ((pooled < 0) | (pooled >= config.name_pool)).any():
+        raise ValueError(f"tree_kind/tree_name: expected kinds in [0, {vocabulary.num_kinds}) and names in "
+                         f"[{vocabulary.name_offset}, {vocabulary.name_offset + config.name_pool})")
+    smell_weight = 1.0 / np.linalg.norm(vocabulary.table[kinds] + vocabulary.table[names], axis=1)
+    position = np.asarray(agent_position, f32).reshape(1, 2)
+    offset = positions[None] - position[:, None, :]
     return WorldState(
         agent_position=position,
-        heading=np.array([[math.cos(heading_angle), math.sin(heading_angle)]], dtype=f32),
+        heading=np.asarray(heading, f32).reshape(1, 2),
         motion=np.zeros((1, 2), dtype=f32),
         health=np.full(1, config.max_health, dtype=f32),
         steps=np.zeros(1, dtype=np.int64),
         fruit_eaten=np.zeros(1, dtype=np.int64),
         poison_eaten=np.zeros(1, dtype=np.int64),
         distance=np.zeros(1, dtype=f32),
-        tree_position=positions.astype(f32)[None],
-        tree_kind=kinds.astype(np.int64)[None],
-        tree_name=names.astype(np.int64)[None],
-        tree_poisonous=poisonous[None],
-        tree_fruit=fruit.astype(np.int64)[None],
+        tree_position=positions[None],
+        tree_kind=kinds[None],
+        tree_name=names[None],
+        tree_poisonous=(kinds >= len(EDIBLE_KINDS))[None],
+        tree_fruit=fruit[None],
         tree_smell_weight=smell_weight.astype(f32)[None],
-        tree_smell_rows=np.concatenate([kinds, names - vocabulary.name_offset + vocabulary.num_kinds])[None],
-        tree_sight_row=((kinds * config.name_pool + names - vocabulary.name_offset) * len(FRUIT_PHRASES))[None],
+        tree_smell_rows=np.concatenate([kinds, pooled + vocabulary.num_kinds])[None],
+        tree_sight_row=((kinds * config.name_pool + pooled) * len(FRUIT_PHRASES))[None],
         tree_offset=offset,
         tree_distance=np.hypot(offset[..., 0], offset[..., 1]),
     )

@@ -1,0 +1,245 @@
+"""The Gymnasium and stable-baselines3 faces: API checks, seeding, batching, errors, rendering."""
+import os
+import pickle
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+
+import gymnasium as gym  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from gymnasium.error import ResetNeeded  # noqa: E402
+from gymnasium.utils.env_checker import check_env  # noqa: E402
+from stable_baselines3 import PPO  # noqa: E402
+from stable_baselines3.common.env_checker import check_env as sb3_check_env  # noqa: E402
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv  # noqa: E402
+
+import treeworld.envs  # noqa: E402
+from treeworld import WorldConfig  # noqa: E402
+from treeworld.envs import DiscreteActions, TreeWorldEnv, TreeWorldSB3VecEnv, TreeWorldVectorEnv  # noqa: E402
+
+torch.set_num_threads(1)
+SHORT = dict(max_health=60.0)  # episodes end within ~50 steps, so autoreset is exercised
+
+
+def assert_same(a, b):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert_same(a[key], b[key])
+    else:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("env_id", treeworld.envs.ENV_IDS)
+def test_gymnasium_and_sb3_check_env_pass_on_every_registered_id(env_id):
+    check_env(gym.make(env_id).unwrapped, skip_render_check=False)
+    sb3_check_env(gym.make(env_id), warn=True)
+
+
+def test_registered_env_has_the_documented_spaces_and_time_limit():
+    env = gym.make("treeworld/TreeWorld-v0")
+    assert env.spec.max_episode_steps == 2000
+    assert env.action_space == gym.spaces.Box(-1, 1, (3,), np.float32)
+    assert {k: v.shape for k, v in env.observation_space.items()} == {
+        "smell": (384,), "sight": (384,), "sight_distance": (1,), "motion": (2,), "heading": (2,), "health": (1,)}
+    obs, info = env.reset(seed=0)
+    assert "position" not in obs and info["position"].shape == (2,) and info["tree_positions"].shape == (25, 2)
+    with_position = gym.make("treeworld/TreeWorld-v0", observe_position=True)
+    assert with_position.reset(seed=0)[0]["position"].tolist() == info["position"].tolist()
+
+
+def run_random(env, seed, steps=200):
+    obs, info = env.reset(seed=seed)
+    env.action_space.seed(seed)
+    trace = [(obs, info)]
+    for _ in range(steps):
+        out = env.step(env.action_space.sample())
+        trace.append(out)
+        if out[2] or out[3]:
+            trace.append(env.reset())
+    return trace
+
+
+def test_same_seed_gives_identical_episodes_and_other_seeds_differ():
+    a = run_random(gym.make("treeworld/TreeWorld-v0", **SHORT), seed=3)
+    b = run_random(gym.make("treeworld/TreeWorld-v0", **SHORT), seed=3)
+    assert len(a) == len(b) > 200
+    for x, y in zip(a, b):
+        for u, v in zip(x, y):
+            assert_same(u, v)
+    c = run_random(gym.make("treeworld/TreeWorld-v0", **SHORT), seed=4, steps=5)
+    assert not np.array_equal(a[0][1]["tree_positions"], c[0][1]["tree_positions"])
+
+
+def test_world_seed_keeps_the_layout_across_episodes():
+    env = gym.make("treeworld/TreeWorld-v0")
+    _, first = env.reset(seed=1, options={"world_seed": 42})
+    _, second = env.reset(options={"world_seed": 42})
+    _, other = env.reset(options={"world_seed": 43})
+    np.testing.assert_array_equal(first["tree_positions"], second["tree_positions"])
+    assert not np.array_equal(first["position"], second["position"])
+    assert not np.array_equal(first["tree_positions"], other["tree_positions"])
+
+
+@pytest.mark.parametrize("overrides", [SHORT, dict(SHORT, motion_noise=0.5, observe_position=True)])
+def test_vector_env_reproduces_single_envs_step_for_step(overrides):
+    n, seed, limit = 3, 11, 40
+    vector = gym.make_vec("treeworld/TreeWorld-v0", num_envs=n, vectorization_mode="vector_entry_point",
+                          max_episode_steps=limit, **overrides)
+    singles = [gym.make("treeworld/TreeWorld-v0", max_episode_steps=limit, **overrides) for _ in range(n)]
+    obs, _ = vector.reset(seed=seed)
+    for i, env in enumerate(singles):
+        assert_same({k: v[i] for k, v in obs.items()}, env.reset(seed=seed + i)[0])
+    rng = np.random.default_rng(0)
+    pending = [False] * n
+    ended = 0
+    for _ in range(150):
+        actions = rng.uniform(-1, 1, (n, 3)).astype(np.float32)
+        obs, reward, terminated, truncated, _ = vector.step(actions)
+        for i, env in enumerate(singles):
+            if pending[i]:  # next-step autoreset: the vector env restarts env i now
+                expected = (env.reset()[0], 0.0, False, False)
+            else:
+                expected = env.step(actions[i])[:4]
+            pending[i] = bool(expected[2] or expected[3])
+            ended += pending[i]
+            assert_same({k: v[i] for k, v in obs.items()}, expected[0])
+            assert reward[i] == pytest.approx(expected[1], abs=1e-6)
+            assert (terminated[i], truncated[i]) == (expected[2], expected[3])
+    assert ended >= 3
+
+
+def test_vector_env_torch_backend_matches_numpy():
+    kwargs = dict(num_envs=4, vectorization_mode="vector_entry_point", **SHORT)
+    numpy_env = gym.make_vec("treeworld/TreeWorld-v0", **kwargs)
+    torch_env = gym.make_vec("treeworld/TreeWorld-v0", backend="torch", **kwargs)
+    a, _ = numpy_env.reset(seed=5)
+    b, _ = torch_env.reset(seed=5)
+    rng = np.random.default_rng(1)
+    for _ in range(80):
+        actions = rng.uniform(-1, 1, (4, 3)).astype(np.float32)
+        a, ra, ta, ua, _ = numpy_env.step(actions)
+        b, rb, tb, ub, _ = torch_env.step(torch.from_numpy(actions))
+        assert isinstance(b["smell"], torch.Tensor)
+        for key in a:
+            np.testing.assert_allclose(a[key], b[key].numpy(), atol=1e-3, err_msg=key)
+        np.testing.assert_allclose(ra, rb.numpy(), atol=1e-4)
+        assert np.array_equal(ta, tb.numpy()) and np.array_equal(ua, ub.numpy())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_vector_env_runs_on_cuda():
+    env = gym.make_vec("treeworld/TreeWorld-v0", num_envs=8, vectorization_mode="vector_entry_point", device="cuda")
+    obs, _ = env.reset(seed=0)
+    obs, *_ = env.step(torch.zeros(8, 3, device="cuda"))
+    assert obs["smell"].device.type == "cuda"
+
+
+def test_pickled_env_continues_identically():
+    env = gym.make("treeworld/TreeWorld-v0")
+    env.reset(seed=2)
+    for _ in range(10):
+        env.step(env.action_space.sample())
+    clone = pickle.loads(pickle.dumps(env))
+    action = np.array([0.3, -0.2, 1.0], np.float32)
+    for _ in range(5):
+        assert_same(env.step(action)[0], clone.step(action)[0])
+
+
+@pytest.mark.parametrize("action, error, match", [
+    (np.array([np.nan, 0, 0], np.float32), ValueError, "action: expected finite"),
+    (np.array([np.inf, 0, 0], np.float32), ValueError, "action: expected finite"),
+    (np.zeros(2, np.float32), ValueError, r"action: expected shape \(3,\), got \(2,\)"),
+    (np.zeros((1, 3), np.float32), ValueError, r"action: expected shape \(3,\)"),
+    (np.array([2.0, 0, 0], np.float32), ValueError, r"action: expected values in \[-1, 1\]"),
+    (np.array(["a", "b", "c"]), TypeError, "action: expected a real-valued"),
+    (np.array([True, False, True]), TypeError, "action: expected a real-valued"),
+])
+def test_bad_actions_raise_clear_errors(action, error, match):
+    env = TreeWorldEnv()
+    env.reset(seed=0)
+    with pytest.raises(error, match=match):
+        env.step(action)
+
+
+def test_bad_calls_and_arguments_raise_clear_errors():
+    with pytest.raises(ResetNeeded, match="reset"):
+        TreeWorldEnv().step(np.zeros(3, np.float32))
+    with pytest.raises(ResetNeeded):
+        gym.make("treeworld/TreeWorld-v0").step(np.zeros(3, np.float32))
+    with pytest.raises(ValueError, match="unknown config key"):
+        gym.make("treeworld/TreeWorld-v0", trees=3)
+    with pytest.raises(ValueError, match="num_trees"):
+        gym.make("treeworld/TreeWorld-v0", num_trees=-1)
+    with pytest.raises(ValueError, match="arena_radius"):
+        TreeWorldEnv(arena_radius=-1.0)
+    with pytest.raises(ValueError, match="render_mode"):
+        TreeWorldEnv(render_mode="ascii")
+    with pytest.raises(ValueError, match="options: unknown key"):
+        TreeWorldEnv().reset(options={"layout": 1})
+    with pytest.raises(ValueError, match="world_seed"):
+        TreeWorldEnv().reset(options={"world_seed": -3})
+    with pytest.raises(ValueError, match="num_envs"):
+        TreeWorldVectorEnv(num_envs=0)
+    with pytest.raises(ValueError, match="backend"):
+        TreeWorldVectorEnv(num_envs=2, backend="jax")
+    vector = TreeWorldVectorEnv(num_envs=2)
+    vector.reset(seed=0)
+    with pytest.raises(ValueError, match=r"action: expected shape \(2, 3\)"):
+        vector.step(np.zeros((3, 3), np.float32))
+
+
+def test_discrete_wrapper_maps_directions_stay_and_eat():
+    env = gym.make("treeworld/TreeWorldDiscrete-v0")
+    assert env.action_space == gym.spaces.Discrete(10)
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(2)  # north
+    assert info["heading"].tolist() == pytest.approx([0.0, 1.0], abs=1e-6)
+    table = DiscreteActions(TreeWorldEnv())
+    assert table.action(8).tolist() == [0.0, 0.0, -1.0] and table.action(9)[2] > 0
+    with pytest.raises(ValueError, match=r"action: expected an int in \[0, 10\)"):
+        env.step(10)
+    with pytest.raises(TypeError, match="action"):
+        env.step(0.5)
+
+
+def test_sb3_vec_env_resets_on_the_same_step_and_reports_terminal_observations():
+    venv = TreeWorldSB3VecEnv(num_envs=3, max_episode_steps=30, **SHORT)
+    assert isinstance(venv, VecEnv)
+    venv.seed(7)
+    obs = venv.reset()
+    assert obs["smell"].shape == (3, 384)
+    ended = 0
+    for _ in range(70):
+        obs, rewards, dones, infos = venv.step(np.zeros((3, 3), np.float32))
+        assert rewards.dtype == np.float32 and dones.shape == (3,)
+        for i in np.flatnonzero(dones):
+            ended += 1
+            assert infos[i]["terminal_observation"]["health"].shape == (1,)
+            assert obs["health"][i, 0] == pytest.approx(1.0)  # already the next episode's first observation
+    assert ended >= 3
+
+
+def test_sb3_ppo_trains_256_steps_on_the_vec_env_adapter():
+    venv = TreeWorldSB3VecEnv(num_envs=4, max_episode_steps=50)
+    venv.seed(0)
+    model = PPO("MultiInputPolicy", venv, n_steps=64, batch_size=64, n_epochs=1, seed=0, device="cpu")
+    model.learn(total_timesteps=256)
+    assert model.num_timesteps == 256
+
+
+def test_rendering_through_the_env_in_both_modes():
+    env = gym.make("treeworld/TreeWorld-v0", render_mode="rgb_array")
+    env.reset(seed=0)
+    for _ in range(5):
+        env.step(np.array([1.0, 0.0, -1.0], np.float32))
+    frame = env.render()
+    assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+    assert len(np.unique(frame.reshape(-1, 3), axis=0)) > 20
+    human = gym.make("treeworld/TreeWorld-v0", render_mode="human")
+    human.reset(seed=0)
+    human.step(np.zeros(3, np.float32))
+    assert human.render() is None
+    human.close()
