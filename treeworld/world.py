@@ -186,8 +186,10 @@ def step(config: WorldConfig, state: WorldState, action: Array) -> tuple[WorldSt
     if xp.any(regrow):
         fruit = xp.minimum(fruit + xp.astype(regrow, fruit.dtype)[:, None], config.max_fruit)
 
-    new_state = dataclasses.replace(
-        state, agent_position=position, heading=heading, motion=move, health=health, steps=steps,
-        fruit_eaten=fruit_eaten, poison_eaten=poison_eaten, distance=state.distance + moved, tree_fruit=fruit,
-        tree_offset=offset, tree_distance=dist)
+    new_state = WorldState(  # the constructor, not dataclasses.replace: several microseconds cheaper
+        agent_position=position, heading=heading, motion=move, health=health, steps=steps, fruit_eaten=fruit_eaten,
+        poison_eaten=poison_eaten, distance=state.distance + moved, tree_position=state.tree_position,
+        tree_kind=state.tree_kind, tree_name=state.tree_name, tree_poisonous=state.tree_poisonous, tree_fruit=fruit,
+        tree_smell_weight=state.tree_smell_weight, tree_smell_rows=state.tree_smell_rows,
+        tree_sight_row=state.tree_sight_row, tree_offset=offset, tree_distance=dist)
     return new_state, StepEvents(ate=ate, poisoned=poisoned, health_change=health - state.health)
