@@ -1,0 +1,3 @@
+"""Agents for the tree world."""
+from treeworld.agents.fourier import FourierCodeDistribution, FourierMetric
+from treeworld.agents.pseudometric import LowRankGaussian, PseudoMetric

@@ -1,0 +1,383 @@
+"""Grid-cell Fourier location codes: encode, decode, path-integrate and compare positions.
+
+What a code is. A position ``x`` in ``R^dim`` is seen by ``J`` modules, each through the
+``dim + 1`` unit vectors ``k_i`` of a regular simplex (rows of ``directions``, summing to zero).
+Module ``j`` has frequency ``alpha_j = (pi / scale) * ratio**j`` (coarsest first; wavelength
+``lambda_j = 2 pi / alpha_j``, so ``lambda_0 = 2 * scale``) and phase
+``theta_ji = alpha_j <k_i, x> + phi_ji``. The code stores ``(cos theta_ji, sin theta_ji)``:
+``(..., J, dim+1, 2)`` flattened to ``(..., location_dim)``, ``location_dim = 2 J (dim+1)``.
+A displacement ``d`` rotates every pair by ``alpha_j <k_i, d>`` (path integration).
+
+Why decoding needs lattice resolution. Each phase is known only modulo ``2 pi``: module ``j``
+alone pins ``x`` down to a lattice of period ``lambda_j``. The coarsest module is unambiguous for
+``|x| < scale`` (every ``|alpha_0 <k_i, x>| < pi``) but imprecise; fine modules are precise but
+ambiguous. Decoding therefore runs coarse to fine: module ``j`` is read as the wrapped residual
+between its phases and the phases predicted by the running estimate, so its integer ambiguity is
+resolved by the coarser modules and each module refines the estimate. Each of the ``dim + 1``
+residuals wraps on its own; their mean across directions is not a displacement (the ``k_i`` sum to
+zero) and is projected out, which is what the pseudo-inverse ``K^+`` of the simplex does. The seed
+wrapped the phases independently, projected, and then snapped every module to its lattice around
+the coarsest reading with a per-pair ``linalg.solve``: independent wraps leave integer offsets
+that do not sum to zero, ``K^+`` turns them into shifts of ``K^+ n / alpha_j`` that are not lattice
+vectors of the module (its basis only spans sum-zero integer vectors), so rounding against that
+basis cannot remove them; its ``atan2`` also carried a ``1e-6`` bias (``1e-6 / alpha_0`` world
+units on the coarsest module). Here no per-pair solve exists at all.
+
+Precision. ``alpha_j <k_i, x>`` is huge for fine modules far from the origin (``~1e5`` rad at
+``|x| = 500``, scale 10), where float32 keeps only ~0.01 rad. Phases are therefore formed and
+wrapped in float64 (in cycles, ``c - round(c)``) before the trigonometry in the working dtype.
+
+What the pseudo-distance measures. Between codes ``a`` and ``b``, every module gives a reading
+``d_j`` of the displacement (``(..., J, dim)``); ``pseudo_distance`` is
+``|mean_j d_j|^2 + sum_j |d_j - mean|^2 / (J - 1)``: the squared length of the mean displacement
+plus the across-module variance, which is zero for valid codes and grows when the modules
+disagree about where the code is. For valid codes within ``scale`` of each other it is the
+Euclidean distance of their positions.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+import torch.distributions as D
+from torch import nn
+
+DIMS = (1, 2, 3)
+_TWO_PI = 2.0 * math.pi
+_CHUNK_PAIRS = 1 << 16  # (rows, S) pairs per cross_distance block: keeps the chain in cache
+
+
+def _check_positive(value, name: str, minimum: float = 0.0, strict: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    if not (value > minimum if strict else value >= minimum):
+        raise ValueError(f"{name}: expected {'>' if strict else '>='} {minimum}, got {value}")
+    return float(value)
+
+
+def _check_last(tensor: torch.Tensor, size: int, name: str, what: str) -> torch.Tensor:
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
+    if not tensor.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got {tensor.dtype}")
+    if tensor.ndim == 0 or tensor.shape[-1] != size:
+        got = tuple(tensor.shape)
+        raise ValueError(f"{name}: expected last dimension {what}={size}, got shape {got}")
+    return tensor
+
+
+def _safe_sqrt(squared: torch.Tensor) -> torch.Tensor:
+    """sqrt that is exactly 0 at 0 with a zero (not NaN) gradient there."""
+    positive = squared > 0
+    root = squared.clamp_min(torch.finfo(squared.dtype).tiny).sqrt()
+    return torch.where(positive, root, torch.zeros_like(root))
+
+
+def simplex_directions(dim: int) -> torch.Tensor:
+    """Unit vectors to the vertices of a regular simplex centred at 0, in float64.  # (dim+1, dim)
+
+    Rows of the (Helmert) orthonormal basis of the sum-zero subspace of ``R^(dim+1)``, rescaled to
+    unit length, so ``K^T K = (dim+1)/dim I`` and ``K K^+`` removes the mean over directions.
+    """
+    n = dim + 1
+    basis = torch.zeros(n, dim, dtype=torch.float64)  # (dim+1, dim)
+    for col in range(dim):
+        k = col + 1
+        basis[:k, col] = 1.0 / math.sqrt(k * (k + 1))
+        basis[k, col] = -k / math.sqrt(k * (k + 1))
+    return basis * math.sqrt(n / dim)
+
+
+class FourierMetric(nn.Module):
+    """Grid-cell location codes of ``J`` modules x ``dim + 1`` directions x (cos, sin).
+
+    Args:
+        location_dim: code length, a positive multiple of ``2 * (dim + 1)``; ``J = location_dim /
+            (2 (dim + 1))`` modules.
+        dim: physical dimension, 1, 2 or 3.
+        scale: world units; positions and displacements with ``|x| < scale`` decode unambiguously
+            (the coarsest wavelength is ``2 * scale``).
+        ratio: ``>= 1``, the frequency ratio between successive modules (coarsest first).
+        phases: optional per-module phase offsets in radians, ``(J,)`` or ``(J, dim + 1)``.
+
+    Buffers: ``directions`` ``(dim+1, dim)``, ``directions_pinv`` ``(dim, dim+1)``, ``alphas``
+    ``(J,)``, ``phases`` ``(J, dim+1)``. Every method takes any leading batch shape; codes keep the
+    dtype and device of their inputs.
+    """
+
+    def __init__(self, location_dim: int, dim: int = 2, scale: float = 10.0,
+                 ratio: float = math.sqrt(2.0), phases: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if isinstance(dim, bool) or dim not in DIMS:
+            raise ValueError(f"dim: expected one of {DIMS}, got {dim!r}")
+        block = 2 * (dim + 1)
+        if isinstance(location_dim, bool) or not isinstance(location_dim, int):
+            raise TypeError(f"location_dim: expected an int, got {type(location_dim).__name__}")
+        if location_dim <= 0 or location_dim % block:
+            raise ValueError(f"location_dim: expected a positive multiple of 2*(dim+1)={block} "
+                             f"for dim={dim}, got {location_dim}")
+        self.location_dim = location_dim
+        self.dim = dim
+        self.num_modules = location_dim // block
+        self.scale = _check_positive(scale, "scale")
+        self.ratio = _check_positive(ratio, "ratio", minimum=1.0, strict=False)
+
+        directions = simplex_directions(dim)  # (dim+1, dim)
+        alphas = (math.pi / self.scale) * self.ratio ** torch.arange(self.num_modules, dtype=torch.float64)
+        if phases is None:
+            phases = torch.zeros(self.num_modules, dim + 1, dtype=torch.float64)
+        else:
+            phases = self._check_phases(phases)
+        dtype = torch.get_default_dtype()
+        self.register_buffer("directions", directions.to(dtype))  # (dim+1, dim)
+        self.register_buffer("directions_pinv", torch.linalg.pinv(directions).to(dtype))  # (dim, dim+1)
+        self.register_buffer("alphas", alphas.to(dtype))  # (J,)
+        self.register_buffer("phases", phases.to(dtype))  # (J, dim+1)
+
+    def _check_phases(self, phases) -> torch.Tensor:
+        if not isinstance(phases, torch.Tensor):
+            raise TypeError(f"phases: expected a torch.Tensor or None, got {type(phases).__name__}")
+        J, n = self.num_modules, self.dim + 1
+        if tuple(phases.shape) not in ((J,), (J, n)):
+            raise ValueError(f"phases: expected shape ({J},) or ({J}, {n}), got {tuple(phases.shape)}")
+        phases = phases.detach().to(torch.float64)
+        return phases[:, None].expand(J, n).clone() if phases.ndim == 1 else phases.clone()
+
+    def extra_repr(self) -> str:
+        return (f"location_dim={self.location_dim}, dim={self.dim}, modules={self.num_modules}, "
+                f"scale={self.scale}, ratio={self.ratio}")
+
+    # -- phases -------------------------------------------------------------------------------
+    def _cycles(self, x: torch.Tensor) -> torch.Tensor:
+        """Phase advance ``alpha_j <k_i, x> / 2 pi`` in float64 cycles, unwrapped.  # (..., J, dim+1)"""
+        along = x.to(torch.float64) @ self.directions.to(torch.float64).T  # (..., dim+1)
+        per_cycle = self.alphas.to(torch.float64) / _TWO_PI  # (J,)
+        return along[..., None, :] * per_cycle[:, None]
+
+    @staticmethod
+    def _trig(cycles: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of float64 cycles, wrapped first so the working dtype keeps full precision."""
+        work = torch.promote_types(dtype, torch.float32)
+        theta = (_TWO_PI * (cycles - cycles.round())).to(work)
+        return theta.cos().to(dtype), theta.sin().to(dtype)
+
+    def _angles(self, code: torch.Tensor) -> torch.Tensor:
+        """Phase of every (cos, sin) pair, in cycles in [-1/2, 1/2].  # (..., J, dim+1)"""
+        work = torch.promote_types(code.dtype, torch.float32)
+        pairs = code.to(work).unflatten(-1, (self.num_modules, self.dim + 1, 2))
+        return torch.atan2(pairs[..., 1], pairs[..., 0]) / _TWO_PI
+
+    # -- the coarse-to-fine chain ------------------------------------------------------------
+    @staticmethod
+    def _chain_layout(*cycles: torch.Tensor) -> list[torch.Tensor]:
+        """(..., J, dim+1) -> (J, dim+1, ...), batch dims right-aligned across the inputs."""
+        ndim = max(c.ndim for c in cycles)
+        return [c.reshape((1,) * (ndim - c.ndim) + c.shape).movedim((-2, -1), (0, 1)).contiguous()
+                for c in cycles]
+
+    def _readings(self, u_from: torch.Tensor, u_to: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Yield module j's reading ``d_j`` of the displacement ``from -> to``, coarsest first.
+
+        ``u_from``, ``u_to``: phases in cycles, ``(J, dim+1, ...)``, broadcastable to batch ``B``.
+        Readings are in world units, flattened to ``(dim, prod(B))``. Per module: the residual
+        between the phases and the running estimate's prediction ``K d / lambda_j``, each
+        direction wrapped on its own, then ``d += lambda_j K^+ residual``; ``K^+`` drops the mean
+        over directions, which is no displacement (the ``k_i`` sum to zero).
+        """
+        work = u_to.dtype
+        wavelengths = (_TWO_PI / self.alphas.to(torch.float64)).tolist()
+        directions, pinv = self.directions.to(work), self.directions_pinv.to(work)  # (dim+1, dim), (dim, dim+1)
+        d = None  # in-place steps below touch only tensors autograd does not save
+        for j, wavelength in enumerate(wavelengths):
+            residual = (u_to[j] - u_from[j]).reshape(len(directions), -1)  # (dim+1, N) cycles
+            if d is not None:
+                residual.addmm_(directions, d, alpha=-1.0 / wavelength)  # minus the prediction
+            residual.sub_(residual.round())  # each direction wraps on its own
+            step = wavelength * pinv
+            d = step @ residual if d is None else torch.addmm(d, step, residual)  # (dim, N)
+            yield d
+
+    @staticmethod
+    def _batch_shape(u_from: torch.Tensor, u_to: torch.Tensor) -> torch.Size:
+        return torch.broadcast_shapes(u_from.shape[2:], u_to.shape[2:])
+
+    def _per_module(self, u_from: torch.Tensor, u_to: torch.Tensor, dtype: torch.dtype):
+        readings = torch.stack(list(self._readings(u_from, u_to)))  # (J, dim, N)
+        readings = readings.reshape(readings.shape[:2] + self._batch_shape(u_from, u_to))
+        per_module = readings.movedim((0, 1), (-2, -1))  # (..., J, dim)
+        return per_module.to(dtype), per_module.mean(-2).to(dtype)
+
+    def _moments(self, u_from: torch.Tensor, u_to: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Squared mean displacement and across-module variance, world units^2.  # (...), (...)
+
+        Accumulated around module 0's reading, so the variance of nearly equal readings does not
+        cancel catastrophically; never materializes all J readings.
+        """
+        readings = self._readings(u_from, u_to)
+        d0 = next(readings)  # (dim, N)
+        s1 = torch.zeros_like(d0)
+        s2 = torch.zeros_like(d0)
+        for d in readings:
+            offset = d - d0
+            s1.add_(offset)
+            s2.addcmul_(offset, offset)
+        J = self.num_modules
+        mean = d0 + s1 / J
+        spread = (s2.sum(0) - s1.square().sum(0) / J).clamp_min(0.0) / max(J - 1, 1)
+        batch = self._batch_shape(u_from, u_to)
+        return mean.square().sum(0).reshape(batch), spread.reshape(batch)
+
+    # -- public API ---------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Code of positions ``x`` ``(..., dim)`` -> ``(..., location_dim)``."""
+        _check_last(x, self.dim, "x", "dim")
+        cycles = self._cycles(x) + self.phases.to(torch.float64) / _TWO_PI  # (..., J, dim+1)
+        cos, sin = self._trig(cycles, x.dtype)
+        return torch.stack((cos, sin), dim=-1).flatten(-3)
+
+    def decode(self, code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions a code stands for: ``(per_module (..., J, dim), mean (..., dim))``.
+
+        Unambiguous for positions with ``|x| < scale``; per-module readings agree for valid codes.
+        """
+        _check_last(code, self.location_dim, "code", "location_dim")
+        u = self._angles(code)  # (..., J, dim+1)
+        origin, u = self._chain_layout(self.phases.to(u.dtype) / _TWO_PI, u)
+        return self._per_module(origin, u, code.dtype)
+
+    def displacement(self, code_from: torch.Tensor, code_to: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Displacement between codes: ``(per_module (..., J, dim), mean (..., dim))``.
+
+        Exact for valid codes whose positions differ by less than ``scale``, wherever they are.
+        """
+        _check_last(code_from, self.location_dim, "code_from", "location_dim")
+        _check_last(code_to, self.location_dim, "code_to", "location_dim")
+        u_from, u_to = self._chain_layout(self._angles(code_from), self._angles(code_to))
+        return self._per_module(u_from, u_to, torch.promote_types(code_from.dtype, code_to.dtype))
+
+    def apply_displacement(self, code: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """Path integration: rotate each (cos, sin) pair by ``alpha_j <k_i, delta>``.
+
+        ``code`` ``(..., location_dim)``, ``delta`` ``(..., dim)`` (broadcast) -> ``(..., location_dim)``.
+        """
+        _check_last(code, self.location_dim, "code", "location_dim")
+        _check_last(delta, self.dim, "delta", "dim")
+        dtype = torch.promote_types(code.dtype, delta.dtype)
+        cos, sin = self._trig(self._cycles(delta), dtype)  # (..., J, dim+1)
+        pairs = code.to(dtype).unflatten(-1, (self.num_modules, self.dim + 1, 2))
+        c, s = pairs[..., 0], pairs[..., 1]
+        return torch.stack((c * cos - s * sin, s * cos + c * sin), dim=-1).flatten(-3)
+
+    def pseudo_distance(self, a: torch.Tensor, b: torch.Tensor, squared: bool = False) -> torch.Tensor:
+        """``|mean displacement|^2 + across-module variance`` (its root unless ``squared``).  # (...)"""
+        _check_last(a, self.location_dim, "a", "location_dim")
+        _check_last(b, self.location_dim, "b", "location_dim")
+        mean_sq, spread = self._moments(*self._chain_layout(self._angles(a), self._angles(b)))
+        result = mean_sq + spread
+        result = result if squared else _safe_sqrt(result)
+        return result.to(torch.promote_types(a.dtype, b.dtype))
+
+    def cross_distance(self, a: torch.Tensor, b: torch.Tensor, squared: bool = False) -> torch.Tensor:
+        """Pseudo-distances of every pair: ``a`` ``(..., T, L)``, ``b`` ``(..., S, L)`` -> ``(..., T, S)``."""
+        for name, value in (("a", a), ("b", b)):
+            _check_last(value, self.location_dim, name, "location_dim")
+            if value.ndim < 2:
+                raise ValueError(f"{name}: expected shape (..., N, {self.location_dim}), got {tuple(value.shape)}")
+        # (J, dim+1, ..., T, 1) and (J, dim+1, ..., 1, S)
+        ua, ub = self._chain_layout(self._angles(a).unsqueeze(-3), self._angles(b).unsqueeze(-4))
+        batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]).numel()
+        rows = max(1, _CHUNK_PAIRS // max(1, b.shape[-2] * batch))
+        blocks = []
+        for start in range(0, max(a.shape[-2], 1), rows):  # one (empty) block when T = 0
+            mean_sq, spread = self._moments(ua[..., start:start + rows, :], ub)
+            blocks.append(mean_sq + spread)
+        result = torch.cat(blocks, dim=-2)
+        result = result if squared else _safe_sqrt(result)
+        return result.to(torch.promote_types(a.dtype, b.dtype))
+
+    def sample(self, shape=(), generator: torch.Generator | None = None) -> torch.Tensor:
+        """Random valid codes ``(*shape, location_dim)``: positions uniform in the ball of radius
+        ``scale`` (where decoding is unambiguous), in the buffers' dtype and device."""
+        shape = torch.Size((shape,) if isinstance(shape, int) else shape)
+        like = dict(dtype=self.alphas.dtype, device=self.alphas.device, generator=generator)
+        direction = torch.randn(shape + (self.dim,), **like)
+        direction = direction / direction.norm(dim=-1, keepdim=True)
+        radius = self.scale * torch.rand(shape + (1,), **like) ** (1.0 / self.dim)
+        return self.encode(radius * direction)
+
+    def displacement_variance(self, delta_thetas: torch.Tensor) -> torch.Tensor:
+        """Across-module variance of the displacement implied by per-module phase steps.
+
+        ``delta_thetas`` ``(..., J * (dim+1))`` in radians (e.g. a learned path-integration step);
+        module ``j``'s reading is resolved coarse to fine as in ``displacement``. Returns
+        ``sum_j |d_j - mean|^2 / (J - 1)`` ``(...)``: zero when all modules agree on one physical
+        displacement. The seed's scalar loss is ``.mean() / dim`` of this.
+        """
+        steps = self.num_modules * (self.dim + 1)
+        _check_last(delta_thetas, steps, "delta_thetas", "J*(dim+1)")
+        work = torch.promote_types(delta_thetas.dtype, torch.float32)
+        u = (delta_thetas.to(work) / _TWO_PI).unflatten(-1, (self.num_modules, self.dim + 1))
+        _, spread = self._moments(*self._chain_layout(u.new_zeros(u.shape[-2:]), u))
+        return spread.to(delta_thetas.dtype)
+
+
+class FourierCodeDistribution(D.Distribution):
+    """Codes a Gaussian step away from a reference: ``apply_displacement(reference, scale * u)``.
+
+    ``u ~ N(0, I_dim)``, so the displacement has covariance ``scale^2 I`` and mean squared length
+    ``dim * scale^2``. The samples live on the ``dim``-dimensional manifold of codes; ``log_prob``
+    is the density there (change of variables with the Gram determinant):
+    ``log N(delta; 0, scale^2 I) - 1/2 logdet(J^T J)`` with ``J = d code / d delta``
+    ``(location_dim, dim)``. ``J^T J = K^T diag(w) K``, ``w_i = sum_j alpha_j^2 rho_ji^2`` (``rho``
+    the reference's pair norms, 1 for valid codes), independent of ``delta``. The seed's version
+    mixed cross terms between directions into this Gram matrix and does not match autograd.
+
+    Args:
+        metric: the ``FourierMetric``.
+        reference: ``(..., location_dim)`` codes.
+        scale: ``> 0``, world units, a number or a tensor broadcastable to the batch shape.
+    Displacements are read back by ``metric.displacement``, so keep ``scale`` well below
+    ``metric.scale``.
+    """
+
+    arg_constraints = {"reference": D.constraints.real_vector, "scale": D.constraints.positive}
+    support = D.constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, metric: FourierMetric, reference: torch.Tensor, scale,
+                 validate_args: bool | None = None) -> None:
+        if not isinstance(metric, FourierMetric):
+            raise TypeError(f"metric: expected a FourierMetric, got {type(metric).__name__}")
+        _check_last(reference, metric.location_dim, "reference", "location_dim")
+        self.metric = metric
+        self.reference = reference
+        self.scale = torch.as_tensor(scale, dtype=reference.dtype, device=reference.device)
+        batch_shape = torch.broadcast_shapes(reference.shape[:-1], self.scale.shape)
+        super().__init__(batch_shape, torch.Size((metric.location_dim,)), validate_args=validate_args)
+        pairs = reference.unflatten(-1, (metric.num_modules, metric.dim + 1, 2))
+        alphas = metric.alphas.to(reference.dtype)
+        weights = (pairs.square().sum(-1) * alphas[:, None].square()).sum(-2)  # (..., dim+1)
+        K = metric.directions.to(reference.dtype)
+        gram = torch.einsum("...i,id,ie->...de", weights, K, K)  # (..., dim, dim)
+        self._half_log_gram = 0.5 * torch.linalg.slogdet(gram).logabsdet  # (...)
+
+    def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+        """Reparameterized codes ``(*sample_shape, *batch_shape, location_dim)``."""
+        shape = torch.Size(sample_shape) + self.batch_shape + (self.metric.dim,)
+        u = torch.randn(shape, dtype=self.reference.dtype, device=self.reference.device, generator=generator)
+        return self.metric.apply_displacement(self.reference, self.scale[..., None] * u)
+
+    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator=generator)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Density of codes on the code manifold.  # (..., location_dim) -> (...)"""
+        if self._validate_args:
+            self._validate_sample(value)
+        _, delta = self.metric.displacement(self.reference, value)  # (..., dim)
+        z = delta / self.scale[..., None]
+        dim = self.metric.dim
+        return (-0.5 * z.square().sum(-1) - dim * (0.5 * math.log(_TWO_PI) + self.scale.log())
+                - self._half_log_gram)

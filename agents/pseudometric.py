@@ -1,0 +1,181 @@
+"""A learned, rank-deficient pseudometric for percepts and a Gaussian sampler around a percept.
+
+The metric. A learnable embedding ``E`` ``(M, N)`` (``M = metric_rank <= N = vector_dim``) maps a
+percept difference to ``R^M``: ``d(x, y) = ||E (x - y)|| / scale``. It is a pseudometric: percepts
+that differ only along the null space of ``E`` (irrelevant distinctions) are at distance 0.
+
+The left inverse. ``E^+ = E^T (E E^T + tau I_M)^{-1}`` ``(N, M)``, Tikhonov-regularized: in the
+singular basis of ``E`` it scales by ``s / (s^2 + tau) <= 1 / (2 sqrt(tau))``, so it stays finite
+for any ``E`` (zero, rank-deficient, huge), and ``E E^+ = I`` up to ``tau / s^2``.
+
+The sampler. ``z = reference + scale * beta * E^+ v``, ``v ~ N(0, I_M)``. Then
+``E (z - reference) ~= scale * beta * v``, whose norm is ``scale * beta * chi_M``; with
+``beta = 1 / E[chi_M] = Gamma(M/2) / (sqrt(2) Gamma((M+1)/2))`` the mean pseudo-distance of a
+sample to its reference, in units of ``scale``, is 1 (exactly as ``tau -> 0``; Tikhonov shrinks it
+by at most ``tau / s_min^2``). The seed's ``sqrt(2)/2 (M/N)^2`` was found empirically for one kind
+of ``E`` and a diagonal-rescaled inverse; it does not carry over to other ``E``, ``M`` or ``N``.
+
+The density. Samples live on the ``M``-dimensional affine subspace ``reference + range(E^+)``;
+the density there (change of variables with the Gram determinant of ``A = scale * beta * E^+``) is
+``log N(v; 0, I_M) - 1/2 logdet(A^T A)``, with ``v = A^# (z - reference)`` recovered by the exact
+left inverse of ``A`` on its range, ``U diag((s^2 + tau) / s) V^T / (scale beta)``, and
+``1/2 logdet((E^+)^T E^+) = sum log(s / (s^2 + tau))`` (``E = U diag(s) V^T``). These factors
+depend on ``E`` alone: they are cached per value of ``E`` and recomputed when it changes. The
+density needs ``E`` of full row rank (else the log-determinant is ``-inf``).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.distributions as D
+from torch import nn
+
+from treeworld.agents.fourier import _check_last, _check_positive
+
+
+class _Factors(NamedTuple):
+    left_inverse: torch.Tensor  # (N, M): E^+ = E^T (E E^T + tau I)^{-1}
+    recover: torch.Tensor  # (M, N): exact left inverse of E^+ on its range
+    half_logdet: torch.Tensor  # (): 1/2 logdet((E^+)^T E^+)
+
+
+def _check_scale(scale) -> torch.Tensor | float:
+    if isinstance(scale, torch.Tensor):
+        if not bool((scale > 0).all()):
+            raise ValueError(f"scale: expected values > 0, got min {scale.min().item()}")
+        return scale
+    return _check_positive(scale, "scale")
+
+
+class PseudoMetric(nn.Module):
+    """Learned rank-deficient pseudometric ``d(x, y) = ||E (x - y)|| / scale`` on ``R^vector_dim``.
+
+    Args:
+        vector_dim: ``N``, the percept dimension.
+        metric_rank: ``M``, ``1 <= M <= N``, the rank of the embedding.
+        tau: ``> 0``, the Tikhonov term of the left inverse.
+        generator: draws the initial ``E`` ``(M, N)`` from ``N(0, 1/N)`` (so ``E E^T ~= I``).
+    """
+
+    def __init__(self, vector_dim: int, metric_rank: int, tau: float = 1e-3,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        for name, value in (("vector_dim", vector_dim), ("metric_rank", metric_rank)):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+            if value < 1:
+                raise ValueError(f"{name}: expected >= 1, got {value}")
+        if metric_rank > vector_dim:
+            raise ValueError(f"metric_rank: expected <= vector_dim={vector_dim}, got {metric_rank}")
+        self.vector_dim = vector_dim
+        self.metric_rank = metric_rank
+        self.tau = _check_positive(tau, "tau")
+        initial = torch.randn(metric_rank, vector_dim, generator=generator) / math.sqrt(vector_dim)
+        self.embedding = nn.Parameter(initial)  # (M, N)
+        self._cache: tuple[tuple, torch.Tensor, _Factors] | None = None
+
+    def extra_repr(self) -> str:
+        return f"vector_dim={self.vector_dim}, metric_rank={self.metric_rank}, tau={self.tau}"
+
+    def _check(self, x: torch.Tensor, name: str) -> torch.Tensor:
+        return _check_last(x, self.vector_dim, name, "vector_dim")
+
+    def pseudo_distance(self, x: torch.Tensor, y: torch.Tensor, squared: bool = False, scale=None) -> torch.Tensor:
+        """``||E (x - y)|| / scale`` (squared if asked): ``(..., N)``, ``(..., N)`` -> ``(...)``."""
+        self._check(x, "x")
+        self._check(y, "y")
+        distance = torch.linalg.vector_norm((x - y) @ self.embedding.T, dim=-1)  # (...)
+        if scale is not None:
+            distance = distance / _check_scale(scale)
+        return distance.square() if squared else distance
+
+    def cross_distance(self, x: torch.Tensor, y: torch.Tensor, squared: bool = False, scale=None) -> torch.Tensor:
+        """All pairs: ``x`` ``(..., T, N)``, ``y`` ``(..., S, N)`` -> ``(..., T, S)``."""
+        for name, value in (("x", x), ("y", y)):
+            self._check(value, name)
+            if value.ndim < 2:
+                got = tuple(value.shape)
+                raise ValueError(f"{name}: expected shape (..., rows, {self.vector_dim}), got {got}")
+        ex, ey = x @ self.embedding.T, y @ self.embedding.T  # (..., T, M), (..., S, M)
+        distance = torch.cdist(ex, ey, compute_mode="donot_use_mm_for_euclid_dist")  # exact, not |a|^2+|b|^2-2ab
+        if scale is not None:
+            distance = distance / _check_scale(scale)
+        return distance.square() if squared else distance
+
+    def _factors(self) -> _Factors:
+        """Left inverse, its exact inverse and half log-determinant; cached per value of E.
+
+        From the SVD ``E = U diag(s) V^T`` in float64. While autograd tracks ``E`` they are
+        recomputed so gradients reach it; each distribution keeps its own.
+        """
+        E = self.embedding
+        key = (self.tau, E.dtype, E.device, E.shape)
+        tracking = torch.is_grad_enabled() and E.requires_grad
+        if not tracking and self._cache is not None and self._cache[0] == key and torch.equal(self._cache[1], E):
+            return self._cache[2]
+        U, s, Vh = torch.linalg.svd(E.to(torch.float64), full_matrices=False)  # (M, M), (M,), (M, N)
+        s = s * (s > s.amax() * max(E.shape) * torch.finfo(s.dtype).eps)  # rounding noise is rank 0
+        gain = s / (s.square() + self.tau)  # <= 1 / (2 sqrt(tau)): finite for any E
+        left_inverse = (Vh.T * gain) @ U.T  # (N, M)
+        recover = (U / gain) @ Vh  # (M, N); needs full row rank
+        half_logdet = gain.log().sum()
+        factors = _Factors(left_inverse.to(E.dtype), recover.to(E.dtype), half_logdet.to(E.dtype))
+        if not tracking:
+            self._cache = (key, E.detach().clone(), factors)
+        return factors
+
+    def left_inverse(self) -> torch.Tensor:
+        """Tikhonov-regularized left inverse ``E^T (E E^T + tau I)^{-1}``, finite for any E.  # (N, M)"""
+        return self._factors().left_inverse
+
+    def distribution(self, reference: torch.Tensor, scale) -> "LowRankGaussian":
+        """Gaussian around ``reference`` ``(..., N)`` with mean pseudo-distance ``scale``."""
+        return LowRankGaussian(self, reference, scale)
+
+
+class LowRankGaussian(D.Distribution):
+    """``z = reference + scale * beta * E^+ v``, ``v ~ N(0, I_M)``: see the module docstring.
+
+    Batch shape: ``reference.shape[:-1]`` broadcast with ``scale``; event shape ``(N,)``.
+    """
+
+    arg_constraints = {"reference": D.constraints.real_vector, "scale": D.constraints.positive}
+    support = D.constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, metric: PseudoMetric, reference: torch.Tensor, scale,
+                 validate_args: bool | None = None) -> None:
+        if not isinstance(metric, PseudoMetric):
+            raise TypeError(f"metric: expected a PseudoMetric, got {type(metric).__name__}")
+        _check_last(reference, metric.vector_dim, "reference", "vector_dim")
+        self.metric = metric
+        self.reference = reference
+        self.scale = torch.as_tensor(scale, dtype=reference.dtype, device=reference.device)
+        batch_shape = torch.broadcast_shapes(reference.shape[:-1], self.scale.shape)
+        super().__init__(batch_shape, torch.Size((metric.vector_dim,)), validate_args=validate_args)
+        self._factors = metric._factors()
+        M = metric.metric_rank
+        self.beta = math.exp(math.lgamma(M / 2) - math.lgamma((M + 1) / 2)) / math.sqrt(2.0)  # 1 / E[chi_M]
+
+    def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+        """Reparameterized samples ``(*sample_shape, *batch_shape, N)``."""
+        shape = torch.Size(sample_shape) + self.batch_shape + (self.metric.metric_rank,)
+        v = torch.randn(shape, dtype=self.reference.dtype, device=self.reference.device, generator=generator)
+        step = v @ self._factors.left_inverse.to(v.dtype).T  # (..., N)
+        return self.reference + (self.beta * self.scale)[..., None] * step
+
+    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape, generator=generator)
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        """Density on the sampler's ``M``-dimensional subspace.  # (..., N) -> (...)"""
+        if self._validate_args:
+            self._validate_sample(value)
+        width = self.beta * self.scale  # (...)
+        v = ((value - self.reference) @ self._factors.recover.to(value.dtype).T) / width[..., None]  # (..., M)
+        M = self.metric.metric_rank
+        return (-0.5 * v.square().sum(-1) - 0.5 * M * math.log(2.0 * math.pi)
+                - M * width.log() - self._factors.half_logdet)
