@@ -1,0 +1,144 @@
+"""Smoke runs of the command-line scripts at tiny budgets, plus the pieces of scripts/run.py in-process."""
+import os
+
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # before pygame is imported anywhere
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+
+import importlib.util
+import json
+import pathlib
+import subprocess
+import sys
+
+import gymnasium as gym
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+import treeworld.envs  # noqa: F401  (registers the environment ids)
+from treeworld.overlay import Point
+
+torch.set_num_threads(1)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RUN = ROOT / "scripts" / "run.py"
+
+
+def load_run_module():
+    spec = importlib.util.spec_from_file_location("treeworld_scripts_run", RUN)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+run = load_run_module()
+
+
+def run_script(*args, cwd=None):
+    env = {**os.environ, "SDL_VIDEODRIVER": "dummy", "PYGAME_HIDE_SUPPORT_PROMPT": "1"}
+    return subprocess.run([sys.executable, str(RUN), *args], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=120)
+
+
+def test_help():
+    result = run_script("--help")
+    assert result.returncode == 0, result.stderr
+    for text in ("--agent", "{random,forager}", "--world-seed", "--record", "--frame-every", "--set", "--json",
+                 "num_trees (default 25): trees per world"):
+        assert text in result.stdout
+
+
+def test_forager_run_records_gif_and_writes_json(tmp_path):
+    gif, report = tmp_path / "new" / "dir" / "run.gif", tmp_path / "metrics.json"
+    result = run_script("--agent", "forager", "--episodes", "2", "--seed", "3", "--max-steps", "20",
+                        "--frame-every", "5", "--record", str(gif), "--json", str(report), "--set", "num_trees=10")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["episode", "steps", "fruit", "poison", "distance", "health", "terminated", "truncated"]
+    assert lines[1].split()[:2] == ["0", "20"] and lines[3].split()[0] == "mean"
+    frames = iio.imread(gif, index=None)
+    assert frames.shape == (2 * 5, 600, 600, 3)  # steps 0, 5, 10, 15 and the last, per episode
+    data = json.loads(report.read_text())
+    assert [row["seed"] for row in data["episodes"]] == [3, 4]
+    assert data["config"]["num_trees"] == 10 and data["agent"] == "forager"
+    assert data["mean"]["steps"] == 20 and data["mean"]["truncated"] == 1.0
+
+
+def test_random_run_records_mp4(tmp_path):
+    video = tmp_path / "run.mp4"
+    result = run_script("--agent", "random", "--max-steps", "10", "--world-seed", "2", "--record", str(video))
+    assert result.returncode == 0, result.stderr
+    assert video.stat().st_size > 0
+    assert f"recorded 11 frames (every 1 steps) to {video}" in result.stdout
+
+
+def test_bad_set_key_exits_with_a_clear_message():
+    result = run_script("--set", "nonsense_key=3", "--max-steps", "5")
+    assert result.returncode == 2
+    assert "unknown config key(s) ['nonsense_key']" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_parse_overrides_uses_field_types():
+    parsed = run.parse_overrides(["num_trees=40", "arena_radius=none", "observe_position=true", "max_step=2.5",
+                                  "vocabulary=hashed", "tree_spread=100"])
+    assert parsed == {"num_trees": 40, "arena_radius": None, "observe_position": True, "max_step": 2.5,
+                      "vocabulary": "hashed", "tree_spread": 100.0}
+    assert isinstance(parsed["num_trees"], int) and isinstance(parsed["tree_spread"], float)
+    with pytest.raises(ValueError, match="num_trees=abc: expected int"):
+        run.parse_overrides(["num_trees=abc"])
+    with pytest.raises(ValueError, match="observe_position=maybe: expected bool"):
+        run.parse_overrides(["observe_position=maybe"])
+    with pytest.raises(ValueError, match="expected key=value"):
+        run.parse_overrides(["num_trees"])
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['bogus'\]"):
+        run.parse_overrides(["bogus=1"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--record", "out.avi"], "--record: expected a path ending in .gif or .mp4"),
+    (["--record", "out.gif", "--render", "none"], "--record needs rgb_array frames"),
+    (["--episodes", "0"], "--episodes: expected an int >= 1"),
+    (["--set", "num_trees=0"], "num_trees: expected an int >= 1"),
+])
+def test_bad_arguments(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+class OverlayAgent:
+    """Stands still and marks the origin: checks that the runner hands overlays to the renderer."""
+
+    def __init__(self):
+        self.overlays = [Point((0.0, 0.0), color=(255, 0, 0), radius_px=6)]
+
+    def reset(self, seed=None):
+        pass
+
+    def act(self, observation):
+        return np.zeros(3, dtype=np.float32)
+
+
+def test_run_episode_copies_overlays_and_subsamples_frames():
+    env = gym.make("treeworld/TreeWorld-v0", render_mode="rgb_array", max_episode_steps=7)
+    frames = []
+    metrics = run.run_episode(env, OverlayAgent(), seed=0, world_seed=None, frames=frames, frame_every=3)
+    assert env.unwrapped.overlays == OverlayAgent().overlays
+    assert len(frames) == 4  # steps 0, 3, 6 and the last
+    assert tuple(frames[-1][300, 300]) == (255, 0, 0)  # the origin is the frame's center
+    assert metrics == {"steps": 7, "fruit_eaten": 0, "poison_eaten": 0, "distance_travelled": 0.0,
+                       "final_health": 993.0, "terminated": False, "truncated": True}
+    env.close()
+
+
+def test_format_table_has_a_mean_row():
+    rows = [{"episode": 0, "steps": 10, "fruit_eaten": 1, "poison_eaten": 0, "distance_travelled": 50.0,
+             "final_health": 990.0, "terminated": False, "truncated": True},
+            {"episode": 1, "steps": 6, "fruit_eaten": 2, "poison_eaten": 1, "distance_travelled": 30.0,
+             "final_health": 0.0, "terminated": True, "truncated": False}]
+    lines = run.format_table(rows).splitlines()
+    assert len(lines) == 4 and len({len(line) for line in lines}) == 1
+    assert lines[3].split() == ["mean", "8.0", "1.5", "0.5", "40.0", "495.0", "0.50", "0.50"]
