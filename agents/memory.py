@@ -1,0 +1,428 @@
+"""Spatial memory of a TEM-style agent: percepts stored under location codes, per agent in a batch.
+
+Each agent owns ``capacity`` preallocated slots holding a Fourier location code ``(L,)`` and a
+percept ``(P,)``. Recall runs both ways:
+
+- ``recall_percept(codes)``: what was seen here? Attention over stored entries with weights
+  ``exp(-d^2 / (2 recall_scale^2))``, d the Fourier pseudo-distance (world units). The code dot
+  product (a grid kernel on positions) shortlists ``candidates`` entries in one matmul; exact
+  pseudo-distances are computed on the shortlist only.
+- ``recall_location(percepts)``: where did I see this? The ``k`` entries nearest under the learned
+  percept pseudometric, with their codes and kernel weights, to correct a drifting estimate.
+
+Writes are novelty-gated: an item whose place is within ``place_radius`` of a stored entry with a
+percept within ``percept_radius`` merges into it (code and percept become running means, so the
+entry sits at the centroid of what it summarizes) instead of taking a slot.
+
+Eviction rule: least recently refreshed first (the oldest last write or merge; ties to the entry
+with fewer merged observations). Every revisit that sees the same thing refreshes an entry, so
+places the agent keeps coming back to survive, while one-off sightings and percepts that have
+since changed (a tree eaten bare stores a new entry at the same place) age out. It needs one
+top-k selection over the slots per write, no extra hyperparameter, and recall stays read-only.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from treeworld.agents.fourier import FourierMetric
+from treeworld.agents.pseudometric import PseudoMetric
+from treeworld.agents.topography import Topography
+
+_INF = float("inf")
+_CHUNK = 1 << 22  # score elements per block of queries (bounds the (B, q, C) temporaries)
+
+
+class MapUnits(NamedTuple):
+    """One agent's map layer: per unit a location code, a percept prototype and a grid position."""
+    codes: torch.Tensor  # (U, L)
+    percepts: torch.Tensor  # (U, P)
+    coords: torch.Tensor  # (U, 2)
+
+
+def _positive(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    if not value > 0:
+        raise ValueError(f"{name}: expected > 0, got {value}")
+    return float(value)
+
+
+def _topk(scores: torch.Tensor, k: int, block: int = 32) -> torch.Tensor:
+    """Indices of the k largest scores along the last axis, as ``scores.topk(k)`` but faster on long
+    rows: the k largest lie in the k blocks of ``block`` columns with the largest maxima.  (..., C) -> (..., k)
+    """
+    n = scores.shape[-1] // block
+    if n <= k:
+        return scores.topk(k, dim=-1).indices
+    head = n * block
+    blocks = scores[..., :head].unflatten(-1, (n, block)).amax(-1).topk(k, dim=-1).indices  # (..., k)
+    index = (blocks.unsqueeze(-1) * block + torch.arange(block, device=scores.device)).flatten(-2)  # (..., k*block)
+    tail = torch.arange(head, scores.shape[-1], device=scores.device).expand(*scores.shape[:-1], -1)
+    index = torch.cat([index, tail], dim=-1)  # the last partial block joins in full
+    return index.gather(-1, scores.gather(-1, index).topk(k, dim=-1).indices)
+
+
+def _code_major(codes: torch.Tensor) -> torch.Tensor:
+    """The same codes (..., L) stored code-dimension first: a strided view of a (L, ...) tensor."""
+    return codes.movedim(-1, 0).contiguous().movedim(0, -1)
+
+
+def _count(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected >= {minimum}, got {value}")
+    return value
+
+
+class SpatialMemory(nn.Module):
+    """Preallocated (location code, percept) store for ``batch_size`` agents.
+
+    Args:
+        location_metric: FourierMetric of the codes (L = location_metric.location_dim).
+        percept_metric: PseudoMetric of the percepts (P = percept_metric.vector_dim).
+        capacity: slots per agent.
+        batch_size: number of agents, each with its own independent memory.
+        place_radius: world units; novelty gate on the Fourier pseudo-distance.
+        percept_radius: pseudometric units; novelty gate on the percept distance.
+        recall_scale: world units; width of the recall_percept kernel (default place_radius / 2:
+            entries about place_radius apart then weigh exp(-2) of an exact match).
+        percept_scale: pseudometric units; width of the recall_location kernel (default
+            percept_radius).
+        candidates: shortlist size of the dot-product first stage.
+
+    Buffers (B agents, C slots): codes (B, C, L), percepts (B, C, P), valid (B, C) bool,
+    counts (B, C) observations merged per entry, refreshed (B, C) step of the last write or merge,
+    clock (B,) write steps per agent. The metrics are submodules (saved and moved with it).
+    """
+
+    def __init__(self, location_metric: FourierMetric, percept_metric: PseudoMetric, capacity: int,
+                 batch_size: int = 1, *, place_radius: float = 1.0, percept_radius: float = 0.25,
+                 recall_scale: float | None = None, percept_scale: float | None = None,
+                 candidates: int = 16):
+        super().__init__()
+        if not isinstance(location_metric, FourierMetric):
+            raise TypeError(f"location_metric: expected a FourierMetric, got {type(location_metric).__name__}")
+        if not isinstance(percept_metric, PseudoMetric):
+            raise TypeError(f"percept_metric: expected a PseudoMetric, got {type(percept_metric).__name__}")
+        self.location_metric = location_metric
+        self.percept_metric = percept_metric
+        self.capacity = _count(capacity, "capacity")
+        self.batch_size = _count(batch_size, "batch_size")
+        self.place_radius = _positive(place_radius, "place_radius")
+        self.percept_radius = _positive(percept_radius, "percept_radius")
+        self.recall_scale = _positive(place_radius / 2 if recall_scale is None else recall_scale, "recall_scale")
+        self.percept_scale = _positive(percept_radius if percept_scale is None else percept_scale, "percept_scale")
+        self.candidates = _count(candidates, "candidates")
+        self.location_dim = location_metric.location_dim
+        self.percept_dim = percept_metric.vector_dim
+
+        B, C, dtype = self.batch_size, self.capacity, torch.get_default_dtype()
+        self.register_buffer("codes", torch.zeros(B, C, self.location_dim, dtype=dtype))
+        self.register_buffer("percepts", torch.zeros(B, C, self.percept_dim, dtype=dtype))
+        self.register_buffer("valid", torch.zeros(B, C, dtype=torch.bool))
+        self.register_buffer("counts", torch.zeros(B, C, dtype=torch.long))
+        self.register_buffer("refreshed", torch.zeros(B, C, dtype=torch.long))
+        self.register_buffer("clock", torch.zeros(B, dtype=torch.long))
+        # The map layer, attached by consolidate(): a Topography over [code, w * percept].
+        self.topography: Topography | None = None
+        self.percept_weight = 1.0
+        self.register_buffer("map_weights", None)  # (B, U, L + P)
+        self.register_buffer("map_ready", None)  # (B,) bool
+
+    def extra_repr(self) -> str:
+        return (f"batch_size={self.batch_size}, capacity={self.capacity}, location_dim={self.location_dim}, "
+                f"percept_dim={self.percept_dim}, place_radius={self.place_radius}, "
+                f"percept_radius={self.percept_radius}, candidates={self.candidates}")
+
+    @property
+    def size(self) -> torch.Tensor:
+        """Stored entries per agent.  # (B,) long"""
+        return self.valid.sum(-1)
+
+    # ------------------------------------------------------------------------------ checking
+    def _check(self, tensor, name: str, size: int, what: str, max_items: int | None = None) -> torch.Tensor:
+        """Validate ``(B, size)`` or ``(B, K, size)``; returns the ``(B, K, size)`` view."""
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(tensor).__name__}")
+        if not tensor.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point tensor, got {tensor.dtype}")
+        if tensor.ndim not in (2, 3) or tensor.shape[0] != self.batch_size or tensor.shape[-1] != size:
+            raise ValueError(f"{name}: expected shape ({self.batch_size}, {size}) or ({self.batch_size}, K, "
+                             f"{size}) for batch_size={self.batch_size}, {what}={size}; got {tuple(tensor.shape)}")
+        if max_items is not None and tensor.ndim == 3 and tensor.shape[1] > max_items:
+            raise ValueError(f"{name}: expected at most capacity={max_items} items per agent, got {tensor.shape[1]}")
+        return tensor if tensor.ndim == 3 else tensor.unsqueeze(1)
+
+    def _check_agent(self, agent, name: str = "agent") -> int:
+        if isinstance(agent, bool) or not isinstance(agent, int):
+            raise TypeError(f"{name}: expected an int, got {type(agent).__name__}")
+        if not 0 <= agent < self.batch_size:
+            raise ValueError(f"{name}: expected 0 <= {name} < batch_size={self.batch_size}, got {agent}")
+        return agent
+
+    # ------------------------------------------------------------------------------- recall
+    def _gather(self, store: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """store (B, C, ...), index (B, Q, k) -> (B, Q, k, ...)"""
+        offset = self.capacity * torch.arange(self.batch_size, device=index.device)[:, None, None]
+        picked = store.flatten(0, 1).index_select(0, (index + offset).flatten())
+        return picked.unflatten(0, index.shape)
+
+    def _top_slots(self, queries: torch.Tensor, keys: torch.Tensor, offset: torch.Tensor | None,
+                   k: int) -> torch.Tensor:
+        """The k slots with the largest scores ``queries @ keys + offset``, empty slots last.
+
+        queries (B, Q, D), keys (B, D, C), offset (B, 1, C) or None -> (B, Q, k). New entries take
+        the lowest free slot, so only the leading slots up to the last stored entry are scored, and
+        masking is skipped when they are all occupied (always, for one agent).
+        """
+        occupied = self.valid.any(0).nonzero()
+        n = min(self.capacity, max(int(occupied[-1]) + 1 if len(occupied) else 0, k))
+        keys = keys[..., :n]
+        offset = None if offset is None else offset[..., :n]
+        valid = self.valid[:, None, :n]  # (B, 1, n)
+        if not valid.all():
+            absent = torch.zeros_like(valid, dtype=keys.dtype).masked_fill_(~valid, -_INF)
+            offset = absent if offset is None else offset + absent
+        rows = max(1, _CHUNK // (self.batch_size * n))
+        with torch.no_grad():
+            return torch.cat([_topk(part @ keys if offset is None else torch.baddbmm(offset, part, keys), k)
+                              for part in queries.split(rows, dim=1)], dim=1)
+
+    def _shortlist(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Candidate slots by code dot product, then exact squared pseudo-distances on them.
+
+        codes (B, Q, L) -> slots (B, Q, k), dist_sq (B, Q, k) (inf at empty slots).
+        """
+        slots = self._top_slots(codes.detach(), self.codes.transpose(1, 2), None, min(self.candidates, self.capacity))
+        # Code-major views: the metric's per-pair elementwise work then runs contiguously along the
+        # queries and candidates instead of along each code's stride-2 (cos, sin) pairs (~3x faster).
+        dist_sq = self.location_metric.pseudo_distance(_code_major(codes.unsqueeze(2)),
+                                                       _code_major(self._gather(self.codes, slots)), squared=True)
+        return slots, dist_sq.masked_fill(~self._gather(self.valid, slots), _INF)
+
+    def recall_percept(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Percepts remembered at the given places, and how sure.
+
+        codes (B, L) or (B, Q, L) -> percepts (B, [Q,] P), confidence (B, [Q,]) in [0, 1]: the
+        kernel value of the nearest stored entry (0 for an empty memory). Differentiable in codes.
+        """
+        single = codes.ndim == 2
+        codes = self._check(codes, "codes", self.location_dim, "location_dim")
+        slots, dist_sq = self._shortlist(codes)
+        logits = -dist_sq / (2.0 * self.recall_scale ** 2)  # (B, Q, k), -inf at empty slots
+        best = logits.max(-1).values  # (B, Q)
+        attention = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # all -inf rows -> 0
+        percepts = torch.einsum("bqk,bqkp->bqp", attention, self._gather(self.percepts, slots))  # (B, Q, P)
+        confidence = best.exp()
+        return (percepts.squeeze(1), confidence.squeeze(1)) if single else (percepts, confidence)
+
+    def recall_location(self, percepts: torch.Tensor, k: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` stored places whose percepts are nearest under the percept pseudometric.
+
+        percepts (B, P) or (B, Q, P) -> codes (B, [Q,] k, L), weights (B, [Q,] k): kernel values
+        ``exp(-d^2 / (2 percept_scale^2))`` nearest first, 0 for empty slots (normalize them to
+        average the places).
+        """
+        k = _count(k, "k")
+        if k > self.capacity:
+            raise ValueError(f"k: expected <= capacity={self.capacity}, got {k}")
+        single = percepts.ndim == 2
+        percepts = self._check(percepts, "percepts", self.percept_dim, "percept_dim")
+        with torch.no_grad():  # shortlist by 2 <E x, E y> - ||E y||^2 = ||E x||^2 - ||E (x - y)||^2
+            embedding = self.percept_metric.embedding.detach()  # (M, P)
+            ey = (self.percepts @ embedding.T).transpose(1, 2)  # (B, M, C)
+            wide = max(k, min(self.candidates, self.capacity))
+            slots = self._top_slots(2.0 * percepts @ embedding.T, ey, -ey.square().sum(1, keepdim=True), wide)
+        dist_sq = self.percept_metric.pseudo_distance(percepts.unsqueeze(2), self._gather(self.percepts, slots),
+                                                      squared=True)
+        dist_sq = dist_sq.masked_fill(~self._gather(self.valid, slots), _INF)
+        nearest, order = dist_sq.topk(k, dim=-1, largest=False)  # (B, Q, k), exact
+        slots = slots.gather(-1, order)
+        weights = torch.exp(-nearest / (2.0 * self.percept_scale ** 2))
+        codes = self._gather(self.codes, slots)  # (B, Q, k, L)
+        return (codes.squeeze(1), weights.squeeze(1)) if single else (codes, weights)
+
+    # -------------------------------------------------------------------------------- write
+    @torch.no_grad()
+    def write(self, codes: torch.Tensor, percepts: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Store (code, percept) items, merging those already stored near the same place.
+
+        codes (B, L) or (B, K, L), percepts (B, [K,] P), mask (B, [K]) bool (False: skip). Items
+        of one call are gated against the entries stored before the call, not against each
+        other. Returns the slot each item was stored in or merged into, -1 where skipped.  # (B, [K])
+        """
+        single = codes.ndim == 2
+        codes = self._check(codes, "codes", self.location_dim, "location_dim", max_items=self.capacity)
+        percepts = self._check(percepts, "percepts", self.percept_dim, "percept_dim")
+        if percepts.shape[1] != codes.shape[1]:
+            raise ValueError(f"percepts: expected {codes.shape[1]} items per agent like codes, "
+                             f"got {percepts.shape[1]}")
+        B, K = codes.shape[:2]
+        if mask is None:
+            mask = torch.ones(B, K, dtype=torch.bool, device=codes.device)
+        elif not (isinstance(mask, torch.Tensor) and mask.dtype == torch.bool
+                  and mask.shape == codes.shape[:1 + (not single)]):
+            got = f"{mask.dtype} {tuple(mask.shape)}" if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise ValueError(f"mask: expected a bool tensor of shape {(B,) if single else (B, K)}, got {got}")
+        mask = mask.reshape(B, K)
+        codes, percepts = codes.to(self.codes.dtype), percepts.to(self.percepts.dtype)
+        self.clock += mask.any(-1)
+        rows = torch.arange(B, device=codes.device)[:, None].expand(B, K)  # (B, K)
+
+        # Novelty gate: the nearest shortlisted entry close in place and in percept.
+        slots, place_sq = self._shortlist(codes)  # (B, K, k)
+        percept_sq = self.percept_metric.pseudo_distance(percepts.unsqueeze(2), self._gather(self.percepts, slots),
+                                                         squared=True)
+        match = (place_sq <= self.place_radius ** 2) & (percept_sq <= self.percept_radius ** 2)
+        nearest = place_sq.masked_fill(~match, _INF).argmin(-1, keepdim=True)
+        target = slots.gather(-1, nearest).squeeze(-1)  # (B, K)
+        merged = mask & match.any(-1)
+        new = mask & ~merged
+        self._merge(rows[merged], target[merged], codes[merged], percepts[merged])
+
+        # New items take free slots first, then the least recently refreshed (fewest merges).
+        taken = int(new.sum(-1).max())
+        if taken:
+            index = torch.arange(self.capacity, device=codes.device)
+            key = torch.where(self.valid, self.refreshed * (1 << 31) + self.counts.clamp_max((1 << 31) - 1),
+                              index - self.capacity)  # (B, C), free slots negative and first
+            free = key.topk(taken, dim=-1, largest=False).indices  # (B, taken)
+            rank = (new.cumsum(-1) - 1).clamp(0, taken - 1)  # (B, K)
+            target = torch.where(new, free.gather(-1, rank), target)
+            b, s = rows[new], target[new]
+            self.codes[b, s] = codes[new]
+            self.percepts[b, s] = percepts[new]
+            self.valid[b, s] = True
+            self.counts[b, s] = 1
+            self.refreshed[b, s] = self.clock[b]
+        target = target.masked_fill(~mask, -1)
+        return target.squeeze(1) if single else target
+
+    def _merge(self, agents: torch.Tensor, slots: torch.Tensor, codes: torch.Tensor, percepts: torch.Tensor) -> None:
+        """Running means of the entries (agents[i], slots[i]) with codes[i] and percepts[i].
+
+        (M,), (M,), (M, L), (M, P). The mean of nearby codes is the code of their centroid up to
+        a shorter length of each (cos, sin) pair, which the pseudo-distance ignores.
+        """
+        if len(agents) == 0:
+            return
+        flat, group = torch.unique(agents * self.capacity + slots, return_inverse=True)  # (G,), (M,)
+        b, s = flat // self.capacity, flat % self.capacity
+        n = torch.bincount(group, minlength=len(flat))  # (G,)
+        old = self.counts[b, s]
+        for store, items in ((self.codes, codes), (self.percepts, percepts)):
+            added = torch.zeros(len(flat), items.shape[-1], dtype=items.dtype, device=items.device)
+            added.index_add_(0, group, items)  # (G, .)
+            store[b, s] = (store[b, s] * old[:, None] + added) / (old + n)[:, None]
+        self.counts[b, s] = old + n
+        self.refreshed[b, s] = self.clock[b]
+
+    @torch.no_grad()
+    def reset(self, agents: list[int] | None = None) -> None:
+        """Forget everything (``agents=None``) or the listed agents' entries and maps."""
+        chosen = list(range(self.batch_size)) if agents is None else [self._check_agent(a, "agents") for a in agents]
+        for name in ("codes", "percepts", "valid", "counts", "refreshed", "clock"):
+            getattr(self, name)[chosen] = 0
+        if self.map_ready is not None:
+            self.map_ready[chosen] = False
+
+    def entries(self, agent: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """One agent's stored entries: codes (n, L), percepts (n, P)."""
+        agent = self._check_agent(agent)
+        keep = self.valid[agent]
+        return self.codes[agent, keep], self.percepts[agent, keep]
+
+    # ---------------------------------------------------------------------------- map layer
+    def _attach(self, topography: Topography, percept_weight: float) -> None:
+        shape = (self.batch_size, topography.num_units, topography.latent_dim)
+        self.topography = topography
+        self.percept_weight = percept_weight
+        self.map_weights = torch.zeros(shape, dtype=self.codes.dtype, device=self.codes.device)
+        self.map_ready = torch.zeros(self.batch_size, dtype=torch.bool, device=self.codes.device)
+
+    def consolidate(self, topography: Topography, agent: int | None = None, *, epochs: int = 10,
+                    batch_size: int = 256, sigma: tuple[float, float] | None = None,
+                    lr: tuple[float, float] = (0.5, 0.02), percept_weight: float = 1.0,
+                    generator: torch.Generator | None = None) -> Topography:
+        """Fit (first time) or update the map layer of one agent or all over their stored entries.
+
+        The map is a Topography over features ``[code, percept_weight * percept]`` (its
+        latent_dim must be L + P); each agent keeps its own unit weights, a new map starts from
+        random stored entries. Fit arguments go to ``Topography.fit``; for an update pass a small
+        sigma. Returns the topography, holding the last fitted agent's weights.
+        """
+        if not isinstance(topography, Topography):
+            raise TypeError(f"topography: expected a Topography, got {type(topography).__name__}")
+        expected = self.location_dim + self.percept_dim
+        if topography.latent_dim != expected or topography.normalize:
+            raise ValueError(f"topography: expected latent_dim=location_dim+percept_dim={expected} and "
+                             f"normalize=False, got latent_dim={topography.latent_dim}, "
+                             f"normalize={topography.normalize}")
+        percept_weight = _positive(percept_weight, "percept_weight")
+        agents = range(self.batch_size) if agent is None else [self._check_agent(agent)]
+        for b in agents:
+            if not self.valid[b].any():
+                raise ValueError(f"agent: agent {b} has no stored entries to consolidate")
+        if (topography is not self.topography or percept_weight != self.percept_weight
+                or self.map_weights.shape[1] != topography.num_units):
+            self._attach(topography, percept_weight)
+        for b in agents:
+            codes, percepts = self.entries(b)
+            features = torch.cat([codes, percept_weight * percepts], dim=-1)  # (n, L + P)
+            with torch.no_grad():
+                if self.map_ready[b]:
+                    start = self.map_weights[b]
+                else:
+                    start = features[torch.randint(len(features), (topography.num_units,), generator=generator)]
+                topography.weight.copy_(start)
+            topography.fit(features, epochs, batch_size, sigma=sigma, lr=lr, generator=generator)
+            self.map_weights[b] = topography.weight.detach()
+            self.map_ready[b] = True
+        return topography
+
+    def map_units(self, agent: int = 0) -> MapUnits:
+        """One agent's map layer: unit codes (U, L), percept prototypes (U, P), grid coords (U, 2)."""
+        agent = self._check_agent(agent)
+        if self.map_ready is None or not self.map_ready[agent]:
+            raise RuntimeError(f"map_units: agent {agent} has no map layer; call consolidate() first")
+        weights = self.map_weights[agent]
+        return MapUnits(weights[:, :self.location_dim], weights[:, self.location_dim:] / self.percept_weight,
+                        self.topography.coords)
+
+    # ------------------------------------------------------------------------------- saving
+    def get_extra_state(self) -> dict:
+        spec = None
+        if self.topography is not None:
+            t = self.topography
+            spec = {"height": t.height, "width": t.width, "grid": t.grid, "percept_weight": self.percept_weight}
+        return {"map": spec}
+
+    def set_extra_state(self, state: dict) -> None:
+        """The map geometry is rebuilt in _load_from_state_dict, before the tensors load."""
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        """Check the shape first (ValueError naming the mismatch) and rebuild the map geometry, so
+        that load_state_dict, also of a module holding this memory, restores everything."""
+        own = {"codes": self.codes.shape, "percepts": self.percepts.shape, "valid": self.valid.shape}
+        for name, shape in own.items():
+            theirs = state_dict.get(prefix + name)
+            if theirs is None or theirs.shape != shape:
+                got = "nothing" if theirs is None else f"shape {tuple(theirs.shape)}"
+                raise ValueError(f"state_dict: '{prefix + name}' must have shape {tuple(shape)} (batch_size="
+                                 f"{self.batch_size}, capacity={self.capacity}, location_dim={self.location_dim}, "
+                                 f"percept_dim={self.percept_dim}), got {got}")
+        spec = state_dict.get(prefix + "_extra_state", {}).get("map")
+        if spec is None:
+            self.topography, self.map_weights, self.map_ready = None, None, None
+        else:
+            latent = self.location_dim + self.percept_dim
+            geometry = Topography(latent, spec["height"], spec["width"], grid=spec["grid"],
+                                  generator=torch.Generator())
+            self._attach(geometry.to(self.codes.device), spec["percept_weight"])
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)

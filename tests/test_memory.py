@@ -1,0 +1,327 @@
+import copy
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from treeworld.agents.fourier import FourierMetric
+from treeworld.agents.memory import SpatialMemory, _topk
+from treeworld.agents.pseudometric import PseudoMetric
+from treeworld.agents.topography import Topography
+
+torch.set_num_threads(1)
+
+HALF = 30.0  # the field is the square [-HALF, HALF]^2, well inside the metric's scale
+LANDMARKS = 20
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+class LandmarkField:
+    """Percepts as a function of position: a soft one-hot of the nearby landmarks (first
+    LANDMARKS entries, largest at the nearest landmark) plus a smooth texture.  (..., 2) -> (..., dim)"""
+
+    dim = LANDMARKS + 24
+
+    def __init__(self, seed: int):
+        g = gen(seed)
+        self.landmarks = (2 * torch.rand(LANDMARKS, 2, generator=g) - 1) * HALF
+        self.freqs = torch.randn(12, 2, generator=g) / 4
+        self.phases = 2 * math.pi * torch.rand(12, generator=g)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        near = torch.softmax(-(x[..., None, :] - self.landmarks).square().sum(-1) / 32.0, dim=-1)
+        arg = x @ self.freqs.T + self.phases
+        return F.normalize(torch.cat([near, 0.3 * arg.cos(), 0.3 * arg.sin()], dim=-1), dim=-1)
+
+    def nearest(self, x: torch.Tensor) -> torch.Tensor:
+        return (x[..., None, :] - self.landmarks).square().sum(-1).argmin(-1)
+
+
+def walk(steps: int, seed: int, step: float = 1.0) -> torch.Tensor:
+    """A correlated random walk reflected at the field's edges.  # (steps, 2)"""
+    turns = 0.5 * torch.randn(steps, generator=gen(seed)).double()
+    heading, position, path = 0.0, np.zeros(2), []
+    for turn in turns.tolist():
+        heading += turn
+        position = position + step * np.array([math.cos(heading), math.sin(heading)])
+        over = np.abs(position) > HALF
+        position = np.where(over, np.sign(position) * (2 * HALF - np.abs(position)), position)
+        heading = math.atan2(math.sin(heading) * (-1 if over[1] else 1), math.cos(heading) * (-1 if over[0] else 1))
+        path.append(position)
+    return torch.tensor(np.array(path), dtype=torch.float32)
+
+
+def new_memory(capacity: int, batch_size: int = 1, seed: int = 1, **kwargs) -> SpatialMemory:
+    return SpatialMemory(FourierMetric(48, scale=64.0), PseudoMetric(LandmarkField.dim, 32, generator=gen(seed)),
+                         capacity, batch_size, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def explored():
+    """One agent that walked 2000 steps through a landmark field, writing every step."""
+    field, path = LandmarkField(0), walk(2000, 1)
+    memory = new_memory(2500, place_radius=0.5, percept_radius=0.1)
+    codes = memory.location_metric.encode(path)
+    for code, percept in zip(codes, field(path)):
+        memory.write(code[None], percept[None])
+    return field, path, memory
+
+
+# ----------------------------------------------------------------------------- recall
+def test_recall_at_revisited_places_names_the_nearest_landmark(explored):
+    field, path, memory = explored
+    assert 0 < memory.size.item() < len(path)  # revisits merged into existing entries
+    places = path[torch.randint(len(path), (1000,), generator=gen(2))]
+    percepts, confidence = memory.recall_percept(memory.location_metric.encode(places)[None])
+    hits = percepts[0, :, :LANDMARKS].argmax(-1) == field.nearest(places)
+    assert hits.float().mean() >= 0.99
+    assert confidence.min() > 0.2
+
+
+def test_confidence_is_low_where_the_agent_never_went(explored):
+    _, path, memory = explored
+    grid = torch.stack(torch.meshgrid(torch.linspace(-45, 45, 46), torch.linspace(-45, 45, 46), indexing="ij"), -1)
+    grid = grid.reshape(-1, 2)
+    unvisited = grid[torch.cdist(grid, path).min(-1).values > 5.0]
+    assert len(unvisited) > 100
+    _, confidence = memory.recall_percept(memory.location_metric.encode(unvisited)[None])
+    assert confidence.max() < 1e-3
+
+
+def test_recall_by_distinctive_percept_returns_the_true_place(explored):
+    field, path, memory = explored
+    places = path[torch.randint(len(path), (300,), generator=gen(3))]
+    percepts = field(places)
+    codes, weights = memory.recall_location(percepts[None], k=3)
+    assert codes.shape == (1, 300, 3, 48) and weights.shape == (1, 300, 3)
+    assert (weights[..., :-1] >= weights[..., 1:]).all() and weights.max() <= 1
+    found = memory.location_metric.decode(codes[0, :, 0])[1]  # (300, 2)
+    # Distinctive: no place more than 1 unit away along the path looks alike under the metric.
+    alike = memory.percept_metric.cross_distance(percepts, field(path))  # (300, T)
+    distinctive = alike.masked_fill(torch.cdist(places, path) <= 1.0, math.inf).min(-1).values > 0.05
+    assert distinctive.float().mean() > 0.5
+    assert ((found - places).norm(dim=-1)[distinctive] < 1.0).float().mean() >= 0.99
+
+
+def test_two_stage_recall_equals_attention_over_all_entries():
+    memory = new_memory(400, candidates=16, place_radius=0.5)
+    metric = memory.location_metric
+    g = gen(4)
+    places = 10 * torch.rand(300, 2, generator=g)
+    memory.write(metric.encode(places)[None], F.normalize(torch.randn(1, 300, LandmarkField.dim, generator=g), dim=-1))
+    queries = metric.encode(10 * torch.rand(50, 2, generator=g))[None]  # (1, 50, L)
+    stored_codes, stored_percepts = memory.entries(0)
+    dist_sq = metric.cross_distance(queries[0], stored_codes, squared=True)  # (50, n)
+    attention = torch.softmax(-dist_sq / (2 * memory.recall_scale ** 2), dim=-1)
+    percepts, confidence = memory.recall_percept(queries)
+    assert torch.allclose(percepts[0], attention @ stored_percepts, atol=1e-4)
+    assert torch.allclose(confidence[0], torch.exp(-dist_sq.min(-1).values / (2 * memory.recall_scale ** 2)), atol=1e-5)
+
+
+@pytest.mark.parametrize("length", [40, 1000, 1021])
+def test_blocked_topk_matches_torch_topk(length):
+    scores = torch.randn(3, 5, length, generator=gen(length))
+    scores[0, 0, :500] = -math.inf
+    assert torch.equal(_topk(scores, 8).sort(-1).values, scores.topk(8, dim=-1).indices.sort(-1).values)
+
+
+def test_recall_is_differentiable():
+    memory = new_memory(50)
+    metric = memory.location_metric
+    g = gen(5)
+    places = 5 * torch.rand(1, 20, 2, generator=g)
+    percepts = F.normalize(torch.randn(1, 20, LandmarkField.dim, generator=g), dim=-1)
+    memory.write(metric.encode(places), percepts)
+    query = metric.encode(places[:, :4] + 0.2).requires_grad_(True)
+    recalled, _ = memory.recall_percept(query)
+    recalled.square().sum().backward()
+    assert query.grad is not None and query.grad.abs().sum() > 0
+    _, weights = memory.recall_location(percepts[:, :4] + 0.05, k=2)
+    weights.sum().backward()
+    assert memory.percept_metric.embedding.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------------------ write
+def test_novelty_gating_merges_what_was_seen_at_the_same_place():
+    memory = new_memory(10, place_radius=1.0, percept_radius=0.2)
+    metric = memory.location_metric
+    here, there = torch.tensor([[1.0, 2.0]]), torch.tensor([[8.0, -3.0]])
+    p, q = F.normalize(torch.randn(2, LandmarkField.dim, generator=gen(6)), dim=-1)
+    assert memory.write(metric.encode(here), p[None]).tolist() == [0]
+    assert memory.write(metric.encode(here + 0.3), (p + 0.01)[None]).tolist() == [0]  # same place, same percept
+    assert memory.counts[0, 0] == 2 and memory.size.item() == 1
+    assert torch.allclose(memory.percepts[0, 0], p + 0.005)
+    centroid = metric.decode(memory.codes[0, 0])[1]
+    assert torch.allclose(centroid, here[0] + 0.15, atol=1e-3)  # the entry sits at the centroid
+    assert memory.write(metric.encode(here), q[None]).tolist() == [1]  # same place, new percept
+    assert memory.write(metric.encode(there), p[None]).tolist() == [2]  # same percept, new place
+    assert memory.write(metric.encode(there), p[None], mask=torch.tensor([False])).tolist() == [-1]
+    assert memory.size.item() == 3 and memory.clock.item() == 4
+
+
+def test_eviction_keeps_capacity_and_drops_the_least_recently_refreshed():
+    memory = new_memory(8)
+    metric = memory.location_metric
+    places = torch.stack([3.0 * torch.arange(20.0), torch.zeros(20)], dim=-1)  # 3 units apart
+    percepts = F.normalize(torch.randn(20, LandmarkField.dim, generator=gen(7)), dim=-1)
+    for i in range(8):
+        memory.write(metric.encode(places[i:i + 1]), percepts[i:i + 1])
+    memory.write(metric.encode(places[:1]), percepts[:1])  # a revisit refreshes entry 0
+    def kept():
+        _, confidence = memory.recall_percept(metric.encode(places)[None])
+        return (confidence[0] > 0.5).nonzero().flatten().tolist()
+
+    for i in range(8, 15):
+        memory.write(metric.encode(places[i:i + 1]), percepts[i:i + 1])
+        assert memory.size.item() == 8
+    assert kept() == [0] + list(range(8, 15))  # entry 0 outlived its cohort 1..7
+    memory.write(metric.encode(places[15:17])[None], percepts[15:17][None])
+    assert kept() == list(range(9, 17))  # then it was the oldest
+
+
+def test_eviction_ties_go_to_the_entry_with_fewer_merges():
+    memory = new_memory(3)
+    metric = memory.location_metric
+    places = 5.0 * torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0]])
+    percepts = F.normalize(torch.randn(5, LandmarkField.dim, generator=gen(8)), dim=-1)
+    memory.write(metric.encode(places[:3])[None], percepts[:3][None])
+    # One call merges twice into entry 0 and once into entry 1: same refresh step, counts 3 and 2.
+    memory.write(metric.encode(places[[0, 0, 1]])[None], percepts[[0, 0, 1]][None])
+    assert memory.counts[0].tolist() == [3, 2, 1]
+    assert memory.write(metric.encode(places[3:4]), percepts[3:4]).tolist() == [2]  # the oldest
+    assert memory.write(metric.encode(places[4:5]), percepts[4:5]).tolist() == [1]  # tie: fewer merges
+
+
+def test_agents_in_a_batch_are_independent():
+    g = gen(9)
+    places = 20 * torch.rand(3, 120, 2, generator=g)
+    percepts = F.normalize(torch.randn(3, 120, LandmarkField.dim, generator=g), dim=-1)
+    mask = torch.rand(3, 120, generator=g) > 0.3
+    mask[2] = False
+    batch = new_memory(60, batch_size=3, place_radius=1.0, percept_radius=0.5)
+    singles = [new_memory(60, place_radius=1.0, percept_radius=0.5) for _ in range(3)]
+    metric = batch.location_metric
+    for t in range(120):
+        batch.write(metric.encode(places[:, t]), percepts[:, t], mask=mask[:, t])
+        for b, single in enumerate(singles):
+            if mask[b, t]:
+                single.write(metric.encode(places[b:b + 1, t]), percepts[b:b + 1, t])
+    queries = metric.encode(places[:, :30] + 0.3)
+    recalled, confidence = batch.recall_percept(queries)
+    for b, single in enumerate(singles):
+        for name in ("valid", "counts", "refreshed"):
+            assert torch.equal(getattr(batch, name)[b], getattr(single, name)[0])
+        assert torch.allclose(batch.percepts[b], single.percepts[0], atol=1e-6)
+        alone, alone_confidence = single.recall_percept(queries[b:b + 1])
+        assert torch.allclose(recalled[b], alone[0], atol=1e-5)
+        assert torch.allclose(confidence[b], alone_confidence[0], atol=1e-5)
+    assert batch.size.tolist()[2] == 0 and batch.size.tolist()[0] == 60  # full, evicting
+    batch.reset([0])
+    assert batch.size.tolist()[0] == 0 and batch.size.tolist()[1] == singles[1].size.item()
+
+
+# -------------------------------------------------------------------------- map layer
+def test_consolidation_gives_a_topographic_map_of_the_explored_field(explored):
+    field, path, memory = explored
+    memory = copy.deepcopy(memory)
+    topography = Topography(48 + LandmarkField.dim, 8, 8, generator=gen(10))
+    memory.consolidate(topography, epochs=8, batch_size=64, sigma=(4.0, 0.7), generator=gen(11))
+    units = memory.map_units(0)
+    assert units.codes.shape == (64, 48) and units.percepts.shape == (64, LandmarkField.dim)
+    assert torch.equal(units.coords, topography.coords)
+    position = memory.location_metric.decode(units.codes)[1]  # (64, 2)
+    assert torch.cdist(position, path).min(-1).values.max() < 3.0  # units lie on explored ground
+    grid_gap, place_gap = torch.pdist(topography.coords), torch.pdist(position)
+    assert np.corrcoef(grid_gap.numpy(), place_gap.numpy())[0, 1] > 0.85  # the map is topographic
+    # Each prototype is most like what is perceived at its own unit's place.
+    similarity = F.cosine_similarity(units.percepts[:, None], field(position)[None], dim=-1)  # (U, U)
+    assert similarity.diagonal().median() > 0.8
+    assert (similarity.argmax(-1) == torch.arange(64)).float().mean() > 0.9
+    # An update starts from the agent's map: a vanishing learning rate leaves it as it was.
+    before = units.codes.clone()
+    memory.consolidate(topography, epochs=1, batch_size=64, sigma=(0.7, 0.7), lr=(1e-6, 1e-6), generator=gen(12))
+    assert torch.allclose(memory.map_units(0).codes, before, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------- saving
+def filled_memory(seed: int) -> SpatialMemory:
+    memory = new_memory(40, batch_size=2, seed=seed)
+    g = gen(seed)
+    places = 10 * torch.rand(2, 60, 2, generator=g)
+    percepts = F.normalize(torch.randn(2, 60, LandmarkField.dim, generator=g), dim=-1)
+    for t in range(0, 60, 6):
+        memory.write(memory.location_metric.encode(places[:, t:t + 6]), percepts[:, t:t + 6])
+    return memory
+
+
+def test_state_dict_round_trip_loses_nothing():
+    memory = filled_memory(13)
+    memory.consolidate(Topography(48 + LandmarkField.dim, 3, 4, grid="hexagonal"), agent=1, epochs=2,
+                       batch_size=8, generator=gen(14))
+    buffer = io.BytesIO()
+    torch.save(memory.state_dict(), buffer)
+    buffer.seek(0)
+    restored = new_memory(40, batch_size=2, seed=99)  # other metric weights, no map yet
+    restored.load_state_dict(torch.load(buffer, weights_only=False))
+    saved, loaded = memory.state_dict(), restored.state_dict()
+    assert saved.keys() == loaded.keys()
+    for key, value in saved.items():
+        assert torch.equal(value, loaded[key]) if isinstance(value, torch.Tensor) else value == loaded[key]
+    queries = memory.location_metric.encode(10 * torch.rand(2, 5, 2, generator=gen(15)))
+    for got, want in zip(restored.recall_percept(queries), memory.recall_percept(queries)):
+        assert torch.equal(got, want)
+    assert restored.topography.grid == "hexagonal"
+    assert all(torch.equal(x, y) for x, y in zip(restored.map_units(1), memory.map_units(1)))
+    with pytest.raises(RuntimeError, match="agent 0 has no map layer"):
+        restored.map_units(0)
+    # A state without a map clears the map of the memory it is loaded into.
+    restored.load_state_dict(filled_memory(16).state_dict())
+    assert restored.topography is None
+
+
+@pytest.mark.parametrize("capacity, batch_size", [(30, 2), (40, 3)])
+def test_loading_a_memory_of_another_shape_fails_clearly(capacity, batch_size):
+    memory = new_memory(capacity, batch_size=batch_size)
+    with pytest.raises(ValueError, match=rf"'codes' must have shape .*batch_size={batch_size}, capacity={capacity}"):
+        memory.load_state_dict(filled_memory(17).state_dict())
+
+
+# -------------------------------------------------------------------------- bad input
+def test_bad_input_raises_with_the_argument_named():
+    memory = new_memory(5, batch_size=2)
+    codes = memory.location_metric.encode(torch.zeros(2, 2))
+    percepts = torch.zeros(2, LandmarkField.dim)
+    with pytest.raises(ValueError, match="capacity: expected >= 1, got 0"):
+        new_memory(0)
+    with pytest.raises(TypeError, match="location_metric: expected a FourierMetric"):
+        SpatialMemory(memory.percept_metric, memory.percept_metric, 5)
+    with pytest.raises(ValueError, match=r"codes: expected shape \(2, 48\) or \(2, K, 48\).*got \(2, 47\)"):
+        memory.write(codes[:, :47], percepts)
+    with pytest.raises(ValueError, match=r"percepts: expected shape \(2, 44\).*got \(2, 43\)"):
+        memory.write(codes, percepts[:, :43])
+    with pytest.raises(ValueError, match=r"codes: expected shape \(2, 48\).*got \(3, 48\)"):
+        memory.recall_percept(torch.cat([codes, codes[:1]]))
+    with pytest.raises(ValueError, match="percepts: expected 1 items per agent like codes"):
+        memory.write(codes[:, None], torch.zeros(2, 2, LandmarkField.dim))
+    with pytest.raises(ValueError, match="codes: expected at most capacity=5 items"):
+        memory.write(codes[:, None].expand(2, 6, 48), torch.zeros(2, 6, LandmarkField.dim))
+    with pytest.raises(ValueError, match=r"mask: expected a bool tensor of shape \(2,\)"):
+        memory.write(codes, percepts, mask=torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="k: expected <= capacity=5, got 6"):
+        memory.recall_location(percepts, k=6)
+    with pytest.raises(ValueError, match="agent: expected 0 <= agent < batch_size=2, got 2"):
+        memory.entries(2)
+    with pytest.raises(ValueError, match="agent: expected 0 <= agent < batch_size=2, got -1"):
+        memory.map_units(-1)
+    with pytest.raises(ValueError, match="agents: expected 0 <= agents < batch_size=2, got 5"):
+        memory.reset([5])
+    with pytest.raises(ValueError, match="topography: expected latent_dim=location_dim\\+percept_dim=92"):
+        memory.consolidate(Topography(10, 2, 2))
+    with pytest.raises(ValueError, match="agent: agent 0 has no stored entries"):
+        memory.consolidate(Topography(92, 2, 2), agent=0)
