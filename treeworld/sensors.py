@@ -64,7 +64,7 @@ def observe(config: WorldConfig, tables: PerceptTables, state: WorldState, motio
 
     # Sight: the nearest tree in the heading cone and range, with its fruit phrase.
     heading = state.heading
-    ahead = state.tree_offset[..., 0] * heading[:, 0:1] + state.tree_offset[..., 1] * heading[:, 1:2]  # (B, T)
+    ahead = state.tree_offset[:, 0] * heading[:, 0:1] + state.tree_offset[:, 1] * heading[:, 1:2]  # (B, T)
     visible = (ahead >= config.sight_cos * dist) & (dist < config.sight_distance)
     masked = xp.where(visible, dist, math.inf)
     nearest = xp.argmin(masked, axis=1)  # (B,)
@@ -72,7 +72,7 @@ def observe(config: WorldConfig, tables: PerceptTables, state: WorldState, motio
     seen_distance = masked[index, nearest]  # (B,) inf when nothing is seen
     seen = seen_distance < math.inf
     combo = state.tree_sight_row[index, nearest] + state.tree_fruit[index, nearest]
-    sight = tables.sight[xp.where(seen, combo, tables.sight.shape[0] - 1)]  # (B, D)
+    sight = xp.take(tables.sight, xp.where(seen, combo, tables.sight.shape[0] - 1), axis=0)  # (B, D)
     sight_distance = xp.where(seen, seen_distance / config.sight_distance, 0.0)
 
     obs = {

@@ -37,11 +37,11 @@ class WorldState:
     tree_kind: Array  # (B, T) int64 vocabulary row of the fruit kind
     tree_name: Array  # (B, T) int64 vocabulary row of the (unique) tree name
     tree_poisonous: Array  # (B, T) bool
-    tree_fruit: Array  # (B, T) int64 in [0, max_fruit]
+    tree_fruit: Array  # (B, T) int8 in [0, max_fruit]
     tree_smell_weight: Array  # (B, T) 1 / ||e_kind + e_name||, fixed per world (normalizes a tree's percept)
     tree_smell_rows: Array  # (B, 2T) int64 rows of the smell table (kinds, then pooled names), fixed per world
     tree_sight_row: Array  # (B, T) int64 first row of the tree's (kind, name) block in the sight table
-    tree_offset: Array  # (B, T, 2) tree_position - agent_position, kept in step with the agent
+    tree_offset: Array  # (B, 2, T) tree_position - agent_position (x row, y row), kept in step with the agent
     tree_distance: Array  # (B, T) |tree_offset|, used by eating and by both sensors
 
     @property
@@ -101,6 +101,8 @@ def build_world(config: WorldConfig, vocabulary: Vocabulary, tree_position, tree
     f32 = np.float32
     positions = np.asarray(tree_position, f32).reshape(-1, 2)
     kinds, names, fruit = (np.asarray(a, np.int64).reshape(-1) for a in (tree_kind, tree_name, tree_fruit))
+    if ((fruit < 0) | (fruit > config.max_fruit)).any():
+        raise ValueError(f"tree_fruit: expected counts in [0, {config.max_fruit}], got {fruit.tolist()}")
     pooled = names - vocabulary.name_offset
     if not (len(kinds) == len(names) == len(fruit) == len(positions)):
         raise ValueError(f"trees: expected equal lengths, got positions {len(positions)}, kinds {len(kinds)}, "
@@ -110,7 +112,7 @@ def build_world(config: WorldConfig, vocabulary: Vocabulary, tree_position, tree
                          f"[{vocabulary.name_offset}, {vocabulary.name_offset + config.name_pool})")
     smell_weight = 1.0 / np.linalg.norm(vocabulary.table[kinds] + vocabulary.table[names], axis=1)
     position = np.asarray(agent_position, f32).reshape(1, 2)
-    offset = positions[None] - position[:, None, :]
+    offset = (positions - position).T[None]  # (1, 2, T)
     return WorldState(
         agent_position=position,
         heading=np.asarray(heading, f32).reshape(1, 2),
@@ -124,12 +126,12 @@ def build_world(config: WorldConfig, vocabulary: Vocabulary, tree_position, tree
         tree_kind=kinds[None],
         tree_name=names[None],
         tree_poisonous=(kinds >= len(EDIBLE_KINDS))[None],
-        tree_fruit=fruit[None],
+        tree_fruit=fruit.astype(np.int8)[None],
         tree_smell_weight=smell_weight.astype(f32)[None],
         tree_smell_rows=np.concatenate([kinds, pooled + vocabulary.num_kinds])[None],
         tree_sight_row=((kinds * config.name_pool + pooled) * len(FRUIT_PHRASES))[None],
         tree_offset=offset,
-        tree_distance=np.hypot(offset[..., 0], offset[..., 1]),
+        tree_distance=np.hypot(offset[:, 0], offset[:, 1]),
     )
 
 
@@ -161,24 +163,27 @@ def step(config: WorldConfig, state: WorldState, action: Array) -> tuple[WorldSt
     move = position - state.agent_position  # (B, 2) realized displacement
     moved = xp.hypot(move[:, 0], move[:, 1])  # (B,)
     heading = xp.where((moved > 0)[:, None], move / xp.maximum(moved, 1e-12)[:, None], state.heading)
-    offset = state.tree_offset - move[:, None, :]  # (B, T, 2)
-    dist = xp.hypot(offset[..., 0], offset[..., 1])  # (B, T)
+    offset = state.tree_offset - move[:, :, None]  # (B, 2, T)
+    dist = xp.hypot(offset[:, 0], offset[:, 1])  # (B, T)
     health = state.health - (config.living_cost + config.move_cost * moved)
     fruit, fruit_eaten, poison_eaten = state.tree_fruit, state.fruit_eaten, state.poison_eaten
 
     ate = poisoned = action[:, 2] > 0  # (B,) the eat wish; stays all False when no world eats
-    if xp.any(ate):  # a shortcut only: the result is the same without it
-        reachable = (dist <= config.eat_radius) & (fruit > 0)
-        target = xp.argmin(xp.where(reachable, dist, math.inf), axis=1)  # (B,) nearest tree with fruit in reach
-        rows = xp.arange(state.batch_size, device=device_of(dist))
-        ate = ate & reachable[rows, target]
-        poisoned = ate & state.tree_poisonous[rows, target]
-        edible = ate ^ poisoned
-        picked = (xp.arange(dist.shape[1], device=device_of(dist)) == target[:, None]) & ate[:, None]  # (B, T)
-        fruit = fruit - xp.astype(picked, fruit.dtype)
-        health = health + config.fruit_health * (xp.astype(edible, dist.dtype) - xp.astype(poisoned, dist.dtype))
-        fruit_eaten = fruit_eaten + xp.astype(edible, fruit_eaten.dtype)
-        poison_eaten = poison_eaten + xp.astype(poisoned, poison_eaten.dtype)
+    if xp.any(ate):  # shortcuts only: the result is the same without them
+        reachable = (dist <= config.eat_radius) & (state.tree_fruit > 0)  # (B, T)
+        eaters = xp.nonzero(ate & xp.any(reachable, axis=1))[0]  # (E,) usually a few of B
+        ate = xp.zeros_like(ate)
+        poisoned = xp.zeros_like(ate)
+        if eaters.shape[0]:
+            target = xp.argmin(xp.where(reachable[eaters], dist[eaters], math.inf), axis=1)  # (E,) nearest with fruit
+            bad = state.tree_poisonous[eaters, target]  # (E,)
+            ate[eaters] = True
+            poisoned[eaters] = bad
+            fruit = xp.asarray(fruit, copy=True)
+            fruit[eaters, target] -= 1
+            health[eaters] += config.fruit_health * (1.0 - 2.0 * xp.astype(bad, health.dtype))
+            fruit_eaten = fruit_eaten + xp.astype(ate & ~poisoned, fruit_eaten.dtype)
+            poison_eaten = poison_eaten + xp.astype(poisoned, poison_eaten.dtype)
     health = xp.minimum(xp.maximum(health, 0.0), config.max_health)
 
     steps = state.steps + 1
