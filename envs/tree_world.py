@@ -131,7 +131,9 @@ class TreeWorldEnv(gym.Env):
         return {key: value[0] for key, value in self._batch.observe().items()}
 
     def _info(self, events) -> dict[str, Any]:
-        return {key: value[0].copy() for key, value in privileged_info(self.state, events).items()}
+        # Per-world scalars become Python numbers, arrays fresh copies: nothing returned is shared.
+        return {key: value[0].item() if value.ndim == 1 else value[0].copy()
+                for key, value in privileged_info(self.state, events).items()}
 
     def render(self):
         if self.render_mode is None:

@@ -13,6 +13,9 @@ from treeworld.envs.batch import (ACTION_SPACE, HEALTH_PER_REWARD, WorldBatch, c
                                   observation_space, privileged_info)
 
 
+TORCH_FROM_NUM_ENVS = 1024  # the default CPU backend switches to torch here (measured crossover, 2-core CPU)
+
+
 class TreeWorldVectorEnv(VectorEnv):
     """``num_envs`` tree worlds in one batched physics, with Gymnasium's next-step autoreset.
 
@@ -25,7 +28,7 @@ class TreeWorldVectorEnv(VectorEnv):
         num_envs: number of worlds N.
         config: a :class:`~treeworld.WorldConfig`; keyword ``overrides`` replace its fields.
         device: "cpu" or a torch device such as "cuda".
-        backend: "numpy" or "torch"; default numpy on "cpu" and torch elsewhere.
+        backend: "numpy" or "torch"; default numpy on "cpu" below 1,024 envs, torch otherwise.
         max_episode_steps: truncate episodes after this many steps (None: never).
     """
 
@@ -39,7 +42,8 @@ class TreeWorldVectorEnv(VectorEnv):
         if render_mode is not None:
             raise ValueError(f"render_mode: the vector env does not render, got {render_mode!r}; "
                              "render a single TreeWorldEnv instead")
-        backend = backend or ("numpy" if str(device) == "cpu" else "torch")
+        if backend is None:  # numpy's per-call overhead is lower; torch's kernels win from ~1,000 envs on
+            backend = "numpy" if str(device) == "cpu" and num_envs < TORCH_FROM_NUM_ENVS else "torch"
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
         if max_episode_steps is not None and (not isinstance(max_episode_steps, int) or max_episode_steps < 1):

@@ -1,9 +1,13 @@
 """Environment throughput: TreeWorld single env and vector env against Gymnasium's CartPole-v1.
 
-Figures are steps per second (single env) and agent-steps per second (vector env: num_envs x
-steps / s), with random actions drawn before timing; each is the median of ``repeats`` runs.
+Figures are steps per second (single env, one thread) and agent-steps per second (vector env:
+num_envs x steps / s, torch on all CPU cores), with random actions drawn before timing; each is
+the median of ``repeats`` runs. CartPole-v1 and its native CartPoleVectorEnv are measured in the
+same run as the baseline.
 """
 from __future__ import annotations
+
+import os
 
 import gymnasium as gym
 import numpy as np
@@ -66,6 +70,8 @@ def run(repeats: int, device: str, quick: bool) -> dict:
     ours = single_env_rate(TREEWORLD, single_steps, repeats)
     cartpole = single_env_rate("CartPole-v1", single_steps, repeats)
     report["single"] = {"treeworld": ours, "cartpole": cartpole, "ratio_to_cartpole": ours / cartpole}
+    torch.set_num_threads(os.cpu_count() or 1)
+    report["vector_cpu_threads"] = torch.get_num_threads()
     for n in counts:
         steps = _steps_for(n, quick)
         row = {"treeworld_numpy": vector_env_rate(TREEWORLD, n, steps, repeats),
@@ -76,4 +82,5 @@ def run(repeats: int, device: str, quick: bool) -> dict:
     if device.startswith("cuda") and torch.cuda.is_available():
         report["vector_cuda"] = {str(n): {"treeworld_torch": vector_env_rate(TREEWORLD, n, 50, repeats, device=device)}
                                  for n in ((4096,) if quick else CUDA_COUNTS)}
+    torch.set_num_threads(1)
     return report
