@@ -20,8 +20,9 @@ class TreeWorldVectorEnv(VectorEnv):
     """``num_envs`` tree worlds in one batched physics, with Gymnasium's next-step autoreset.
 
     Env ``i`` with ``reset(seed=s)`` reproduces ``TreeWorldEnv`` reset with seed ``s + i`` step
-    for step. Observations, rewards and flags are numpy arrays on the numpy backend and torch
-    tensors on the torch backend. Made by ``gym.make_vec("treeworld/TreeWorld-v0", num_envs=N,
+    for step. Observations, rewards, flags and infos are numpy arrays on device "cpu" (whichever
+    backend computes them: torch's CPU tensors convert without a copy) and torch tensors on other
+    devices. Made by ``gym.make_vec("treeworld/TreeWorld-v0", num_envs=N,
     vectorization_mode="vector_entry_point", device="cpu" or "cuda")``.
 
     Args:
@@ -51,7 +52,7 @@ class TreeWorldVectorEnv(VectorEnv):
         self.config = (config or WorldConfig()).replace(**overrides)
         self.batch = WorldBatch(self.config, num_envs, backend, None if backend == "numpy" else device)
         self.num_envs = self.batch.num_envs
-        self.device = device
+        self.device = str(device)
         self.max_episode_steps = max_episode_steps
         self._step_limit = max_episode_steps or np.iinfo(np.int64).max
         self.render_mode = None
@@ -70,7 +71,7 @@ class TreeWorldVectorEnv(VectorEnv):
         self.batch.rngs = [np.random.default_rng(s) for s in seeds]
         self.batch.reset(range(self.num_envs), world_seeds)
         self._autoreset[:] = False
-        return self.batch.observe(), self._info(None)
+        return self._out(self.batch.observe()), self._info(None)
 
     def step(self, actions):
         events = self.batch.step(self.batch.check_actions(actions, (self.num_envs, 3)))
@@ -87,10 +88,19 @@ class TreeWorldVectorEnv(VectorEnv):
             terminated = terminated & ~restarted
             truncated = truncated & ~restarted
         self._autoreset = to_numpy(terminated | truncated).copy()
-        return self.batch.observe(), reward, terminated, truncated, self._info(events)
+        obs = self._out(self.batch.observe())
+        return obs, self._out(reward), self._out(terminated), self._out(truncated), self._info(events)
+
+    def _out(self, x: Any) -> Any:
+        """What the user gets: numpy on the CPU (a dict of arrays too), backend arrays elsewhere."""
+        if self.device != "cpu":
+            return x
+        if isinstance(x, dict):
+            return {key: to_numpy(value) for key, value in x.items()}
+        return to_numpy(x)
 
     def _info(self, events) -> dict[str, Any]:
-        info = {key: copy(value) for key, value in privileged_info(self.batch.state, events).items()}
+        info = {key: self._out(copy(value)) for key, value in privileged_info(self.batch.state, events).items()}
         present = np.ones(self.num_envs, dtype=bool)
         info.update({f"_{key}": present for key in list(info)})
         return info
