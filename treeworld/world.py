@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from treeworld.backend import device_of, from_numpy, namespace
+from treeworld.backend import from_numpy, namespace
 from treeworld.config import WorldConfig
 from treeworld.vocabulary import EDIBLE_KINDS, FRUIT_PHRASES, Vocabulary
 
