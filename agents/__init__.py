@@ -1,6 +1,9 @@
-"""Agents for the tree world."""
-from treeworld.agents.topography import Topography
+"""The minds: location codes, percept metrics, topographic map, spatial memory and baselines."""
+from treeworld.agents.baselines import Agent, Forager, RandomWalker
 from treeworld.agents.fourier import FourierCodeDistribution, FourierMetric
-from treeworld.agents.pseudometric import LowRankGaussian, PseudoMetric
-from treeworld.agents.baselines import Agent, RandomWalker, Forager
 from treeworld.agents.memory import MapUnits, SpatialMemory
+from treeworld.agents.pseudometric import LowRankGaussian, PseudoMetric
+from treeworld.agents.topography import Topography
+
+__all__ = ["Agent", "Forager", "RandomWalker", "FourierCodeDistribution", "FourierMetric", "MapUnits",
+           "SpatialMemory", "LowRankGaussian", "PseudoMetric", "Topography"]

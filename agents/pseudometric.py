@@ -32,7 +32,7 @@ import torch
 import torch.distributions as D
 from torch import nn
 
-from treeworld.agents.fourier import _check_last, _check_positive
+from treeworld.agents import checks
 
 
 class _Factors(NamedTuple):
@@ -46,7 +46,7 @@ def _check_scale(scale) -> torch.Tensor | float:
         if not bool((scale > 0).all()):
             raise ValueError(f"scale: expected values > 0, got min {scale.min().item()}")
         return scale
-    return _check_positive(scale, "scale")
+    return checks.positive(scale, "scale")
 
 
 class PseudoMetric(nn.Module):
@@ -62,16 +62,11 @@ class PseudoMetric(nn.Module):
     def __init__(self, vector_dim: int, metric_rank: int, tau: float = 1e-3,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
-        for name, value in (("vector_dim", vector_dim), ("metric_rank", metric_rank)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-            if value < 1:
-                raise ValueError(f"{name}: expected >= 1, got {value}")
+        self.vector_dim = checks.count(vector_dim, "vector_dim")
+        self.metric_rank = checks.count(metric_rank, "metric_rank")
         if metric_rank > vector_dim:
             raise ValueError(f"metric_rank: expected <= vector_dim={vector_dim}, got {metric_rank}")
-        self.vector_dim = vector_dim
-        self.metric_rank = metric_rank
-        self.tau = _check_positive(tau, "tau")
+        self.tau = checks.positive(tau, "tau")
         initial = torch.randn(metric_rank, vector_dim, generator=generator) / math.sqrt(vector_dim)
         self.embedding = nn.Parameter(initial)  # (M, N)
         self._cache: tuple[tuple, torch.Tensor, _Factors] | None = None
@@ -79,13 +74,10 @@ class PseudoMetric(nn.Module):
     def extra_repr(self) -> str:
         return f"vector_dim={self.vector_dim}, metric_rank={self.metric_rank}, tau={self.tau}"
 
-    def _check(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        return _check_last(x, self.vector_dim, name, "vector_dim")
-
     def pseudo_distance(self, x: torch.Tensor, y: torch.Tensor, squared: bool = False, scale=None) -> torch.Tensor:
         """``||E (x - y)|| / scale`` (squared if asked): ``(..., N)``, ``(..., N)`` -> ``(...)``."""
-        self._check(x, "x")
-        self._check(y, "y")
+        checks.last_dim(x, self.vector_dim, "x", "vector_dim")
+        checks.last_dim(y, self.vector_dim, "y", "vector_dim")
         distance = torch.linalg.vector_norm((x - y) @ self.embedding.T, dim=-1)  # (...)
         if scale is not None:
             distance = distance / _check_scale(scale)
@@ -93,11 +85,8 @@ class PseudoMetric(nn.Module):
 
     def cross_distance(self, x: torch.Tensor, y: torch.Tensor, squared: bool = False, scale=None) -> torch.Tensor:
         """All pairs: ``x`` ``(..., T, N)``, ``y`` ``(..., S, N)`` -> ``(..., T, S)``."""
-        for name, value in (("x", x), ("y", y)):
-            self._check(value, name)
-            if value.ndim < 2:
-                got = tuple(value.shape)
-                raise ValueError(f"{name}: expected shape (..., rows, {self.vector_dim}), got {got}")
+        checks.matrix(x, self.vector_dim, "x", "vector_dim")
+        checks.matrix(y, self.vector_dim, "y", "vector_dim")
         ex, ey = x @ self.embedding.T, y @ self.embedding.T  # (..., T, M), (..., S, M)
         distance = torch.cdist(ex, ey, compute_mode="donot_use_mm_for_euclid_dist")  # exact, not |a|^2+|b|^2-2ab
         if scale is not None:
@@ -147,9 +136,8 @@ class LowRankGaussian(D.Distribution):
 
     def __init__(self, metric: PseudoMetric, reference: torch.Tensor, scale,
                  validate_args: bool | None = None) -> None:
-        if not isinstance(metric, PseudoMetric):
-            raise TypeError(f"metric: expected a PseudoMetric, got {type(metric).__name__}")
-        _check_last(reference, metric.vector_dim, "reference", "vector_dim")
+        checks.instance(metric, PseudoMetric, "metric")
+        checks.last_dim(reference, metric.vector_dim, "reference", "vector_dim")
         self.metric = metric
         self.reference = reference
         self.scale = torch.as_tensor(scale, dtype=reference.dtype, device=reference.device)

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from treeworld.agents import checks
+
 GRIDS = ("rectangular", "hexagonal")
 # Adjacent units: the 8 surrounding units on a rectangular grid (as MiniSom counts them), the 6 on
 # a hexagonal grid (unit spacing).
@@ -39,22 +41,11 @@ _CUTOFF = 30.0  # neighborhood truncation, in units of g^2 / (2 sigma^2)
 _CHUNK_ELEMENTS = 1 << 22  # (chunk, U) distance blocks in the data-set measures
 
 
-def _check_int(value, name: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected >= {minimum}, got {value}")
-    return value
-
-
 def _check_positive(value, name: str) -> float:
+    """``checks.positive``, also taking a one-element tensor (a sigma or rate computed in torch)."""
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-    if not value > 0:
-        raise ValueError(f"{name}: expected > 0, got {value}")
-    return float(value)
+    return checks.positive(value, name)
 
 
 def _check_schedule(pair, name: str, upper: float = math.inf) -> tuple[float, float]:
@@ -99,9 +90,9 @@ class Topography(nn.Module):
     def __init__(self, latent_dim: int, height: int, width: int, *, grid: str = "rectangular",
                  normalize: bool = False, generator: torch.Generator | None = None):
         super().__init__()
-        self.latent_dim = _check_int(latent_dim, "latent_dim", 1)
-        self.height = _check_int(height, "height", 1)
-        self.width = _check_int(width, "width", 1)
+        self.latent_dim = checks.count(latent_dim, "latent_dim")
+        self.height = checks.count(height, "height")
+        self.width = checks.count(width, "width")
         if grid not in GRIDS:
             raise ValueError(f"grid: expected one of {GRIDS}, got {grid!r}")
         self.grid = grid
@@ -125,12 +116,9 @@ class Topography(nn.Module):
         return F.normalize(self.weight, dim=1) if self.normalize else self.weight
 
     def _inputs(self, z, name: str = "z") -> torch.Tensor:
-        if not isinstance(z, torch.Tensor):
-            raise TypeError(f"{name}: expected a torch.Tensor, got {type(z).__name__}")
+        checks.float_tensor(z, name)
         if z.ndim < 1 or z.shape[-1] != self.latent_dim:
             raise ValueError(f"{name}: expected shape (..., {self.latent_dim}), got {tuple(z.shape)}")
-        if not z.is_floating_point():
-            raise TypeError(f"{name}: expected a floating-point tensor, got {z.dtype}")
         return F.normalize(z, dim=-1) if self.normalize else z
 
     def _feature_sq(self, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -257,8 +245,8 @@ class Topography(nn.Module):
             One record per epoch: epoch, sigma and lr at its end, and quantization_error (mean
             distance to the best unit, measured on each batch before its update).
         """
-        epochs = _check_int(epochs, "epochs", 1)
-        batch_size = _check_int(batch_size, "batch_size", 1)
+        epochs = checks.count(epochs, "epochs")
+        batch_size = checks.count(batch_size, "batch_size")
         sigma = _check_schedule((max(self.height, self.width) / 2.0, 0.5) if sigma is None else sigma, "sigma")
         lr = _check_schedule(lr, "lr", upper=1.0)
         if callback is not None and not callable(callback):

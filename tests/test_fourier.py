@@ -10,6 +10,10 @@ from treeworld.agents.fourier import simplex_directions
 
 torch.set_num_threads(1)
 
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
 # Max error in world units (float32), from the issue: 1e-4 at scale 10, 1e-3 at scale 1000.
 BARS = {10.0: 1e-4, 1000.0: 1e-3}
 CASES = [(dim, scale) for dim in (1, 2, 3) for scale in BARS]
@@ -31,13 +35,13 @@ def _metric(dim=2, scale=10.0, location_dim=None, **kwargs) -> FourierMetric:
 
 
 def _phases(J: int, n: int, seed: int = 3) -> torch.Tensor:
-    return torch.empty(J, n).uniform_(-math.pi, math.pi, generator=torch.Generator().manual_seed(seed))
+    return torch.empty(J, n).uniform_(-math.pi, math.pi, generator=gen(seed))
 
 
 @pytest.mark.parametrize("dim,scale", CASES)
 def test_decode_recovers_positions_within_scale(dim, scale):
     metric = _metric(dim, scale, phases=_phases(20, dim + 1))
-    x = _ball(4000, dim, 0.999 * scale, torch.Generator().manual_seed(dim))
+    x = _ball(4000, dim, 0.999 * scale, gen(dim))
     per_module, mean = metric.decode(metric.encode(x))
     assert per_module.shape == (len(x), metric.num_modules, dim) and mean.shape == x.shape
     assert (mean.double() - x.double()).norm(dim=-1).max() < BARS[scale]
@@ -46,7 +50,7 @@ def test_decode_recovers_positions_within_scale(dim, scale):
 
 @pytest.mark.parametrize("dim,scale", CASES)
 def test_displacement_recovers_steps_anywhere_in_the_arena(dim, scale):
-    generator = torch.Generator().manual_seed(10 + dim)
+    generator = gen(10 + dim)
     metric = _metric(dim, scale)
     x = _ball(4000, dim, ARENA, generator)
     step = _ball(4000, dim, 0.999 * scale, generator)[torch.randperm(4000 + 2 * (dim + 1), generator=generator)]
@@ -60,13 +64,13 @@ def test_displacement_recovers_steps_anywhere_in_the_arena(dim, scale):
 def test_seed_addendum_round_trip_is_exact():
     # The seed's addendum: scale 1000, positions randn * 10; it decoded them 0.006 to 0.04 off.
     metric = _metric(2, 1000.0)
-    x = torch.randn(10, 2, generator=torch.Generator().manual_seed(0)) * 10
+    x = torch.randn(10, 2, generator=gen(0)) * 10
     _, mean = metric.decode(metric.encode(x))
     assert (mean - x).norm(dim=-1).max() < 1e-4
 
 
 def test_apply_displacement_is_encode_of_the_sum():
-    generator = torch.Generator().manual_seed(1)
+    generator = gen(1)
     metric = _metric(2, 10.0).double()
     x = _ball(500, 2, ARENA, generator, torch.float64)
     step = _ball(500, 2, 30.0, generator, torch.float64)  # beyond scale too: rotations do not alias
@@ -79,7 +83,7 @@ def test_apply_displacement_is_encode_of_the_sum():
 
 
 def test_path_integration_tracks_the_position():
-    generator = torch.Generator().manual_seed(2)
+    generator = gen(2)
     metric = _metric(2, 10.0)
     start = torch.tensor([[120.0, -340.0]])
     steps = (torch.randn(300, 1, 2, generator=generator) * 2).clamp(-5, 5)
@@ -93,7 +97,7 @@ def test_path_integration_tracks_the_position():
 
 @pytest.mark.parametrize("dim,scale", CASES)
 def test_distances_are_euclidean_below_scale_symmetric_and_zero_on_identical_codes(dim, scale):
-    generator = torch.Generator().manual_seed(20 + dim)
+    generator = gen(20 + dim)
     metric = _metric(dim, scale)
     x = _ball(2000, dim, ARENA, generator)
     y = x + _ball(2000, dim, 0.999 * scale, generator)[: len(x)]
@@ -108,7 +112,7 @@ def test_distances_are_euclidean_below_scale_symmetric_and_zero_on_identical_cod
 
 def test_pseudo_distance_is_squared_mean_displacement_plus_module_variance():
     # Arbitrary (invalid) codes: modules disagree, and the variance term is what measures it.
-    generator = torch.Generator().manual_seed(4)
+    generator = gen(4)
     metric = _metric(2, 10.0).double()
     a, b = (torch.randn(64, metric.location_dim, generator=generator, dtype=torch.float64) for _ in range(2))
     per_module, mean = metric.displacement(a, b)
@@ -122,7 +126,7 @@ def test_pseudo_distance_is_squared_mean_displacement_plus_module_variance():
 
 
 def test_cross_distance_matches_pairwise_with_batch_shapes():
-    generator = torch.Generator().manual_seed(5)
+    generator = gen(5)
     metric = _metric(2, 10.0)
     centre = torch.tensor([200.0, 150.0])
     x = centre + _ball(3 * 7, 2, 4.9, generator)[: 3 * 7].reshape(3, 7, 2)
@@ -151,8 +155,8 @@ def test_gradients_are_finite_at_zero_distance():
 
 def test_sample_gives_valid_seeded_codes_within_scale():
     metric = _metric(3, 10.0)
-    codes = metric.sample((5, 40), generator=torch.Generator().manual_seed(6))
-    again = metric.sample((5, 40), generator=torch.Generator().manual_seed(6))
+    codes = metric.sample((5, 40), generator=gen(6))
+    again = metric.sample((5, 40), generator=gen(6))
     assert codes.shape == (5, 40, metric.location_dim) and torch.equal(codes, again)
     pairs = codes.unflatten(-1, (metric.num_modules, 4, 2))
     assert torch.allclose(pairs.norm(dim=-1), torch.ones(()), atol=1e-6)
@@ -162,7 +166,7 @@ def test_sample_gives_valid_seeded_codes_within_scale():
 
 
 def test_displacement_variance_vanishes_for_consistent_steps_only():
-    generator = torch.Generator().manual_seed(7)
+    generator = gen(7)
     metric = _metric(2, 10.0)
     step = _ball(200, 2, 9.9, generator)  # (N, 2)
     consistent = (metric.alphas[:, None] * (step @ metric.directions.T)[:, None, :]).flatten(-2)  # unwrapped
@@ -196,7 +200,7 @@ def test_dtype_device_and_buffers():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     metric = _metric(2, 10.0)
-    x = _ball(300, 2, ARENA, torch.Generator().manual_seed(8))
+    x = _ball(300, 2, ARENA, gen(8))
     a, b = metric.encode(x), metric.encode(x.flip(0) * 0.01 + x)
     cuda = metric.to("cuda")
     on_cuda = cuda.cross_distance(a.cuda(), b.cuda()).cpu()
@@ -216,7 +220,7 @@ def _code_map(metric: FourierMetric, origin: torch.Tensor, scale: float):
 @pytest.mark.parametrize("dim", (1, 2, 3))
 def test_log_prob_matches_autograd_change_of_variables(dim):
     metric = _metric(dim, 10.0, phases=_phases(20, dim + 1)).double()
-    generator = torch.Generator().manual_seed(30 + dim)
+    generator = gen(30 + dim)
     origin = torch.randn(dim, generator=generator, dtype=torch.float64) * 200
     for scale in (0.05, 0.7):
         code_map = _code_map(metric, origin, scale)
@@ -235,7 +239,7 @@ def test_samples_have_mean_squared_displacement_dim_scale_squared(dim):
     eps = torch.tensor([0.1, 1.5])
     dist = FourierCodeDistribution(metric, reference, eps)
     count = 4000
-    samples = dist.sample((count,), generator=torch.Generator().manual_seed(40 + dim))  # (count, 2, L)
+    samples = dist.sample((count,), generator=gen(40 + dim))  # (count, 2, L)
     _, delta = metric.displacement(reference, samples)
     ratio = delta.square().sum(-1) / eps.square()  # chi-square with dim degrees of freedom
     tolerance = 4 * math.sqrt(2 * dim / count)
@@ -248,7 +252,7 @@ def test_rsample_gradients_reach_reference_and_scale():
     reference = metric.encode(torch.tensor([[30.0, 40.0]])).requires_grad_()
     scale = torch.tensor(0.5, requires_grad=True)
     dist = FourierCodeDistribution(metric, reference, scale)
-    sample = dist.rsample((16,), generator=torch.Generator().manual_seed(9))
+    sample = dist.rsample((16,), generator=gen(9))
     target = metric.encode(torch.tensor([[31.0, 39.0]]))
     (metric.pseudo_distance(sample, target).sum() + dist.log_prob(sample.detach()).sum()).backward()
     for grad in (reference.grad, scale.grad):
@@ -259,9 +263,9 @@ def test_distribution_is_seeded_and_warning_free():
     metric = _metric(2, 10.0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        dist = FourierCodeDistribution(metric, metric.sample((3,), torch.Generator().manual_seed(0)), 0.2)
-        one = dist.sample((2,), generator=torch.Generator().manual_seed(1))
-        two = dist.sample((2,), generator=torch.Generator().manual_seed(1))
+        dist = FourierCodeDistribution(metric, metric.sample((3,), gen(0)), 0.2)
+        one = dist.sample((2,), generator=gen(1))
+        two = dist.sample((2,), generator=gen(1))
         assert one.shape == (2, 3, metric.location_dim) and torch.equal(one, two)
         assert dist.log_prob(one).shape == (2, 3)
     assert dist.arg_constraints.keys() == {"reference", "scale"}

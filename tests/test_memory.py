@@ -57,6 +57,11 @@ def walk(steps: int, seed: int, step: float = 1.0) -> torch.Tensor:
     return torch.tensor(np.array(path), dtype=torch.float32)
 
 
+def unit_percepts(*shape: int, generator: torch.Generator) -> torch.Tensor:
+    """Random percepts of unit length.  # (*shape, LandmarkField.dim)"""
+    return F.normalize(torch.randn(*shape, LandmarkField.dim, generator=generator), dim=-1)
+
+
 def new_memory(capacity: int, batch_size: int = 1, seed: int = 1, **kwargs) -> SpatialMemory:
     return SpatialMemory(FourierMetric(48, scale=64.0), PseudoMetric(LandmarkField.dim, 32, generator=gen(seed)),
                          capacity, batch_size, **kwargs)
@@ -114,7 +119,7 @@ def test_two_stage_recall_equals_attention_over_all_entries():
     metric = memory.location_metric
     g = gen(4)
     places = 10 * torch.rand(300, 2, generator=g)
-    memory.write(metric.encode(places)[None], F.normalize(torch.randn(1, 300, LandmarkField.dim, generator=g), dim=-1))
+    memory.write(metric.encode(places)[None], unit_percepts(1, 300, generator=g))
     queries = metric.encode(10 * torch.rand(50, 2, generator=g))[None]  # (1, 50, L)
     stored_codes, stored_percepts = memory.entries(0)
     dist_sq = metric.cross_distance(queries[0], stored_codes, squared=True)  # (50, n)
@@ -136,7 +141,7 @@ def test_recall_is_differentiable():
     metric = memory.location_metric
     g = gen(5)
     places = 5 * torch.rand(1, 20, 2, generator=g)
-    percepts = F.normalize(torch.randn(1, 20, LandmarkField.dim, generator=g), dim=-1)
+    percepts = unit_percepts(1, 20, generator=g)
     memory.write(metric.encode(places), percepts)
     query = metric.encode(places[:, :4] + 0.2).requires_grad_(True)
     recalled, _ = memory.recall_percept(query)
@@ -152,7 +157,7 @@ def test_novelty_gating_merges_what_was_seen_at_the_same_place():
     memory = new_memory(10, place_radius=1.0, percept_radius=0.2)
     metric = memory.location_metric
     here, there = torch.tensor([[1.0, 2.0]]), torch.tensor([[8.0, -3.0]])
-    p, q = F.normalize(torch.randn(2, LandmarkField.dim, generator=gen(6)), dim=-1)
+    p, q = unit_percepts(2, generator=gen(6))
     assert memory.write(metric.encode(here), p[None]).tolist() == [0]
     assert memory.write(metric.encode(here + 0.3), (p + 0.01)[None]).tolist() == [0]  # same place, same percept
     assert memory.counts[0, 0] == 2 and memory.size.item() == 1
@@ -169,7 +174,7 @@ def test_eviction_keeps_capacity_and_drops_the_least_recently_refreshed():
     memory = new_memory(8)
     metric = memory.location_metric
     places = torch.stack([3.0 * torch.arange(20.0), torch.zeros(20)], dim=-1)  # 3 units apart
-    percepts = F.normalize(torch.randn(20, LandmarkField.dim, generator=gen(7)), dim=-1)
+    percepts = unit_percepts(20, generator=gen(7))
     for i in range(8):
         memory.write(metric.encode(places[i:i + 1]), percepts[i:i + 1])
     memory.write(metric.encode(places[:1]), percepts[:1])  # a revisit refreshes entry 0
@@ -189,7 +194,7 @@ def test_eviction_ties_go_to_the_entry_with_fewer_merges():
     memory = new_memory(3)
     metric = memory.location_metric
     places = 5.0 * torch.tensor([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [4.0, 0.0]])
-    percepts = F.normalize(torch.randn(5, LandmarkField.dim, generator=gen(8)), dim=-1)
+    percepts = unit_percepts(5, generator=gen(8))
     memory.write(metric.encode(places[:3])[None], percepts[:3][None])
     # One call merges twice into entry 0 and once into entry 1: same refresh step, counts 3 and 2.
     memory.write(metric.encode(places[[0, 0, 1]])[None], percepts[[0, 0, 1]][None])
@@ -201,7 +206,7 @@ def test_eviction_ties_go_to_the_entry_with_fewer_merges():
 def test_agents_in_a_batch_are_independent():
     g = gen(9)
     places = 20 * torch.rand(3, 120, 2, generator=g)
-    percepts = F.normalize(torch.randn(3, 120, LandmarkField.dim, generator=g), dim=-1)
+    percepts = unit_percepts(3, 120, generator=g)
     mask = torch.rand(3, 120, generator=g) > 0.3
     mask[2] = False
     batch = new_memory(60, batch_size=3, place_radius=1.0, percept_radius=0.5)
@@ -254,7 +259,7 @@ def filled_memory(seed: int) -> SpatialMemory:
     memory = new_memory(40, batch_size=2, seed=seed)
     g = gen(seed)
     places = 10 * torch.rand(2, 60, 2, generator=g)
-    percepts = F.normalize(torch.randn(2, 60, LandmarkField.dim, generator=g), dim=-1)
+    percepts = unit_percepts(2, 60, generator=g)
     for t in range(0, 60, 6):
         memory.write(memory.location_metric.encode(places[:, t:t + 6]), percepts[:, t:t + 6])
     return memory

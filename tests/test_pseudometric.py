@@ -10,11 +10,15 @@ from treeworld.agents.pseudometric import LowRankGaussian
 
 torch.set_num_threads(1)
 
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
 SHAPES = [(64, 4), (256, 32), (384, 16), (40, 39)]
 
 
 def _metric(N=64, M=8, seed=0, **kwargs) -> PseudoMetric:
-    return PseudoMetric(N, M, generator=torch.Generator().manual_seed(seed), **kwargs)
+    return PseudoMetric(N, M, generator=gen(seed), **kwargs)
 
 
 def _chi_mean(M: int) -> float:
@@ -23,7 +27,7 @@ def _chi_mean(M: int) -> float:
 
 def test_pseudo_distance_is_embedded_norm_and_ignores_the_null_space():
     metric = _metric(32, 5)
-    generator = torch.Generator().manual_seed(1)
+    generator = gen(1)
     x, y = torch.randn(2, 7, 32, generator=generator)
     E = metric.embedding.detach()
     expected = ((x - y) @ E.T).norm(dim=-1)
@@ -40,7 +44,7 @@ def test_pseudo_distance_is_embedded_norm_and_ignores_the_null_space():
 
 def test_cross_distance_matches_pairwise_and_is_zero_on_identical_rows():
     metric = _metric(20, 6)
-    generator = torch.Generator().manual_seed(2)
+    generator = gen(2)
     x, y = torch.randn(3, 5, 20, generator=generator), torch.randn(3, 9, 20, generator=generator)
     cross = metric.cross_distance(x, y)
     assert cross.shape == (3, 5, 9)
@@ -82,11 +86,11 @@ def test_left_inverse_stays_finite_and_right_for_any_e(factor, rank):
 @pytest.mark.parametrize("N,M", SHAPES)
 def test_samples_have_mean_pseudo_distance_scale(N, M):
     metric = _metric(N, M, seed=N + M)
-    reference = torch.randn(N, generator=torch.Generator().manual_seed(3))
+    reference = torch.randn(N, generator=gen(3))
     s_min = torch.linalg.svdvals(metric.embedding.detach()).min().item()
     shrink = s_min**2 / (s_min**2 + metric.tau)  # Tikhonov: E E^+ shrinks directions by >= this
     for eps in (0.1, 3.0):
-        samples = metric.distribution(reference, eps).sample((3000,), generator=torch.Generator().manual_seed(4))
+        samples = metric.distribution(reference, eps).sample((3000,), generator=gen(4))
         ratio = metric.pseudo_distance(samples, reference) / eps
         error = 4 * ratio.std().item() / math.sqrt(len(ratio))
         assert shrink - error < ratio.mean().item() < 1 + error
@@ -96,9 +100,9 @@ def test_log_prob_matches_an_independent_density():
     N, M, eps = 24, 5, 0.3
     metric = _metric(N, M, tau=1e-2).double()
     E = metric.embedding.detach()
-    reference = torch.randn(N, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    reference = torch.randn(N, dtype=torch.float64, generator=gen(5))
     dist = metric.distribution(reference, eps)
-    z = dist.sample((6,), generator=torch.Generator().manual_seed(6))
+    z = dist.sample((6,), generator=gen(6))
     # The seed's (N, N) form of the left inverse; coordinates in an orthonormal basis of its range.
     left = torch.linalg.solve(E.T @ E + 1e-2 * torch.eye(N, dtype=torch.float64), E.T)  # (N, M)
     basis, _ = torch.linalg.qr(left)  # (N, M)
@@ -112,12 +116,12 @@ def test_log_prob_matches_an_independent_density():
 
 def test_log_prob_of_a_sample_matches_its_normal_draw():
     metric = _metric(96, 12)
-    reference = torch.randn(4, 96, generator=torch.Generator().manual_seed(7))
+    reference = torch.randn(4, 96, generator=gen(7))
     eps = torch.tensor([0.05, 0.2, 1.0, 4.0])
     with torch.no_grad():
         dist = metric.distribution(reference, eps)
-        z = dist.sample((5,), generator=torch.Generator().manual_seed(8))  # (5, 4, 96)
-        v = torch.randn(5, 4, 12, generator=torch.Generator().manual_seed(8))  # the same draw
+        z = dist.sample((5,), generator=gen(8))  # (5, 4, 96)
+        v = torch.randn(5, 4, 12, generator=gen(8))  # the same draw
         E = metric.embedding.double()
         s = torch.linalg.svdvals(E)
         half_logdet = (s.log() - (s.square() + metric.tau).log()).sum()
@@ -129,7 +133,7 @@ def test_log_prob_of_a_sample_matches_its_normal_draw():
 def test_log_determinant_is_cached_and_recomputed_when_e_changes():
     metric = _metric(40, 6)
     reference = torch.zeros(40)
-    point = torch.randn(40, generator=torch.Generator().manual_seed(9)) * 0.01
+    point = torch.randn(40, generator=gen(9)) * 0.01
     with torch.no_grad():
         assert metric._factors() is metric._factors()
         before = metric.distribution(reference, 1.0).log_prob(point)
@@ -146,10 +150,10 @@ def test_log_determinant_is_cached_and_recomputed_when_e_changes():
 
 def test_gradients_reach_e_reference_and_scale():
     metric = _metric(30, 4)
-    reference = torch.randn(2, 30, generator=torch.Generator().manual_seed(10)).requires_grad_()
+    reference = torch.randn(2, 30, generator=gen(10)).requires_grad_()
     scale = torch.tensor([0.5, 2.0], requires_grad=True)
     dist = metric.distribution(reference, scale)
-    z = dist.rsample((8,), generator=torch.Generator().manual_seed(11))
+    z = dist.rsample((8,), generator=gen(11))
     (metric.pseudo_distance(z, torch.zeros(30)).sum() + dist.log_prob(z.detach()).sum()).backward()
     for grad in (metric.embedding.grad, reference.grad, scale.grad):
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0
@@ -162,7 +166,7 @@ def test_seeded_construction_and_sampling_without_warnings():
         warnings.simplefilter("error")
         dist = metric.distribution(torch.zeros(5, 16), 0.5)
         assert isinstance(dist, LowRankGaussian) and dist.batch_shape == (5,) and dist.event_shape == (16,)
-        one, two = (dist.sample((2,), generator=torch.Generator().manual_seed(13)) for _ in range(2))
+        one, two = (dist.sample((2,), generator=gen(13)) for _ in range(2))
         assert one.shape == (2, 5, 16) and torch.equal(one, two)
 
 
