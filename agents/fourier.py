@@ -40,10 +40,10 @@ import math
 from typing import Iterator
 
 import torch
-import torch.distributions as D
 from torch import nn
 
 from treeworld.agents import checks
+from treeworld.agents.distributions import ReferenceDistribution
 
 DIMS = (1, 2, 3)
 _TWO_PI = 2.0 * math.pi
@@ -307,7 +307,7 @@ class FourierMetric(nn.Module):
         return spread.to(delta_thetas.dtype)
 
 
-class FourierCodeDistribution(D.Distribution):
+class FourierCodeDistribution(ReferenceDistribution):
     """Codes a Gaussian step away from a reference: ``apply_displacement(reference, scale * u)``.
 
     ``u ~ N(0, I_dim)``, so the displacement has covariance ``scale^2 I`` and mean squared length
@@ -326,19 +326,12 @@ class FourierCodeDistribution(D.Distribution):
     ``metric.scale``.
     """
 
-    arg_constraints = {"reference": D.constraints.real_vector, "scale": D.constraints.positive}
-    support = D.constraints.real_vector
-    has_rsample = True
-
     def __init__(self, metric: FourierMetric, reference: torch.Tensor, scale,
                  validate_args: bool | None = None) -> None:
         checks.instance(metric, FourierMetric, "metric")
         checks.last_dim(reference, metric.location_dim, "reference", "location_dim")
         self.metric = metric
-        self.reference = reference
-        self.scale = torch.as_tensor(scale, dtype=reference.dtype, device=reference.device)
-        batch_shape = torch.broadcast_shapes(reference.shape[:-1], self.scale.shape)
-        super().__init__(batch_shape, torch.Size((metric.location_dim,)), validate_args=validate_args)
+        super().__init__(reference, scale, metric.location_dim, validate_args)
         pairs = reference.unflatten(-1, (metric.num_modules, metric.dim + 1, 2))
         alphas = metric.alphas.to(reference.dtype)
         weights = (pairs.square().sum(-1) * alphas[:, None].square()).sum(-2)  # (..., dim+1)
@@ -351,10 +344,6 @@ class FourierCodeDistribution(D.Distribution):
         shape = torch.Size(sample_shape) + self.batch_shape + (self.metric.dim,)
         u = torch.randn(shape, dtype=self.reference.dtype, device=self.reference.device, generator=generator)
         return self.metric.apply_displacement(self.reference, self.scale[..., None] * u)
-
-    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape, generator=generator)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """Density of codes on the code manifold.  # (..., location_dim) -> (...)"""

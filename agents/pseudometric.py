@@ -29,10 +29,10 @@ import math
 from typing import NamedTuple
 
 import torch
-import torch.distributions as D
 from torch import nn
 
 from treeworld.agents import checks
+from treeworld.agents.distributions import ReferenceDistribution
 
 
 class _Factors(NamedTuple):
@@ -124,25 +124,18 @@ class PseudoMetric(nn.Module):
         return LowRankGaussian(self, reference, scale)
 
 
-class LowRankGaussian(D.Distribution):
+class LowRankGaussian(ReferenceDistribution):
     """``z = reference + scale * beta * E^+ v``, ``v ~ N(0, I_M)``: see the module docstring.
 
     Batch shape: ``reference.shape[:-1]`` broadcast with ``scale``; event shape ``(N,)``.
     """
-
-    arg_constraints = {"reference": D.constraints.real_vector, "scale": D.constraints.positive}
-    support = D.constraints.real_vector
-    has_rsample = True
 
     def __init__(self, metric: PseudoMetric, reference: torch.Tensor, scale,
                  validate_args: bool | None = None) -> None:
         checks.instance(metric, PseudoMetric, "metric")
         checks.last_dim(reference, metric.vector_dim, "reference", "vector_dim")
         self.metric = metric
-        self.reference = reference
-        self.scale = torch.as_tensor(scale, dtype=reference.dtype, device=reference.device)
-        batch_shape = torch.broadcast_shapes(reference.shape[:-1], self.scale.shape)
-        super().__init__(batch_shape, torch.Size((metric.vector_dim,)), validate_args=validate_args)
+        super().__init__(reference, scale, metric.vector_dim, validate_args)
         self._factors = metric._factors()
         M = metric.metric_rank
         self.beta = math.exp(math.lgamma(M / 2) - math.lgamma((M + 1) / 2)) / math.sqrt(2.0)  # 1 / E[chi_M]
@@ -153,10 +146,6 @@ class LowRankGaussian(D.Distribution):
         v = torch.randn(shape, dtype=self.reference.dtype, device=self.reference.device, generator=generator)
         step = v @ self._factors.left_inverse.to(v.dtype).T  # (..., N)
         return self.reference + (self.beta * self.scale)[..., None] * step
-
-    def sample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape, generator=generator)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """Density on the sampler's ``M``-dimensional subspace.  # (..., N) -> (...)"""
