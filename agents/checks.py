@@ -1,7 +1,7 @@
 """Argument checks shared by the agents modules.
 
-Each returns its argument (numbers converted) or raises TypeError / ValueError with a message that
-starts with the argument's name: ``"<name>: expected ..., got ..."``.
+Each returns its argument (numbers converted; ``generator`` fills in ``None``) or raises TypeError /
+ValueError with a message that starts with the argument's name: ``"<name>: expected ..., got ..."``.
 """
 from __future__ import annotations
 
@@ -57,3 +57,25 @@ def matrix(tensor, size: int, name: str, what: str, rows: str = "rows") -> torch
     if tensor.ndim < 2:
         raise ValueError(f"{name}: expected shape (..., {rows}, {size}), got {tuple(tensor.shape)}")
     return tensor
+
+
+def generator(value, name: str = "generator") -> torch.Generator:
+    """The random source of a public ``generator=None`` argument: a CPU ``torch.Generator``.
+
+    The rule of the agents modules: random draws happen on the CPU with this generator and are
+    then moved (``.to(device)``) to the tensors' device, so one CPU generator serves every device
+    and a seeded one gives the same numbers everywhere. ``value`` is returned as it is when it is
+    a CPU ``torch.Generator``; ``None`` gives a fresh one seeded from OS entropy (``seed()``), so
+    torch's global RNG is neither read nor advanced. A generator on another device is a
+    ValueError, anything else a TypeError.
+    """
+    if value is None:
+        fresh = torch.Generator()
+        fresh.seed()
+        return fresh
+    if not isinstance(value, torch.Generator):
+        raise TypeError(f"{name}: expected a torch.Generator or None, got {type(value).__name__}")
+    if value.device.type != "cpu":
+        raise ValueError(f"{name}: expected a CPU torch.Generator (draws happen on the CPU, then move to the "
+                         f"tensors' device), got one on {value.device}")
+    return value

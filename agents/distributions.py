@@ -9,7 +9,9 @@ class ReferenceDistribution(D.Distribution):
     """Events ``(size,)`` around ``reference`` ``(..., size)`` at a positive ``scale``.
 
     Batch shape: ``reference.shape[:-1]`` broadcast with ``scale``. Subclasses define ``rsample``
-    (taking a ``generator``) and ``log_prob``; ``sample`` is ``rsample`` without gradients.
+    and ``log_prob``; ``sample`` is ``rsample`` without gradients. Both take ``generator``: a CPU
+    ``torch.Generator`` (``None``: fresh entropy, never torch's global RNG; see ``checks.generator``);
+    the draws happen on the CPU and then move to the reference's device.
     """
 
     arg_constraints = {"reference": D.constraints.real_vector, "scale": D.constraints.positive}

@@ -283,13 +283,17 @@ class FourierMetric(nn.Module):
 
     def sample(self, shape=(), generator: torch.Generator | None = None) -> torch.Tensor:
         """Random valid codes ``(*shape, location_dim)``: positions uniform in the ball of radius
-        ``scale`` (where decoding is unambiguous), in the buffers' dtype and device."""
+        ``scale`` (where decoding is unambiguous), in the buffers' dtype and device.
+
+        ``generator``: a CPU ``torch.Generator`` (``None``: fresh entropy); the positions are drawn
+        on the CPU and then moved to the buffers' device.
+        """
         shape = torch.Size((shape,) if isinstance(shape, int) else shape)
-        like = dict(dtype=self.alphas.dtype, device=self.alphas.device, generator=generator)
+        like = dict(dtype=self.alphas.dtype, generator=checks.generator(generator))
         direction = torch.randn(shape + (self.dim,), **like)
         direction = direction / direction.norm(dim=-1, keepdim=True)
         radius = self.scale * torch.rand(shape + (1,), **like) ** (1.0 / self.dim)
-        return self.encode(radius * direction)
+        return self.encode((radius * direction).to(self.alphas.device))
 
     def displacement_variance(self, delta_thetas: torch.Tensor) -> torch.Tensor:
         """Across-module variance of the displacement implied by per-module phase steps.
@@ -340,9 +344,14 @@ class FourierCodeDistribution(ReferenceDistribution):
         self._half_log_gram = 0.5 * torch.linalg.slogdet(gram).logabsdet  # (...)
 
     def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
-        """Reparameterized codes ``(*sample_shape, *batch_shape, location_dim)``."""
+        """Reparameterized codes ``(*sample_shape, *batch_shape, location_dim)``.
+
+        ``generator``: a CPU ``torch.Generator`` (``None``: fresh entropy); the Gaussian steps are
+        drawn on the CPU and then moved to the reference's device.
+        """
         shape = torch.Size(sample_shape) + self.batch_shape + (self.metric.dim,)
-        u = torch.randn(shape, dtype=self.reference.dtype, device=self.reference.device, generator=generator)
+        u = torch.randn(shape, dtype=self.reference.dtype, generator=checks.generator(generator))
+        u = u.to(self.reference.device)
         return self.metric.apply_displacement(self.reference, self.scale[..., None] * u)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:

@@ -325,6 +325,9 @@ class SpatialMemory(nn.Module):
         latent_dim must be L + P); each agent keeps its own unit weights, a new map starts from
         random stored entries. Fit arguments go to ``Topography.fit``; for an update pass a small
         sigma. Returns the topography, holding the last fitted agent's weights.
+
+        ``generator``: a CPU ``torch.Generator`` (``None``: fresh entropy) for the starting entries
+        and the shuffling; the draws happen on the CPU and then move to the memory's device.
         """
         checks.instance(topography, Topography, "topography")
         expected = self.location_dim + self.percept_dim
@@ -333,6 +336,7 @@ class SpatialMemory(nn.Module):
                              f"normalize=False, got latent_dim={topography.latent_dim}, "
                              f"normalize={topography.normalize}")
         percept_weight = checks.positive(percept_weight, "percept_weight")
+        generator = checks.generator(generator)
         agents = range(self.batch_size) if agent is None else [self._check_agent(agent)]
         for b in agents:
             if not self.valid[b].any():
@@ -347,7 +351,8 @@ class SpatialMemory(nn.Module):
                 if self.map_ready[b]:
                     start = self.map_weights[b]
                 else:
-                    start = features[torch.randint(len(features), (topography.num_units,), generator=generator)]
+                    picks = torch.randint(len(features), (topography.num_units,), generator=generator)
+                    start = features[picks.to(features.device)]
                 topography.weight.copy_(start)
             topography.fit(features, epochs, batch_size, sigma=sigma, lr=lr, generator=generator)
             self.map_weights[b] = topography.weight.detach()

@@ -56,7 +56,8 @@ class PseudoMetric(nn.Module):
         vector_dim: ``N``, the percept dimension.
         metric_rank: ``M``, ``1 <= M <= N``, the rank of the embedding.
         tau: ``> 0``, the Tikhonov term of the left inverse.
-        generator: draws the initial ``E`` ``(M, N)`` from ``N(0, 1/N)`` (so ``E E^T ~= I``).
+        generator: a CPU ``torch.Generator`` (``None``: fresh entropy) that draws the initial ``E``
+            ``(M, N)`` from ``N(0, 1/N)`` (so ``E E^T ~= I``).
     """
 
     def __init__(self, vector_dim: int, metric_rank: int, tau: float = 1e-3,
@@ -67,7 +68,7 @@ class PseudoMetric(nn.Module):
         if metric_rank > vector_dim:
             raise ValueError(f"metric_rank: expected <= vector_dim={vector_dim}, got {metric_rank}")
         self.tau = checks.positive(tau, "tau")
-        initial = torch.randn(metric_rank, vector_dim, generator=generator) / math.sqrt(vector_dim)
+        initial = torch.randn(metric_rank, vector_dim, generator=checks.generator(generator)) / math.sqrt(vector_dim)
         self.embedding = nn.Parameter(initial)  # (M, N)
         self._cache: tuple[tuple, torch.Tensor, _Factors] | None = None
 
@@ -141,9 +142,14 @@ class LowRankGaussian(ReferenceDistribution):
         self.beta = math.exp(math.lgamma(M / 2) - math.lgamma((M + 1) / 2)) / math.sqrt(2.0)  # 1 / E[chi_M]
 
     def rsample(self, sample_shape=torch.Size(), generator: torch.Generator | None = None) -> torch.Tensor:
-        """Reparameterized samples ``(*sample_shape, *batch_shape, N)``."""
+        """Reparameterized samples ``(*sample_shape, *batch_shape, N)``.
+
+        ``generator``: a CPU ``torch.Generator`` (``None``: fresh entropy); ``v`` is drawn on the
+        CPU and then moved to the reference's device.
+        """
         shape = torch.Size(sample_shape) + self.batch_shape + (self.metric.metric_rank,)
-        v = torch.randn(shape, dtype=self.reference.dtype, device=self.reference.device, generator=generator)
+        v = torch.randn(shape, dtype=self.reference.dtype, generator=checks.generator(generator))
+        v = v.to(self.reference.device)
         step = v @ self._factors.left_inverse.to(v.dtype).T  # (..., N)
         return self.reference + (self.beta * self.scale)[..., None] * step
 

@@ -80,7 +80,8 @@ class Topography(nn.Module):
         grid: "rectangular" or "hexagonal".
         normalize: if True, inputs and weights are projected to the unit sphere before every
             distance (a cosine map); distances stay Euclidean.
-        generator: torch.Generator for the N(0, 1/D) weight initialization.
+        generator: a CPU torch.Generator (``None``: fresh entropy) for the N(0, 1/D) weight
+            initialization.
 
     Attributes:
         weight: nn.Parameter  # (U, D)
@@ -98,7 +99,7 @@ class Topography(nn.Module):
         self.grid = grid
         self.normalize = bool(normalize)
         self.neighbor_radius = _NEIGHBOR_RADIUS[grid]
-        weight = torch.randn(height * width, latent_dim, generator=generator) / math.sqrt(latent_dim)
+        weight = torch.randn(height * width, latent_dim, generator=checks.generator(generator)) / math.sqrt(latent_dim)
         self.weight = nn.Parameter(F.normalize(weight, dim=1) if normalize else weight)
         self.register_buffer("coords", grid_coordinates(height, width, grid), persistent=False)
 
@@ -238,7 +239,8 @@ class Topography(nn.Module):
             epochs, batch_size: passes over the data and inputs per update.
             sigma: (start, end) neighborhood width in grid units; default (max(H, W) / 2, 0.5).
             lr: (start, end) learning rate in (0, 1].
-            generator: torch.Generator (CPU) for the shuffling.
+            generator: a CPU torch.Generator (``None``: fresh entropy) for the shuffling; the
+                permutations are drawn on the CPU and then moved to ``data``'s device.
             callback: called after each epoch with that epoch's record.
 
         Returns:
@@ -252,6 +254,7 @@ class Topography(nn.Module):
         if callback is not None and not callable(callback):
             raise TypeError(f"callback: expected a callable, got {type(callback).__name__}")
         self._check_data(data)
+        generator = checks.generator(generator)
 
         n = data.shape[0]
         steps_per_epoch = math.ceil(n / batch_size)

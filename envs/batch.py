@@ -22,33 +22,46 @@ RESET_OPTIONS = ("world_seed",)
 
 
 class WorldBatch:
-    """B worlds on one backend, each with its own ``np.random.Generator`` (``rngs[i]``)."""
+    """B worlds on one backend, each with its own ``np.random.Generator`` (``rngs[i]``).
+
+    ``world_seeds[i]``, when not None, fixes row i's tree layout; it holds through autoresets
+    until a reset passes new world seeds.
+    """
 
     def __init__(self, config: WorldConfig, num_envs: int, backend: str = "numpy", device: str | None = None):
-        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-            raise ValueError(f"num_envs: expected an int >= 1, got {num_envs!r}")
         self.config = config
-        self.num_envs = int(num_envs)
+        self.num_envs = check_count(num_envs, "num_envs")
         self.backend = backend
         self.device = device
         self.vocabulary = Vocabulary.for_config(config)
         self.tables = PerceptTables.build(config, self.vocabulary, backend, device)
         self.rngs: list[np.random.Generator | None] = [None] * self.num_envs
+        self.world_seeds: list[int | None] = [None] * self.num_envs
         self.state: WorldState | None = None
 
+    def seed(self, seeds: Sequence[int | None]) -> None:
+        """Per row: a seed replaces the generator; None keeps it (fresh OS entropy the first time)."""
+        for i, seed in enumerate(seeds):
+            if seed is not None or self.rngs[i] is None:
+                self.rngs[i] = np.random.default_rng(seed)
+
     def reset(self, rows: Sequence[int], world_seeds: Sequence[int | None] | None = None) -> None:
-        """Fresh worlds in ``rows``: layout from ``world_seeds[k]`` (or the row's rng), start from the rng."""
-        seeds = [None] * len(rows) if world_seeds is None else world_seeds
-        fresh = stack([sample_world(self.config, self.vocabulary,
-                                    self.rngs[i] if seed is None else np.random.default_rng(seed), self.rngs[i])
-                       for i, seed in zip(rows, seeds)]).to(self.backend, self.device)
+        """Fresh worlds in ``rows``: layout from the row's world seed (else its rng), start from its rng.
+
+        ``world_seeds`` (one per row) replace the stored ones; None keeps them (autoreset).
+        """
+        if world_seeds is not None:
+            for i, seed in zip(rows, world_seeds):
+                self.world_seeds[i] = seed
+        fresh = stack([sample_world(self.config, self.vocabulary, self._layout_rng(i), self.rngs[i])
+                       for i in rows]).to(self.backend, self.device)
         if self.state is None or len(rows) == self.num_envs:
             self.state = fresh
         else:
-            self.state.write_rows(from_numpy(np.asarray(rows), self.backend, self.device), fresh)
+            self.state.write_rows(self._index(rows), fresh)
 
     def step(self, actions: Any) -> StepEvents:
-        """Step every world with checked ``actions`` (B, 3) on this batch's backend."""
+        """Step every world with ``actions`` (B, 3) already passed through :func:`check_action`."""
         if self.state is None:
             from gymnasium.error import ResetNeeded
 
@@ -56,61 +69,95 @@ class WorldBatch:
         self.state, events = step(self.config, self.state, actions)
         return events
 
-    def observe(self) -> dict[str, Any]:
-        """Observations (B, ...) of the current state, with motion noise drawn from each row's rng."""
+    def observe(self, rows: Sequence[int] | None = None) -> dict[str, Any]:
+        """Observations (B, ...) of all rows, or of ``rows``; motion noise from each row's rng."""
+        state = self.state if rows is None else self.state.map(lambda x: x[self._index(rows)])
         motion = None
         if self.config.motion_noise > 0:
-            noise = np.stack([rng.normal(0.0, self.config.motion_noise, size=2) for rng in self.rngs])
-            motion = self.state.motion + from_numpy(noise.astype(np.float32), self.backend, self.device)
-        return observe(self.config, self.tables, self.state, motion)
+            rngs = self.rngs if rows is None else [self.rngs[i] for i in rows]
+            noise = np.stack([rng.normal(0.0, self.config.motion_noise, size=2) for rng in rngs])
+            motion = state.motion + from_numpy(noise.astype(np.float32), self.backend, self.device)
+        return observe(self.config, self.tables, state, motion)
 
-    def check_actions(self, actions: Any, shape: tuple[int, ...]) -> Any:
-        """``actions`` as a float32 array of ``shape`` on this backend, or a clear error."""
-        return check_action(actions, shape, self.backend, self.device)
+    def _layout_rng(self, row: int) -> np.random.Generator:
+        seed = self.world_seeds[row]
+        return self.rngs[row] if seed is None else np.random.default_rng(seed)
+
+    def _index(self, rows: Sequence[int]) -> Any:
+        return from_numpy(np.asarray(rows, dtype=np.int64), self.backend, self.device)
+
+
+def check_count(value: Any, name: str) -> int:
+    """``value`` as a Python int >= 1 (numpy integers accepted, bools not), or a clear error."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int >= 1, got {type(value).__name__} ({value!r})")
+    if value < 1:
+        raise ValueError(f"{name}: expected an int >= 1, got {value}")
+    return int(value)
+
+
+def check_seeds(seed: Any, count: int, name: str = "seed") -> list[int | None]:
+    """``count`` seeds from None, one int (row i gets seed + i) or a sequence of ints/None."""
+    def one(value: Any) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name}: expected non-negative ints or None, got {value!r}")
+        return int(value)
+
+    if isinstance(seed, np.ndarray) and seed.ndim == 0:
+        seed = seed.item()
+    if seed is None or isinstance(seed, (int, np.integer)):
+        first = one(seed)
+        return [None if first is None else first + i for i in range(count)]
+    if not isinstance(seed, (list, tuple, np.ndarray)):
+        raise TypeError(f"{name}: expected None, an int or a sequence of {count} ints, got {type(seed).__name__}")
+    if len(seed) != count:
+        raise ValueError(f"{name}: expected {count} seeds (one per env), got {len(seed)}")
+    return [one(value) for value in seed]
 
 
 def check_action(action: Any, shape: tuple[int, ...], backend: str = "numpy", device: str | None = None) -> Any:
     """Validate an action against Box(-1, 1, ``shape``) and return it as float32 on ``backend``."""
-    if backend == "torch":
-        import torch
+    try:
+        if backend == "torch":
+            import torch
 
-        action = torch.as_tensor(action, device=device)
-        kind = "b" if action.dtype == torch.bool else "c" if action.is_complex() else "f" if action.is_floating_point() else "i"
-    else:
-        action = np.asarray(action)
-        kind = action.dtype.kind
+            action = torch.as_tensor(action, device=device)
+            kind = "b" if action.dtype == torch.bool else "c" if action.is_complex() else (
+                "f" if action.is_floating_point() else "i")
+        else:
+            action = np.asarray(action)
+            kind = action.dtype.kind
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(f"action: expected a float array of shape {shape}, got {type(action).__name__}: {e}") from e
     if kind not in "fiu":
         raise TypeError(f"action: expected a real-valued (float) array, got dtype {action.dtype}")
     if tuple(action.shape) != shape:
         raise ValueError(f"action: expected shape {shape}, got {tuple(action.shape)}")
+    action = action.to(torch.float32) if backend == "torch" else action.astype(np.float32, copy=False)
     if not abs(action).max() <= 1:  # True for NaN too
         values = to_numpy(action)
         if not np.isfinite(values).all():
             raise ValueError(f"action: expected finite values in [-1, 1], got {values.tolist()} (NaN or infinite)")
         raise ValueError(f"action: expected values in [-1, 1] (the action space), got min {values.min():.3g}, "
                          f"max {values.max():.3g}")
-    if backend == "torch":
-        return action.to(torch.float32)
-    return action.astype(np.float32, copy=False)
+    return action
 
 
-def check_reset_options(options: dict | None, num_envs: int = 1) -> list[int | None]:
-    """Per-env world seeds from reset ``options`` ({"world_seed": int or a sequence of num_envs})."""
+def check_reset_options(options: dict | None, num_envs: int = 1) -> list[int | None] | None:
+    """Per-env world seeds from reset ``options`` ({"world_seed": int or one per env}); None without."""
     if options is None:
-        return [None] * num_envs
+        return None
     if not isinstance(options, dict):
         raise TypeError(f"options: expected a dict or None, got {type(options).__name__}")
     unknown = sorted(set(options) - set(RESET_OPTIONS))
     if unknown:
         raise ValueError(f"options: unknown key(s) {unknown}; expected keys from {list(RESET_OPTIONS)}")
     seed = options.get("world_seed")
-    seeds = list(seed) if isinstance(seed, (list, tuple, np.ndarray)) else [seed] * num_envs
-    if len(seeds) != num_envs:
-        raise ValueError(f"options['world_seed']: expected one seed or {num_envs} seeds, got {len(seeds)}")
-    for s in seeds:
-        if s is not None and (isinstance(s, bool) or not isinstance(s, (int, np.integer)) or s < 0):
-            raise ValueError(f"options['world_seed']: expected a non-negative int or None, got {s!r}")
-    return seeds
+    if isinstance(seed, (list, tuple)) or (isinstance(seed, np.ndarray) and seed.ndim > 0):
+        return check_seeds(seed, num_envs, "options['world_seed']")
+    return check_seeds(seed, 1, "options['world_seed']") * num_envs
 
 
 def observation_space(config: WorldConfig, percept_dim: int) -> spaces.Dict:

@@ -11,7 +11,8 @@ import numpy as np
 from stable_baselines3.common.vec_env import VecEnv
 
 from treeworld.config import WorldConfig
-from treeworld.envs.batch import ACTION_SPACE, HEALTH_PER_REWARD, WorldBatch, check_reset_options, observation_space
+from treeworld.envs.batch import (ACTION_SPACE, HEALTH_PER_REWARD, WorldBatch, check_action, check_count,
+                                  check_reset_options, observation_space)
 
 
 class TreeWorldSB3VecEnv(VecEnv):
@@ -25,8 +26,7 @@ class TreeWorldSB3VecEnv(VecEnv):
 
     def __init__(self, num_envs: int = 8, config: WorldConfig | None = None, max_episode_steps: int = 2000,
                  **overrides: Any):
-        if not isinstance(max_episode_steps, int) or max_episode_steps < 1:
-            raise ValueError(f"max_episode_steps: expected an int >= 1, got {max_episode_steps!r}")
+        max_episode_steps = check_count(max_episode_steps, "max_episode_steps")
         self.config = (config or WorldConfig()).replace(**overrides)
         self.batch = WorldBatch(self.config, num_envs)
         self.max_episode_steps = max_episode_steps
@@ -35,33 +35,38 @@ class TreeWorldSB3VecEnv(VecEnv):
         super().__init__(self.batch.num_envs, observation_space(self.config, self.batch.vocabulary.dim), ACTION_SPACE)
 
     def reset(self) -> dict[str, np.ndarray]:
-        self.batch.rngs = [np.random.default_rng(seed) for seed in self._seeds]
-        world_seeds = [check_reset_options(options or None)[0] for options in self._options]
+        """Reset every env with the seeds of ``seed()`` (None keeps a generator) and the options of
+        ``set_options`` ({"world_seed": k} fixes the layout through autoresets); both are then consumed."""
+        self.batch.seed(self._seeds)
+        world_seeds = [(check_reset_options(options or None) or [None])[0] for options in self._options]
         self.batch.reset(range(self.num_envs), world_seeds)
         self._reset_seeds()
+        self._reset_options()
         return self.batch.observe()
 
     def step_async(self, actions: np.ndarray) -> None:
-        self._actions = self.batch.check_actions(actions, (self.num_envs, 3))
+        self._actions = check_action(actions, (self.num_envs, 3))
 
     def step_wait(self):
+        if self._actions is None:
+            raise RuntimeError("step_wait() called without step_async(actions) first")
         events = self.batch.step(self._actions)
+        self._actions = None
         state = self.batch.state
         rewards = (events.health_change / HEALTH_PER_REWARD).astype(np.float32)
         terminated = state.health <= 0
         truncated = (state.steps >= self.max_episode_steps) & ~terminated
         dones = terminated | truncated
-        obs = self.batch.observe()
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
-        ended = np.flatnonzero(dones)
-        if ended.size:
-            for i in ended:
-                infos[i] = {"terminal_observation": {key: value[i].copy() for key, value in obs.items()},
+        ended = np.flatnonzero(dones).tolist()
+        if ended:  # same-step autoreset: report the last observation, then restart
+            last = self.batch.observe(ended)
+            for k, i in enumerate(ended):
+                infos[i] = {"terminal_observation": {key: value[k] for key, value in last.items()},
                             "TimeLimit.truncated": bool(truncated[i]),
                             "fruit_eaten": int(state.fruit_eaten[i]), "poison_eaten": int(state.poison_eaten[i])}
-            self.batch.reset(ended.tolist())
-            obs = self.batch.observe()
-        return obs, rewards, dones, infos
+            self.batch.reset(ended)
+        return self.batch.observe(), rewards, dones, infos
 
     def close(self) -> None:
         self._actions = None
@@ -70,10 +75,12 @@ class TreeWorldSB3VecEnv(VecEnv):
         return [getattr(self, attr_name) for _ in self._get_indices(indices)]
 
     def set_attr(self, attr_name: str, value: Any, indices=None) -> None:
+        """Attributes are shared by all envs of the batch, so ``indices`` cannot select some."""
         setattr(self, attr_name, value)
 
     def env_method(self, method_name: str, *method_args, indices=None, **method_kwargs) -> list[Any]:
-        return [getattr(self, method_name)(*method_args, **method_kwargs) for _ in self._get_indices(indices)]
+        raise NotImplementedError(f"env_method({method_name!r}): the batched adapter has no per-env objects; "
+                                  "call methods on the adapter itself")
 
     def env_is_wrapped(self, wrapper_class, indices=None) -> list[bool]:
         return [False for _ in self._get_indices(indices)]

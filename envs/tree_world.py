@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 
 from treeworld.config import WorldConfig
-from treeworld.envs.batch import (ACTION_SPACE, HEALTH_PER_REWARD, WorldBatch, check_reset_options,
+from treeworld.envs.batch import (ACTION_SPACE, HEALTH_PER_REWARD, WorldBatch, check_action, check_reset_options,
                                   observation_space, privileged_info)
 
 TRAIL_LENGTH = 500
@@ -109,9 +109,9 @@ class TreeWorldEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        world_seeds = check_reset_options(options)
+        world_seed = check_reset_options(options) or [None]  # options hold for this episode only
         self._batch.rngs[0] = self.np_random
-        self._batch.reset([0], world_seeds)
+        self._batch.reset([0], world_seed)
         self._trail.clear()
         self._trail.append(self.state.agent_position[0].copy())
         if self.render_mode == "human":
@@ -119,7 +119,7 @@ class TreeWorldEnv(gym.Env):
         return self._observation(), self._info(None)
 
     def step(self, action):
-        events = self._batch.step(self._batch.check_actions(action, (3,))[None])
+        events = self._batch.step(check_action(action, (3,))[None])
         state = self.state
         self._trail.append(state.agent_position[0].copy())
         if self.render_mode == "human":

@@ -7,10 +7,11 @@ import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from treeworld.backend import BACKENDS, copy, from_numpy, to_numpy
+from treeworld.backend import BACKENDS, copy_array, from_numpy, to_numpy
 from treeworld.config import WorldConfig
-from treeworld.envs.batch import (ACTION_SPACE, HEALTH_PER_REWARD, WorldBatch, check_reset_options,
-                                  observation_space, privileged_info)
+from treeworld.world import StepEvents
+from treeworld.envs.batch import (ACTION_SPACE, HEALTH_PER_REWARD, WorldBatch, check_action, check_count,
+                                  check_reset_options, check_seeds, observation_space, privileged_info)
 
 
 TORCH_FROM_NUM_ENVS = 1024  # the default CPU backend switches to torch here (measured crossover, 2-core CPU)
@@ -43,12 +44,15 @@ class TreeWorldVectorEnv(VectorEnv):
         if render_mode is not None:
             raise ValueError(f"render_mode: the vector env does not render, got {render_mode!r}; "
                              "render a single TreeWorldEnv instead")
+        num_envs = check_count(num_envs, "num_envs")
         if backend is None:  # numpy's per-call overhead is lower; torch's kernels win from ~1,000 envs on
             backend = "numpy" if str(device) == "cpu" and num_envs < TORCH_FROM_NUM_ENVS else "torch"
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
-        if max_episode_steps is not None and (not isinstance(max_episode_steps, int) or max_episode_steps < 1):
-            raise ValueError(f"max_episode_steps: expected an int >= 1 or None, got {max_episode_steps!r}")
+        if backend == "numpy" and str(device) != "cpu":
+            raise ValueError(f"device: the numpy backend runs on 'cpu' only, got {device!r}; use backend='torch'")
+        if max_episode_steps is not None:
+            max_episode_steps = check_count(max_episode_steps, "max_episode_steps")
         self.config = (config or WorldConfig()).replace(**overrides)
         self.batch = WorldBatch(self.config, num_envs, backend, None if backend == "numpy" else device)
         self.num_envs = self.batch.num_envs
@@ -63,18 +67,22 @@ class TreeWorldVectorEnv(VectorEnv):
         self._autoreset = np.zeros(self.num_envs, dtype=bool)
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict | None = None):
-        world_seeds = check_reset_options(options, self.num_envs)
-        seeds = [None if seed is None else seed + i for i in range(self.num_envs)] if not isinstance(seed, list) else seed
-        if len(seeds) != self.num_envs:
-            raise ValueError(f"seed: expected an int, None or a list of {self.num_envs} seeds, got {len(seeds)}")
-        super().reset(seed=seed if isinstance(seed, int) else None)
-        self.batch.rngs = [np.random.default_rng(s) for s in seeds]
+        """Reset every env: env i is seeded with ``seed + i`` (or ``seed[i]``); None keeps its generator.
+
+        ``options={"world_seed": k}`` (one int, or one per env) fixes the layouts until the next reset
+        with options; autoresets keep them.
+        """
+        seeds = check_seeds(seed, self.num_envs)
+        world_seeds = check_reset_options(options, self.num_envs) or [None] * self.num_envs
+        super().reset(seed=seeds[0])
+        self.batch.seed(seeds)
         self.batch.reset(range(self.num_envs), world_seeds)
         self._autoreset[:] = False
         return self._out(self.batch.observe()), self._info(None)
 
     def step(self, actions):
-        events = self.batch.step(self.batch.check_actions(actions, (self.num_envs, 3)))
+        actions = check_action(actions, (self.num_envs, 3), self.batch.backend, self.batch.device)
+        events = self.batch.step(actions)
         state = self.batch.state
         rows = np.flatnonzero(self._autoreset)
         if rows.size:  # next-step autoreset: envs that ended last step restart now, ignoring their action
@@ -83,10 +91,10 @@ class TreeWorldVectorEnv(VectorEnv):
         terminated = state.health <= 0
         truncated = state.steps >= self._step_limit
         if rows.size:
-            restarted = from_numpy(self._autoreset, self.batch.backend, self.batch.device)
-            reward = reward * ~restarted
-            terminated = terminated & ~restarted
-            truncated = truncated & ~restarted
+            kept = ~from_numpy(self._autoreset, self.batch.backend, self.batch.device)
+            reward, terminated, truncated = reward * kept, terminated & kept, truncated & kept
+            events = StepEvents(ate=events.ate & kept, poisoned=events.poisoned & kept,
+                                health_change=events.health_change * kept)
         self._autoreset = to_numpy(terminated | truncated).copy()
         obs = self._out(self.batch.observe())
         return obs, self._out(reward), self._out(terminated), self._out(truncated), self._info(events)
@@ -100,7 +108,7 @@ class TreeWorldVectorEnv(VectorEnv):
         return to_numpy(x)
 
     def _info(self, events) -> dict[str, Any]:
-        info = {key: self._out(copy(value)) for key, value in privileged_info(self.batch.state, events).items()}
+        info = {key: self._out(copy_array(value)) for key, value in privileged_info(self.batch.state, events).items()}
         present = np.ones(self.num_envs, dtype=bool)
         info.update({f"_{key}": present for key in list(info)})
         return info

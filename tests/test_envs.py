@@ -242,3 +242,84 @@ def test_rendering_through_the_env_in_both_modes():
     human.step(np.zeros(3, np.float32))
     assert human.render() is None
     human.close()
+
+
+def test_resets_without_a_seed_continue_the_seeded_streams():
+    def layouts(make):
+        env = make()
+        first = env.reset(seed=0)[1]["tree_positions"]
+        return first, env.reset()[1]["tree_positions"], env.reset()[1]["tree_positions"]
+
+    a = layouts(lambda: TreeWorldVectorEnv(num_envs=2))
+    b = layouts(lambda: TreeWorldVectorEnv(num_envs=2))
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[0], a[1])
+
+    def sb3_layouts():
+        venv = TreeWorldSB3VecEnv(num_envs=2)
+        venv.seed(3)
+        venv.reset()
+        return [venv.reset()["smell"] for _ in range(2)]
+
+    for x, y in zip(sb3_layouts(), sb3_layouts()):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_world_seed_holds_through_autoresets_and_restart_steps_report_nothing():
+    env = TreeWorldVectorEnv(num_envs=2, max_episode_steps=5)
+    _, info = env.reset(seed=1, options={"world_seed": [10, None]})
+    layout = info["tree_positions"]
+    for _ in range(6):  # step 6 is the first step of episode 2 for both envs
+        _, reward, terminated, truncated, info = env.step(np.array([[0, 0, 1.0]] * 2, np.float32))
+    assert not truncated.any() and (reward == 0).all() and not info["ate"].any()
+    np.testing.assert_array_equal(info["tree_positions"][0], layout[0])
+    assert not np.array_equal(info["tree_positions"][1], layout[1])
+    venv = TreeWorldSB3VecEnv(num_envs=1, max_episode_steps=3)
+    venv.set_options({"world_seed": 4})
+    venv.seed(0)
+    venv.reset()
+    layout = venv.batch.state.tree_position.copy()
+    for _ in range(3):
+        _, _, dones, _ = venv.step(np.zeros((1, 3), np.float32))
+    assert dones[0]
+    np.testing.assert_array_equal(venv.batch.state.tree_position, layout)
+
+
+def test_observations_are_not_views_of_the_state():
+    env = TreeWorldEnv()
+    obs, _ = env.reset(seed=0)
+    twin = pickle.loads(pickle.dumps(env))
+    obs["heading"][:] = 0.0
+    obs["motion"][:] = 9.0
+    action = np.array([0.0, 0.0, -1.0], np.float32)  # standing still keeps the heading
+    assert_same(env.step(action)[0], twin.step(action)[0])
+
+
+@pytest.mark.parametrize("make, error, match", [
+    (lambda: TreeWorldVectorEnv(num_envs="2"), TypeError, "num_envs"),
+    (lambda: TreeWorldVectorEnv(num_envs=2, backend="numpy", device="cuda"), ValueError, "device"),
+    (lambda: TreeWorldVectorEnv(num_envs=2, max_episode_steps=True), TypeError, "max_episode_steps"),
+    (lambda: TreeWorldVectorEnv(num_envs=2).reset(seed=[1, "a"]), ValueError, "seed"),
+    (lambda: TreeWorldVectorEnv(num_envs=2).reset(seed=[1, 2, 3]), ValueError, "expected 2 seeds"),
+    (lambda: TreeWorldVectorEnv(num_envs=2).reset(seed=1.5), TypeError, "seed"),
+    (lambda: TreeWorldEnv().reset(options={"world_seed": "x"}), TypeError, "world_seed"),
+    (lambda: TreeWorldSB3VecEnv(num_envs=2).env_method("reset"), NotImplementedError, "env_method"),
+])
+def test_bad_construction_and_reset_arguments_name_the_argument(make, error, match):
+    with pytest.raises(error, match=match):
+        make()
+
+
+def test_odd_but_valid_arguments_are_accepted():
+    env = TreeWorldVectorEnv(num_envs=np.int64(2), max_episode_steps=np.int64(5))
+    env.reset(seed=(1, 2), options={"world_seed": np.array(3)})
+    single = TreeWorldEnv(max_step=np.float32(4.0))
+    assert type(single.config.max_step) is float
+    single.reset(seed=0)
+    for action, error in [(np.array([-128, 0, 0], np.int8), ValueError), ([[1, 2], 3], TypeError)]:
+        with pytest.raises(error, match="action"):
+            single.step(action)
+    tiny = TreeWorldEnv(arena_radius=1.0, start_radius=0.5, tree_spread=1000.0)  # truncated Gaussian, no loop
+    _, info = tiny.reset(seed=0)
+    assert (np.hypot(*info["tree_positions"].T) <= 1.0).all()

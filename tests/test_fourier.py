@@ -310,3 +310,45 @@ def test_bad_inputs_name_the_argument():
         FourierCodeDistribution(metric, torch.zeros(3, 7), 1.0)
     with pytest.raises(ValueError, match="scale"):
         FourierCodeDistribution(metric, code, -1.0)
+
+
+# -- random sources -----------------------------------------------------------------------------
+class _ForeignGenerator(torch.Generator):
+    """A CPU generator that claims to live on a CUDA device, to test the device rule without one."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda", 0)
+
+
+def test_generator_none_draws_fresh_entropy_and_leaves_the_global_rng_alone():
+    metric = _metric(2, 10.0)
+    dist = FourierCodeDistribution(metric, metric.sample((3,), gen(0)), 0.2)
+    before = torch.get_rng_state()
+    one, two = metric.sample((4,)), metric.sample((4,), generator=None)
+    draws = dist.rsample((2,)), dist.sample((2,), generator=None)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert not torch.equal(one, two) and not torch.equal(*draws)
+
+
+def test_generator_must_be_a_cpu_generator():
+    metric = _metric(2, 10.0)
+    dist = FourierCodeDistribution(metric, metric.sample((3,), gen(0)), 0.2)
+    for draw in (metric.sample, dist.rsample, dist.sample):
+        with pytest.raises(ValueError, match="generator: expected a CPU torch.Generator.*got one on cuda:0"):
+            draw((2,), generator=_ForeignGenerator())
+        with pytest.raises(TypeError, match="generator: expected a torch.Generator or None, got int"):
+            draw((2,), generator=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_draws_with_a_cpu_generator_and_rejects_a_cuda_one():
+    metric, cuda = _metric(2, 10.0), _metric(2, 10.0).to("cuda")
+    on_cuda = cuda.sample((50,), generator=gen(3))
+    assert on_cuda.device.type == "cuda"
+    assert torch.allclose(on_cuda.cpu(), metric.sample((50,), generator=gen(3)), atol=1e-4)
+    dist = FourierCodeDistribution(cuda, on_cuda, 0.2)
+    assert dist.rsample((2,), generator=gen(4)).device.type == "cuda"
+    for draw in (cuda.sample, dist.rsample):
+        with pytest.raises(ValueError, match="generator: expected a CPU torch.Generator"):
+            draw((2,), generator=torch.Generator("cuda"))

@@ -330,3 +330,31 @@ def test_bad_input_raises_with_the_argument_named():
         memory.consolidate(Topography(10, 2, 2))
     with pytest.raises(ValueError, match="agent: agent 0 has no stored entries"):
         memory.consolidate(Topography(92, 2, 2), agent=0)
+
+
+# --------------------------------------------------------------------------- random sources
+class _ForeignGenerator(torch.Generator):
+    """A CPU generator that claims to live on a CUDA device, to test the device rule without one."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda", 0)
+
+
+def test_consolidate_without_a_generator_leaves_the_global_rng_alone():
+    memory = filled_memory(18)
+    topography = Topography(48 + LandmarkField.dim, 2, 3, generator=gen(0))
+    before = torch.get_rng_state()
+    memory.consolidate(topography, epochs=1, batch_size=8)
+    memory.consolidate(topography, agent=0, epochs=1, batch_size=8, generator=None)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_consolidate_needs_a_cpu_generator():
+    memory = filled_memory(19)
+    topography = Topography(48 + LandmarkField.dim, 2, 3, generator=gen(0))
+    with pytest.raises(ValueError, match="generator: expected a CPU torch.Generator.*got one on cuda:0"):
+        memory.consolidate(topography, epochs=1, batch_size=8, generator=_ForeignGenerator())
+    with pytest.raises(TypeError, match="generator: expected a torch.Generator or None, got int"):
+        memory.consolidate(topography, epochs=1, batch_size=8, generator=5)
+    assert memory.map_ready is None or not memory.map_ready.any()  # checked before anything is fitted

@@ -192,3 +192,46 @@ def test_bad_input_names_the_argument():
         metric.distribution(torch.zeros(4), 1.0)
     with pytest.raises(ValueError, match="scale"):
         metric.distribution(torch.zeros(8), -0.5)
+
+
+# -- random sources -----------------------------------------------------------------------------
+class _ForeignGenerator(torch.Generator):
+    """A CPU generator that claims to live on a CUDA device, to test the device rule without one."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda", 0)
+
+
+def test_generator_none_draws_fresh_entropy_and_leaves_the_global_rng_alone():
+    before = torch.get_rng_state()
+    metric, other = PseudoMetric(16, 3), PseudoMetric(16, 3, generator=None)
+    dist = metric.distribution(torch.zeros(5, 16), 0.5)
+    draws = dist.rsample((2,)), dist.sample((2,), generator=None)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert not torch.equal(metric.embedding, other.embedding) and not torch.equal(*draws)
+
+
+def test_generator_must_be_a_cpu_generator():
+    with pytest.raises(ValueError, match="generator: expected a CPU torch.Generator.*got one on cuda:0"):
+        PseudoMetric(16, 3, generator=_ForeignGenerator())
+    with pytest.raises(TypeError, match="generator: expected a torch.Generator or None, got int"):
+        PseudoMetric(16, 3, generator=7)
+    dist = _metric(16, 3).distribution(torch.zeros(5, 16), 0.5)
+    for draw in (dist.rsample, dist.sample):
+        with pytest.raises(ValueError, match="generator: expected a CPU torch.Generator.*got one on cuda:0"):
+            draw((2,), generator=_ForeignGenerator())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_draws_with_a_cpu_generator_and_rejects_a_cuda_one():
+    metric = _metric(16, 3)
+    reference = torch.randn(5, 16, generator=gen(20))
+    on_cpu = metric.distribution(reference, 0.5).rsample((4,), generator=gen(21))
+    dist = metric.to("cuda").distribution(reference.cuda(), 0.5)
+    on_cuda = dist.rsample((4,), generator=gen(21))
+    assert on_cuda.device.type == "cuda" and torch.allclose(on_cuda.cpu(), on_cpu, atol=1e-5)
+    with pytest.raises(ValueError, match="generator: expected a CPU torch.Generator"):
+        dist.rsample((4,), generator=torch.Generator("cuda"))
+    with pytest.raises(ValueError, match="generator: expected a CPU torch.Generator"):
+        PseudoMetric(16, 3, generator=torch.Generator("cuda"))

@@ -235,3 +235,43 @@ def test_methods_reject_bad_arguments():
         som.fit(data, 1, 4, callback="print")
     with pytest.raises(ValueError, match="one unit"):
         Topography(3, 1, 1).topographic_error(data)
+
+
+# ---------------------------------------------------------------------------- random sources
+class _ForeignGenerator(torch.Generator):
+    """A CPU generator that claims to live on a CUDA device, to test the device rule without one."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda", 0)
+
+
+def test_generator_none_draws_fresh_entropy_and_leaves_the_global_rng_alone():
+    data = torch.randn(40, 3, generator=gen(2))
+    before = torch.get_rng_state()
+    som, other = Topography(3, 3, 3), Topography(3, 3, 3, generator=None)
+    som.fit(data, 2, 8)
+    other.fit(data, 1, 8, generator=None)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert not torch.equal(Topography(3, 3, 3).weight, Topography(3, 3, 3).weight)
+
+
+def test_generator_must_be_a_cpu_generator():
+    with pytest.raises(ValueError, match="generator: expected a CPU torch.Generator.*got one on cuda:0"):
+        Topography(3, 2, 2, generator=_ForeignGenerator())
+    with pytest.raises(TypeError, match="generator: expected a torch.Generator or None, got int"):
+        Topography(3, 2, 2, generator=3)
+    som = Topography(3, 2, 2, generator=gen(0))
+    with pytest.raises(ValueError, match="generator: expected a CPU torch.Generator.*got one on cuda:0"):
+        som.fit(torch.randn(10, 3, generator=gen(1)), 1, 4, generator=_ForeignGenerator())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_fit_shuffles_with_a_cpu_generator_and_rejects_a_cuda_one():
+    data = torch.randn(64, 3, generator=gen(1))
+    som, on_cuda = Topography(3, 3, 3, generator=gen(0)), Topography(3, 3, 3, generator=gen(0)).to("cuda")
+    som.fit(data, 2, 8, generator=gen(2))
+    on_cuda.fit(data.cuda(), 2, 8, generator=gen(2))
+    assert torch.allclose(on_cuda.weight.detach().cpu(), som.weight.detach(), atol=1e-4)
+    with pytest.raises(ValueError, match="generator: expected a CPU torch.Generator"):
+        on_cuda.fit(data.cuda(), 1, 8, generator=torch.Generator("cuda"))

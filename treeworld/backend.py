@@ -8,25 +8,46 @@ standard lacks, a row-wise scatter-add, is defined here per backend.
 """
 from __future__ import annotations
 
-from types import ModuleType, SimpleNamespace
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-_NUMPY = SimpleNamespace(**{name: getattr(np, name) for name in dir(np) if not name.startswith("_")})
-_NUMPY.__name__ = "numpy"
-_NUMPY.astype = lambda x, dtype, /, *, copy=True: x.astype(dtype, copy=copy)
-_NUMPY.any = lambda x, /, *, axis=None, keepdims=False: x.any(axis=axis, keepdims=keepdims)
-_NUMPY.min = lambda x, /, *, axis=None, keepdims=False: x.min(axis=axis, keepdims=keepdims)
-_NUMPY.max = lambda x, /, *, axis=None, keepdims=False: x.max(axis=axis, keepdims=keepdims)
-
 BACKENDS = ("numpy", "torch")
 
 
+class _NumpyNamespace:
+    """numpy's namespace, with method-based astype/any/min/max; other names resolve lazily."""
+
+    __name__ = "numpy"
+
+    @staticmethod
+    def astype(x, dtype, /, *, copy=True):
+        return x.astype(dtype, copy=copy)
+
+    @staticmethod
+    def any(x, /, *, axis=None, keepdims=False):
+        return x.any(axis=axis, keepdims=keepdims)
+
+    @staticmethod
+    def min(x, /, *, axis=None, keepdims=False):
+        return x.min(axis=axis, keepdims=keepdims)
+
+    @staticmethod
+    def max(x, /, *, axis=None, keepdims=False):
+        return x.max(axis=axis, keepdims=keepdims)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(np, name)
+        setattr(self, name, value)  # cached: later lookups are plain attribute reads
+        return value
+
+
+_NUMPY = _NumpyNamespace()
 _NAMESPACES: dict[type, Any] = {np.ndarray: _NUMPY}  # array type -> namespace (lookups cost ~0.2 ms)
 
 
-def namespace(x: Any) -> ModuleType | SimpleNamespace:
+def namespace(x: Any) -> ModuleType | _NumpyNamespace:
     """The array namespace of ``x``: numpy's (see module docstring), or torch's compat namespace."""
     found = _NAMESPACES.get(type(x))
     if found is None:
@@ -56,7 +77,7 @@ def to_numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy()
 
 
-def copy(x: Any) -> Any:
+def copy_array(x: Any) -> Any:
     """A copy of a numpy array or torch tensor."""
     return x.copy() if isinstance(x, np.ndarray) else x.clone()
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
@@ -97,16 +98,17 @@ class WorldConfig:
 
 def _check_int(config: WorldConfig, name: str, low: int, high: int | None = None) -> None:
     value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name}: expected int, got {type(value).__name__} ({value!r})")
     if value < low or (high is not None and value > high):
         bound = f">= {low}" if high is None else f"in [{low}, {high}]"
         raise ValueError(f"{name}: expected an int {bound}, got {value}")
+    object.__setattr__(config, name, int(value))  # numpy integers become Python ints
 
 
 def _check_float(config: WorldConfig, name: str, positive: bool, low: float = 0.0, high: float | None = None) -> None:
     value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a number, got {type(value).__name__} ({value!r})")
     if not math.isfinite(value):
         raise ValueError(f"{name}: expected a finite number, got {value}")
@@ -116,3 +118,4 @@ def _check_float(config: WorldConfig, name: str, positive: bool, low: float = 0.
         if high is not None:
             bound += f" and <= {high}"
         raise ValueError(f"{name}: expected a number {bound}, got {value}")
+    object.__setattr__(config, name, float(value))  # numpy floats become Python floats

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from treeworld.backend import device_of, from_numpy, namespace, scatter_add_rows
+from treeworld.backend import copy_array, device_of, from_numpy, namespace, scatter_add_rows
 from treeworld.config import WorldConfig
 from treeworld.vocabulary import Vocabulary
 from treeworld.world import Array, WorldState
@@ -79,10 +79,10 @@ def observe(config: WorldConfig, tables: PerceptTables, state: WorldState, motio
         "smell": smell,
         "sight": sight,
         "sight_distance": sight_distance[:, None],
-        "motion": state.motion if motion is None else motion,
-        "heading": heading,
+        "motion": copy_array(state.motion) if motion is None else motion,  # copies: state stays private
+        "heading": copy_array(heading),
         "health": (state.health / config.max_health)[:, None],
     }
     if config.observe_position:
-        obs["position"] = state.agent_position
+        obs["position"] = copy_array(state.agent_position)
     return obs

@@ -75,12 +75,13 @@ def sample_world(config: WorldConfig, vocabulary: Vocabulary, layout_rng: np.ran
                  agent_rng: np.random.Generator) -> WorldState:
     """One fresh world (B = 1, numpy): trees from ``layout_rng``, agent start from ``agent_rng``."""
     n = config.num_trees
-    positions = layout_rng.normal(0.0, config.tree_spread, size=(n, 2))
-    if config.arena_radius is not None:  # redraw trees outside the arena: a truncated Gaussian
-        outside = np.hypot(positions[:, 0], positions[:, 1]) > config.arena_radius
-        while outside.any():
-            positions[outside] = layout_rng.normal(0.0, config.tree_spread, size=(int(outside.sum()), 2))
-            outside = np.hypot(positions[:, 0], positions[:, 1]) > config.arena_radius
+    if config.arena_radius is None:
+        positions = layout_rng.normal(0.0, config.tree_spread, size=(n, 2))
+    else:  # the isotropic Gaussian truncated to the arena: inverse CDF of the truncated Rayleigh radius
+        inside = -math.expm1(-0.5 * (config.arena_radius / config.tree_spread) ** 2)  # P(|x| <= arena_radius)
+        radius = config.tree_spread * np.sqrt(-2.0 * np.log1p(-layout_rng.random(n) * inside))
+        angle = layout_rng.uniform(0.0, 2 * math.pi, size=n)
+        positions = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
     names = vocabulary.name_offset + layout_rng.choice(config.name_pool, size=n, replace=False)
     poisonous = layout_rng.random(n) < config.poison_probability
     edible_kind = layout_rng.integers(0, len(EDIBLE_KINDS), size=n)
@@ -107,6 +108,8 @@ def build_world(config: WorldConfig, vocabulary: Vocabulary, tree_position, tree
     if not (len(kinds) == len(names) == len(fruit) == len(positions)):
         raise ValueError(f"trees: expected equal lengths, got positions {len(positions)}, kinds {len(kinds)}, "
                          f"names {len(names)}, fruit {len(fruit)}")
+    if len(set(names.tolist())) != len(names):
+        raise ValueError(f"tree_name: expected unique names within a world, got {names.tolist()}")
     if ((kinds < 0) | (kinds >= vocabulary.num_kinds)).any() or ((pooled < 0) | (pooled >= config.name_pool)).any():
         raise ValueError(f"tree_kind/tree_name: expected kinds in [0, {vocabulary.num_kinds}) and names in "
                          f"[{vocabulary.name_offset}, {vocabulary.name_offset + config.name_pool})")
@@ -168,12 +171,12 @@ def step(config: WorldConfig, state: WorldState, action: Array) -> tuple[WorldSt
     health = state.health - (config.living_cost + config.move_cost * moved)
     fruit, fruit_eaten, poison_eaten = state.tree_fruit, state.fruit_eaten, state.poison_eaten
 
-    ate = poisoned = action[:, 2] > 0  # (B,) the eat wish; stays all False when no world eats
+    ate = action[:, 2] > 0  # (B,) the eat wish; all False when no world eats
+    poisoned = xp.zeros_like(ate)
     if xp.any(ate):  # shortcuts only: the result is the same without them
         reachable = (dist <= config.eat_radius) & (state.tree_fruit > 0)  # (B, T)
         eaters = xp.nonzero(ate & xp.any(reachable, axis=1))[0]  # (E,) usually a few of B
         ate = xp.zeros_like(ate)
-        poisoned = xp.zeros_like(ate)
         if eaters.shape[0]:
             target = xp.argmin(xp.where(reachable[eaters], dist[eaters], math.inf), axis=1)  # (E,) nearest with fruit
             bad = state.tree_poisonous[eaters, target]  # (E,)
