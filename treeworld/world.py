@@ -23,7 +23,10 @@ Array = Any  # a numpy array or a torch tensor
 
 @dataclass
 class WorldState:
-    """Everything that changes in B worlds of T trees. Shapes in comments; float32, int64, bool."""
+    """Everything about B worlds of T trees. Shapes in comments; float32 unless a dtype is given.
+
+    ``step`` returns a new state; arrays it does not change (the layout) are shared with the old one.
+    """
 
     agent_position: Array  # (B, 2) world units
     heading: Array  # (B, 2) unit vector, direction of the last move
@@ -57,7 +60,9 @@ class WorldState:
         return self.map(lambda x: from_numpy(x, backend, device))
 
     def write_rows(self, rows: Array, source: "WorldState") -> None:
-        """In place: rows ``rows`` of every array take ``source``'s (len(rows)) rows (autoreset)."""
+        """In place: rows ``rows`` of every array take ``source``'s (len(rows)) rows (autoreset).
+
+        Layout arrays are shared with earlier states, so those see the new rows too."""
         for f in dataclasses.fields(self):
             getattr(self, f.name)[rows] = getattr(source, f.name)
 
