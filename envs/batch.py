@@ -71,7 +71,11 @@ class WorldBatch:
 
     def observe(self, rows: Sequence[int] | None = None) -> dict[str, Any]:
         """Observations (B, ...) of all rows, or of ``rows``; motion noise from each row's rng."""
-        state = self.state if rows is None else self.state.map(lambda x: x[self._index(rows)])
+        if rows is None:
+            state = self.state
+        else:
+            index = self._index(rows)
+            state = self.state.map(lambda x: x[index])
         motion = None
         if self.config.motion_noise > 0:
             rngs = self.rngs if rows is None else [self.rngs[i] for i in rows]
@@ -85,6 +89,13 @@ class WorldBatch:
 
     def _index(self, rows: Sequence[int]) -> Any:
         return from_numpy(np.asarray(rows, dtype=np.int64), self.backend, self.device)
+
+
+def make_config(config: WorldConfig | None, overrides: dict[str, Any]) -> WorldConfig:
+    """``config`` (default ``WorldConfig()``) with keyword ``overrides`` applied; unknown keys raise."""
+    if config is not None and not isinstance(config, WorldConfig):
+        raise TypeError(f"config: expected a WorldConfig or None, got {type(config).__name__}")
+    return (config or WorldConfig()).replace(**overrides)
 
 
 def check_count(value: Any, name: str) -> int:

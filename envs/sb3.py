@@ -12,7 +12,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from treeworld.config import WorldConfig
 from treeworld.envs.batch import (ACTION_SPACE, HEALTH_PER_REWARD, WorldBatch, check_action, check_count,
-                                  check_reset_options, observation_space)
+                                  check_reset_options, make_config, observation_space)
 
 
 class TreeWorldSB3VecEnv(VecEnv):
@@ -27,7 +27,7 @@ class TreeWorldSB3VecEnv(VecEnv):
     def __init__(self, num_envs: int = 8, config: WorldConfig | None = None, max_episode_steps: int = 2000,
                  **overrides: Any):
         max_episode_steps = check_count(max_episode_steps, "max_episode_steps")
-        self.config = (config or WorldConfig()).replace(**overrides)
+        self.config = make_config(config, overrides)
         self.batch = WorldBatch(self.config, num_envs)
         self.max_episode_steps = max_episode_steps
         self.render_mode = None

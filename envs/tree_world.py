@@ -9,7 +9,7 @@ import numpy as np
 
 from treeworld.config import WorldConfig
 from treeworld.envs.batch import (ACTION_SPACE, HEALTH_PER_REWARD, WorldBatch, check_action, check_reset_options,
-                                  observation_space, privileged_info)
+                                  make_config, observation_space, privileged_info)
 
 TRAIL_LENGTH = 500
 
@@ -89,11 +89,9 @@ class TreeWorldEnv(gym.Env):
     metadata = {"render_modes": ["human", "rgb_array"], "render_fps": 30}
 
     def __init__(self, config: WorldConfig | None = None, render_mode: str | None = None, **overrides: Any):
-        if config is not None and not isinstance(config, WorldConfig):
-            raise TypeError(f"config: expected a WorldConfig or None, got {type(config).__name__}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode: expected one of {self.metadata['render_modes']} or None, got {render_mode!r}")
-        self.config = (config or WorldConfig()).replace(**overrides)
+        self.config = make_config(config, overrides)
         self.render_mode = render_mode
         self._batch = WorldBatch(self.config, num_envs=1)
         self.observation_space = observation_space(self.config, self._batch.vocabulary.dim)

@@ -11,7 +11,8 @@ from treeworld.backend import BACKENDS, copy_array, from_numpy, to_numpy
 from treeworld.config import WorldConfig
 from treeworld.world import StepEvents
 from treeworld.envs.batch import (ACTION_SPACE, HEALTH_PER_REWARD, WorldBatch, check_action, check_count,
-                                  check_reset_options, check_seeds, observation_space, privileged_info)
+                                  check_reset_options, check_seeds, make_config, observation_space,
+                                  privileged_info)
 
 
 TORCH_FROM_NUM_ENVS = 1024  # the default CPU backend switches to torch here (measured crossover, 2-core CPU)
@@ -39,8 +40,6 @@ class TreeWorldVectorEnv(VectorEnv):
     def __init__(self, num_envs: int = 1, config: WorldConfig | None = None, device: str = "cpu",
                  backend: str | None = None, max_episode_steps: int | None = 2000, render_mode: str | None = None,
                  **overrides: Any):
-        if config is not None and not isinstance(config, WorldConfig):
-            raise TypeError(f"config: expected a WorldConfig or None, got {type(config).__name__}")
         if render_mode is not None:
             raise ValueError(f"render_mode: the vector env does not render, got {render_mode!r}; "
                              "render a single TreeWorldEnv instead")
@@ -53,7 +52,7 @@ class TreeWorldVectorEnv(VectorEnv):
             raise ValueError(f"device: the numpy backend runs on 'cpu' only, got {device!r}; use backend='torch'")
         if max_episode_steps is not None:
             max_episode_steps = check_count(max_episode_steps, "max_episode_steps")
-        self.config = (config or WorldConfig()).replace(**overrides)
+        self.config = make_config(config, overrides)
         self.batch = WorldBatch(self.config, num_envs, backend, None if backend == "numpy" else device)
         self.num_envs = self.batch.num_envs
         self.device = str(device)
