@@ -6,6 +6,7 @@ noise, spaces and action checks are written once.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Sequence
 
 import numpy as np
@@ -13,6 +14,7 @@ from gymnasium import spaces
 
 from treeworld.backend import from_numpy, to_numpy
 from treeworld.config import WorldConfig
+from treeworld.kernels import CompiledPhysics
 from treeworld.sensors import PerceptTables, observe
 from treeworld.vocabulary import Vocabulary
 from treeworld.world import StepEvents, WorldState, sample_world, stack, step
@@ -24,17 +26,25 @@ RESET_OPTIONS = ("world_seed",)
 class WorldBatch:
     """B worlds on one backend, each with its own ``np.random.Generator`` (``rngs[i]``).
 
+    Backend "numba" steps numpy states with the compiled kernels (:mod:`treeworld.kernels`),
+    "numpy" and "torch" with the array-API reference (:func:`~treeworld.world.step`).
+
     ``world_seeds[i]``, when not None, fixes row i's tree layout; it holds through autoresets
     until a reset passes new world seeds.
     """
 
-    def __init__(self, config: WorldConfig, num_envs: int, backend: str = "numpy", device: str | None = None):
+    def __init__(self, config: WorldConfig, num_envs: int, backend: str = "numba", device: str | None = None):
         self.config = config
         self.num_envs = check_count(num_envs, "num_envs")
         self.backend = backend
         self.device = device
         self.vocabulary = Vocabulary.for_config(config)
         self.tables = PerceptTables.build(config, self.vocabulary, backend, device)
+        if backend == "numba":
+            physics = CompiledPhysics(config, self.tables)
+            self._step, self._observe = physics.step, physics.observe
+        else:
+            self._step, self._observe = partial(step, config), partial(observe, config, self.tables)
         self.rngs: list[np.random.Generator | None] = [None] * self.num_envs
         self.world_seeds: list[int | None] = [None] * self.num_envs
         self.state: WorldState | None = None
@@ -66,11 +76,13 @@ class WorldBatch:
             from gymnasium.error import ResetNeeded
 
             raise ResetNeeded("Cannot call step() before reset(): the worlds do not exist yet.")
-        self.state, events = step(self.config, self.state, actions)
+        self.state, events = self._step(self.state, actions)
         return events
 
-    def observe(self, rows: Sequence[int] | None = None) -> dict[str, Any]:
-        """Observations (B, ...) of all rows, or of ``rows``; motion noise from each row's rng."""
+    def observe(self, rows: Sequence[int] | None = None, squeeze: bool = False) -> dict[str, Any]:
+        """Observations (B, ...) of all rows, or of ``rows``; motion noise from each row's rng.
+
+        ``squeeze`` drops the batch axis of a batch of one."""
         if rows is None:
             state = self.state
         else:
@@ -81,7 +93,7 @@ class WorldBatch:
             rngs = self.rngs if rows is None else [self.rngs[i] for i in rows]
             noise = np.stack([rng.normal(0.0, self.config.motion_noise, size=2) for rng in rngs])
             motion = state.motion + from_numpy(noise.astype(np.float32), self.backend, self.device)
-        return observe(self.config, self.tables, state, motion)
+        return self._observe(state, motion, squeeze)
 
     def _layout_rng(self, row: int) -> np.random.Generator:
         seed = self.world_seeds[row]
@@ -146,7 +158,7 @@ def check_action(action: Any, shape: tuple[int, ...], backend: str = "numpy", de
         raise TypeError(f"action: expected a real-valued (float) array, got dtype {action.dtype}")
     if tuple(action.shape) != shape:
         raise ValueError(f"action: expected shape {shape}, got {tuple(action.shape)}")
-    action = action.to(torch.float32) if backend == "torch" else action.astype(np.float32, copy=False)
+    action = action.to(torch.float32) if backend == "torch" else np.ascontiguousarray(action, np.float32)
     if not abs(action).max() <= 1:  # True for NaN too
         values = to_numpy(action)
         if not np.isfinite(values).all():

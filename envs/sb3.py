@@ -16,7 +16,7 @@ from treeworld.envs.batch import (ACTION_SPACE, HEALTH_PER_REWARD, WorldBatch, c
 
 
 class TreeWorldSB3VecEnv(VecEnv):
-    """``num_envs`` tree worlds (numpy backend) as an SB3 ``VecEnv``; seed with ``seed()`` before ``reset()``.
+    """``num_envs`` tree worlds (compiled CPU kernels) as an SB3 ``VecEnv``; seed with ``seed()`` before ``reset()``.
 
     Args:
         num_envs: number of worlds.

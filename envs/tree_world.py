@@ -126,11 +126,11 @@ class TreeWorldEnv(gym.Env):
         return self._observation(), reward, bool(state.health[0] <= 0), False, self._info(events)
 
     def _observation(self) -> dict[str, np.ndarray]:
-        return {key: value[0] for key, value in self._batch.observe().items()}
+        return self._batch.observe(squeeze=True)
 
     def _info(self, events) -> dict[str, Any]:
         # Per-world scalars become Python numbers, arrays fresh copies: nothing returned is shared.
-        return {key: value[0].item() if value.ndim == 1 else value[0].copy()
+        return {key: value.item() if value.ndim == 1 else value[0].copy()
                 for key, value in privileged_info(self.state, events).items()}
 
     def render(self):

@@ -1,4 +1,4 @@
-"""TreeWorldVectorEnv: N worlds stepped as one batch (numpy on CPU, torch on CPU or CUDA)."""
+"""TreeWorldVectorEnv: N worlds stepped as one batch (compiled kernels on CPU, torch on CUDA)."""
 from __future__ import annotations
 
 from typing import Any
@@ -15,8 +15,6 @@ from treeworld.envs.batch import (ACTION_SPACE, HEALTH_PER_REWARD, WorldBatch, c
                                   privileged_info)
 
 
-TORCH_FROM_NUM_ENVS = 1024  # the default CPU backend switches to torch here (measured crossover, 2-core CPU)
-
 
 class TreeWorldVectorEnv(VectorEnv):
     """``num_envs`` tree worlds in one batched physics, with Gymnasium's next-step autoreset.
@@ -31,7 +29,8 @@ class TreeWorldVectorEnv(VectorEnv):
         num_envs: number of worlds N.
         config: a :class:`~treeworld.WorldConfig`; keyword ``overrides`` replace its fields.
         device: "cpu" or a torch device such as "cuda".
-        backend: "numpy" or "torch"; default numpy on "cpu" below 1,024 envs, torch otherwise.
+        backend: "numba" (compiled kernels, the default on "cpu"), "numpy" (the array-API reference)
+            or "torch" (the default elsewhere).
         max_episode_steps: truncate episodes after this many steps (None: never).
     """
 
@@ -44,16 +43,16 @@ class TreeWorldVectorEnv(VectorEnv):
             raise ValueError(f"render_mode: the vector env does not render, got {render_mode!r}; "
                              "render a single TreeWorldEnv instead")
         num_envs = check_count(num_envs, "num_envs")
-        if backend is None:  # numpy's per-call overhead is lower; torch's kernels win from ~1,000 envs on
-            backend = "numpy" if str(device) == "cpu" and num_envs < TORCH_FROM_NUM_ENVS else "torch"
+        if backend is None:
+            backend = "numba" if str(device) == "cpu" else "torch"
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
-        if backend == "numpy" and str(device) != "cpu":
-            raise ValueError(f"device: the numpy backend runs on 'cpu' only, got {device!r}; use backend='torch'")
+        if backend != "torch" and str(device) != "cpu":
+            raise ValueError(f"device: the {backend} backend runs on 'cpu' only, got {device!r}; use backend='torch'")
         if max_episode_steps is not None:
             max_episode_steps = check_count(max_episode_steps, "max_episode_steps")
         self.config = make_config(config, overrides)
-        self.batch = WorldBatch(self.config, num_envs, backend, None if backend == "numpy" else device)
+        self.batch = WorldBatch(self.config, num_envs, backend, device if backend == "torch" else None)
         self.num_envs = self.batch.num_envs
         self.device = str(device)
         self.max_episode_steps = max_episode_steps

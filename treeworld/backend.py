@@ -1,6 +1,7 @@
-"""The array backend: numpy (single env, small batches) or torch (large batches, CUDA).
+"""Array backends: numba (compiled CPU kernels over numpy arrays), numpy, or torch (CPU, CUDA).
 
-The physics is written against the array API standard. numpy >= 2 implements it in its main
+The reference physics is written against the array API standard (:mod:`treeworld.kernels`
+compiles the same rules for numpy arrays). numpy >= 2 implements it in its main
 namespace, which we use directly, with the few functions whose Python wrappers cost several
 microseconds (astype, any, min, max) replaced by the equivalent array methods: at batch 1 each
 call is the single env's budget. torch goes through ``array_api_compat``. The one operation the
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-BACKENDS = ("numpy", "torch")
+BACKENDS = ("numba", "numpy", "torch")  # numba: numpy arrays stepped by treeworld.kernels
 
 
 class _NumpyNamespace:
@@ -58,10 +59,10 @@ def namespace(x: Any) -> ModuleType | _NumpyNamespace:
 
 
 def from_numpy(x: np.ndarray, backend: str, device: str | None = None) -> Any:
-    """Move a numpy array to ``backend`` ('numpy' or 'torch') on ``device``."""
-    if backend == "numpy":
+    """Move a numpy array to ``backend`` (one of BACKENDS) on ``device``."""
+    if backend in ("numba", "numpy"):
         if device not in (None, "cpu"):
-            raise ValueError(f"device: the numpy backend runs on 'cpu' only, got {device!r}")
+            raise ValueError(f"device: the {backend} backend runs on 'cpu' only, got {device!r}")
         return x
     if backend == "torch":
         import torch

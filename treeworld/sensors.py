@@ -45,13 +45,14 @@ class PerceptTables:
                              sight=from_numpy(sight.astype(np.float32), backend, device))
 
 
-def observe(config: WorldConfig, tables: PerceptTables, state: WorldState, motion: Array | None = None) -> dict[str, Array]:
+def observe(config: WorldConfig, tables: PerceptTables, state: WorldState, motion: Array | None = None,
+            squeeze: bool = False) -> dict[str, Array]:
     """Observations of B worlds; ``tables`` from :meth:`PerceptTables.build` on the state's backend.
 
     Returns float32 arrays: smell (B, D), sight (B, D), sight_distance (B, 1) in [0, 1],
     motion (B, 2) (``motion`` if given, e.g. noisy, else the realized displacement),
     heading (B, 2), health (B, 1) as a fraction of max_health, and position (B, 2) when
-    ``config.observe_position``.
+    ``config.observe_position``; ``squeeze`` drops the batch axis (B = 1).
     """
     xp = namespace(state.health)
     dist = state.tree_distance  # (B, T)
@@ -85,4 +86,4 @@ def observe(config: WorldConfig, tables: PerceptTables, state: WorldState, motio
     }
     if config.observe_position:
         obs["position"] = copy_array(state.agent_position)
-    return obs
+    return {key: value[0] for key, value in obs.items()} if squeeze else obs

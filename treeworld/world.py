@@ -120,7 +120,7 @@ def build_world(config: WorldConfig, vocabulary: Vocabulary, tree_position, tree
                          f"[{vocabulary.name_offset}, {vocabulary.name_offset + config.name_pool})")
     smell_weight = 1.0 / np.linalg.norm(vocabulary.table[kinds] + vocabulary.table[names], axis=1)
     position = np.asarray(agent_position, f32).reshape(1, 2)
-    offset = (positions - position).T[None]  # (1, 2, T)
+    offset = np.ascontiguousarray((positions - position).T[None])  # (1, 2, T)
     return WorldState(
         agent_position=position,
         heading=np.asarray(heading, f32).reshape(1, 2),
