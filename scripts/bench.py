@@ -19,6 +19,8 @@ import pathlib
 import platform
 import sys
 
+import numba
+import numpy as np
 import torch
 
 SUITES = ("env", "fourier", "topography", "memory")
@@ -43,7 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     report = {
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
-                    "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
+                    "numpy": np.__version__, "numba": numba.__version__, "torch": torch.__version__, "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
         "repeats": args.repeats,
     }
     for name in suites:
