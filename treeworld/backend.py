@@ -3,8 +3,8 @@
 The reference physics is written against the array API standard (:mod:`treeworld.kernels`
 compiles the same rules for numpy arrays). numpy >= 2 implements it in its main
 namespace, which we use directly, with the few functions whose Python wrappers cost several
-microseconds (astype, any, min, max) replaced by the equivalent array methods: at batch 1 each
-call is the single env's budget. torch goes through ``array_api_compat``. The one operation the
+microseconds (astype, any, min, max) replaced by the equivalent array methods: at small batches
+every microsecond of call overhead counts. torch goes through ``array_api_compat``. The one operation the
 standard lacks, a row-wise scatter-add, is defined here per backend.
 """
 from __future__ import annotations
