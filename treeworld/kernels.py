@@ -127,12 +127,11 @@ class CompiledPhysics:
         self.config = config
         self.tables = tables
         self._smell_table = torch.from_numpy(tables.smell)
-        self.params = np.zeros(10, np.float32)
-        self.params[[MAX_STEP, EAT_RADIUS, LIVING_COST, MOVE_COST, FRUIT_HEALTH, MAX_HEALTH, SIGHT_COS, SIGHT_RANGE]] = (
-            config.max_step, config.eat_radius, config.living_cost, config.move_cost, config.fruit_health,
-            config.max_health, config.sight_cos, config.sight_distance)
-        self.params[ARENA] = np.inf if config.arena_radius is None else config.arena_radius
-        self.params[LOG_KERNEL] = math.log(config.smell_attenuation) / config.smell_distance ** 2
+        arena = np.inf if config.arena_radius is None else config.arena_radius
+        log_kernel = math.log(config.smell_attenuation) / config.smell_distance ** 2
+        self.params = np.array([  # in the order of the index constants MAX_STEP ... SIGHT_RANGE
+            config.max_step, arena, config.eat_radius, config.living_cost, config.move_cost, config.fruit_health,
+            config.max_health, log_kernel, config.sight_cos, config.sight_distance], np.float32)
         dim = tables.smell.shape[1]
         widths = {"smell": dim, "sight": dim, "sight_distance": 1, "motion": 2, "heading": 2, "health": 1}
         if config.observe_position:
