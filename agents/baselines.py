@@ -26,6 +26,7 @@ from typing import Any, Mapping, Protocol, runtime_checkable
 import numpy as np
 from gymnasium import spaces
 
+from treeworld import checks
 from treeworld.config import WorldConfig
 from treeworld.vocabulary import Vocabulary
 
@@ -62,11 +63,9 @@ class RandomWalker:
                  config: WorldConfig | None = None):
         if action_space is not None and not (isinstance(action_space, spaces.Box) and action_space.shape == (3,)):
             raise TypeError(f"action_space: expected a gymnasium Box of shape (3,) or None, got {action_space!r}")
-        if isinstance(persistence, bool) or not isinstance(persistence, (int, float)) or not 0 <= persistence <= 1:
-            raise ValueError(f"persistence: expected a number in [0, 1], got {persistence!r}")
+        self.persistence = checks.real(persistence, "persistence", low=0.0, high=1.0)
         config = _check_config(config)
         self.action_space = action_space
-        self.persistence = float(persistence)
         self._seed = _check_seed(seed)
         self._reach = 0.9 * config.eat_radius / config.sight_distance  # in units of sight_distance
         self._rng: np.random.Generator | None = None
@@ -111,8 +110,7 @@ class PerceptDecoder:
     """
 
     def __init__(self, vocabulary: Vocabulary):
-        if not isinstance(vocabulary, Vocabulary):
-            raise TypeError(f"vocabulary: expected a treeworld Vocabulary, got {type(vocabulary).__name__}")
+        checks.instance(vocabulary, Vocabulary, "vocabulary")
         table = vocabulary.table.astype(np.float64)  # (V, D)
         singular = np.linalg.svd(table, compute_uv=False)
         if table.shape[0] > table.shape[1] or singular[-1] < 1e-6 * singular[0]:
@@ -311,17 +309,11 @@ class Forager:
 
 
 def _check_seed(seed: Any) -> int | None:
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-        raise TypeError(f"seed: expected an int or None, got {type(seed).__name__} ({seed!r})")
-    if seed is not None and seed < 0:
-        raise ValueError(f"seed: expected a non-negative int, got {seed}")
-    return None if seed is None else int(seed)
+    return None if seed is None else checks.integer(seed, "seed", low=0)
 
 
 def _check_config(config: Any) -> WorldConfig:
-    if config is not None and not isinstance(config, WorldConfig):
-        raise TypeError(f"config: expected a WorldConfig or None, got {type(config).__name__}")
-    return config or WorldConfig()
+    return WorldConfig() if config is None else checks.instance(config, WorldConfig, "config")
 
 
 def _field(observation: Any, key: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -10,7 +10,7 @@ class ReferenceDistribution(D.Distribution):
 
     Batch shape: ``reference.shape[:-1]`` broadcast with ``scale``. Subclasses define ``rsample``
     and ``log_prob``; ``sample`` is ``rsample`` without gradients. Both take ``generator``: a CPU
-    ``torch.Generator`` (``None``: fresh entropy, never torch's global RNG; see ``checks.generator``);
+    ``torch.Generator`` (``None``: fresh entropy, never torch's global RNG; see ``treeworld.checks.generator``);
     the draws happen on the CPU and then move to the reference's device.
     """
 

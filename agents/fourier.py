@@ -37,12 +37,13 @@ Euclidean distance of their positions.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Iterator
 
 import torch
 from torch import nn
 
-from treeworld.agents import checks
+from treeworld import checks
 from treeworld.agents.distributions import ReferenceDistribution
 
 DIMS = (1, 2, 3)
@@ -92,11 +93,11 @@ class FourierMetric(nn.Module):
     def __init__(self, location_dim: int, dim: int = 2, scale: float = 10.0,
                  ratio: float = math.sqrt(2.0), phases: torch.Tensor | None = None) -> None:
         super().__init__()
-        if isinstance(dim, bool) or dim not in DIMS:
+        dim = checks.integer(dim, "dim")
+        if dim not in DIMS:
             raise ValueError(f"dim: expected one of {DIMS}, got {dim!r}")
         block = 2 * (dim + 1)
-        if isinstance(location_dim, bool) or not isinstance(location_dim, int):
-            raise TypeError(f"location_dim: expected an int, got {type(location_dim).__name__}")
+        location_dim = checks.integer(location_dim, "location_dim")
         if location_dim <= 0 or location_dim % block:
             raise ValueError(f"location_dim: expected a positive multiple of 2*(dim+1)={block} "
                              f"for dim={dim}, got {location_dim}")
@@ -288,7 +289,7 @@ class FourierMetric(nn.Module):
         ``generator``: a CPU ``torch.Generator`` (``None``: fresh entropy); the positions are drawn
         on the CPU and then moved to the buffers' device.
         """
-        shape = torch.Size((shape,) if isinstance(shape, int) else shape)
+        shape = torch.Size((shape,) if isinstance(shape, numbers.Integral) else shape)
         like = dict(dtype=self.alphas.dtype, generator=checks.generator(generator))
         direction = torch.randn(shape + (self.dim,), **like)
         direction = direction / direction.norm(dim=-1, keepdim=True)

@@ -27,7 +27,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from treeworld.agents import checks
+from treeworld import checks
 from treeworld.agents.fourier import FourierMetric
 from treeworld.agents.pseudometric import PseudoMetric
 from treeworld.agents.topography import Topography
@@ -90,8 +90,10 @@ class SpatialMemory(nn.Module):
         self.batch_size = checks.count(batch_size, "batch_size")
         self.place_radius = checks.positive(place_radius, "place_radius")
         self.percept_radius = checks.positive(percept_radius, "percept_radius")
-        self.recall_scale = checks.positive(place_radius / 2 if recall_scale is None else recall_scale, "recall_scale")
-        self.percept_scale = checks.positive(percept_radius if percept_scale is None else percept_scale, "percept_scale")
+        self.recall_scale = checks.positive(self.place_radius / 2 if recall_scale is None else recall_scale,
+                                            "recall_scale")
+        self.percept_scale = checks.positive(self.percept_radius if percept_scale is None else percept_scale,
+                                             "percept_scale")
         self.candidates = checks.count(candidates, "candidates")
         self.location_dim = location_metric.location_dim
         self.percept_dim = percept_metric.vector_dim
@@ -131,8 +133,7 @@ class SpatialMemory(nn.Module):
         return tensor if tensor.ndim == 3 else tensor.unsqueeze(1)
 
     def _check_agent(self, agent, name: str = "agent") -> int:
-        if isinstance(agent, bool) or not isinstance(agent, int):
-            raise TypeError(f"{name}: expected an int, got {type(agent).__name__}")
+        agent = checks.integer(agent, name)
         if not 0 <= agent < self.batch_size:
             raise ValueError(f"{name}: expected 0 <= {name} < batch_size={self.batch_size}, got {agent}")
         return agent

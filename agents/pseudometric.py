@@ -31,7 +31,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from treeworld.agents import checks
+from treeworld import checks
 from treeworld.agents.distributions import ReferenceDistribution
 
 
@@ -65,10 +65,11 @@ class PseudoMetric(nn.Module):
         super().__init__()
         self.vector_dim = checks.count(vector_dim, "vector_dim")
         self.metric_rank = checks.count(metric_rank, "metric_rank")
-        if metric_rank > vector_dim:
-            raise ValueError(f"metric_rank: expected <= vector_dim={vector_dim}, got {metric_rank}")
+        if self.metric_rank > self.vector_dim:
+            raise ValueError(f"metric_rank: expected <= vector_dim={self.vector_dim}, got {self.metric_rank}")
         self.tau = checks.positive(tau, "tau")
-        initial = torch.randn(metric_rank, vector_dim, generator=checks.generator(generator)) / math.sqrt(vector_dim)
+        initial = torch.randn(self.metric_rank, self.vector_dim, generator=checks.generator(generator))
+        initial = initial / math.sqrt(self.vector_dim)
         self.embedding = nn.Parameter(initial)  # (M, N)
         self._cache: tuple[tuple, torch.Tensor, _Factors] | None = None
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from treeworld.agents import checks
+from treeworld import checks
 
 GRIDS = ("rectangular", "hexagonal")
 # Adjacent units: the 8 surrounding units on a rectangular grid (as MiniSom counts them), the 6 on
@@ -99,9 +99,10 @@ class Topography(nn.Module):
         self.grid = grid
         self.normalize = bool(normalize)
         self.neighbor_radius = _NEIGHBOR_RADIUS[grid]
-        weight = torch.randn(height * width, latent_dim, generator=checks.generator(generator)) / math.sqrt(latent_dim)
+        weight = torch.randn(self.num_units, self.latent_dim, generator=checks.generator(generator))
+        weight = weight / math.sqrt(self.latent_dim)
         self.weight = nn.Parameter(F.normalize(weight, dim=1) if normalize else weight)
-        self.register_buffer("coords", grid_coordinates(height, width, grid), persistent=False)
+        self.register_buffer("coords", grid_coordinates(self.height, self.width, grid), persistent=False)
 
     @property
     def num_units(self) -> int:

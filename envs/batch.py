@@ -6,36 +6,55 @@ noise, spaces and action checks are written once.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from functools import partial
 from typing import Any, Sequence
 
 import numpy as np
 from gymnasium import spaces
+from gymnasium.error import ResetNeeded
 
+from treeworld import checks
 from treeworld.backend import from_numpy, to_numpy
 from treeworld.config import WorldConfig
 from treeworld.kernels import CompiledPhysics
-from treeworld.sensors import PerceptTables, observe
+from treeworld import tasks
+from treeworld.sensors import PerceptTables, observation_layout, observe, odometry
+from treeworld.tasks import GoalEvents
 from treeworld.vocabulary import Vocabulary
 from treeworld.world import StepEvents, WorldState, sample_world, stack, step
 
-HEALTH_PER_REWARD = 25.0  # reward = health change / 25: one edible fruit is about +1
 RESET_OPTIONS = ("world_seed",)
+
+
+@dataclass
+class Transition:
+    """What one step of B worlds gives the env layer: (B,) arrays, plus the events behind them."""
+
+    reward: Any  # float32
+    terminated: Any  # bool
+    events: StepEvents
+    goals: GoalEvents | None  # homing only
 
 
 class WorldBatch:
     """B worlds on one backend, each with its own ``np.random.Generator`` (``rngs[i]``).
 
     Backend "numba" steps numpy states with the compiled kernels (:mod:`treeworld.kernels`),
-    "numpy" and "torch" with the array-API reference (:func:`~treeworld.world.step`).
+    "numpy" and "torch" with the array-API reference (:func:`~treeworld.world.step`). Task rules
+    (goals, reward, termination) come from :mod:`treeworld.tasks`.
 
-    ``world_seeds[i]``, when not None, fixes row i's tree layout; it holds through autoresets
-    until a reset passes new world seeds.
+    ``world_seeds[i]``, when not None, fixes row i's tree layout; it holds through every later
+    reset until a reset passes new world seeds.
+
+    Each row's generator draws, in this order: the layout (without a world seed) and start at a
+    reset; the homing goal when one is drawn; the motion noise (2,) and percept noise (2, D) of each
+    observation when their levels are above zero.
     """
 
     def __init__(self, config: WorldConfig, num_envs: int, backend: str = "numba", device: str | None = None):
         self.config = config
-        self.num_envs = check_count(num_envs, "num_envs")
+        self.num_envs = checks.count(num_envs, "num_envs")
         self.backend = backend
         self.device = device
         self.vocabulary = Vocabulary.for_config(config)
@@ -58,7 +77,7 @@ class WorldBatch:
     def reset(self, rows: Sequence[int], world_seeds: Sequence[int | None] | None = None) -> None:
         """Fresh worlds in ``rows``: layout from the row's world seed (else its rng), start from its rng.
 
-        ``world_seeds`` (one per row) replace the stored ones; None keeps them (autoreset).
+        ``world_seeds`` (one per row) replace the stored ones; None keeps them.
         """
         if world_seeds is not None:
             for i, seed in zip(rows, world_seeds):
@@ -69,18 +88,28 @@ class WorldBatch:
             self.state = fresh
         else:
             self.state.write_rows(self._index(rows), fresh)
+        tasks.draw_goals(self.config, self.state, rows, self.rngs)
 
-    def step(self, actions: Any) -> StepEvents:
-        """Step every world with ``actions`` (B, 3) already passed through :func:`check_action`."""
+    def step(self, actions: Any, restart: Sequence[int] = ()) -> Transition:
+        """Step every world with ``actions`` (B, 3) from :func:`check_action`, then reset the rows
+        ``restart`` (next-step autoreset: their step counts for nothing) and draw the goals due."""
         if self.state is None:
-            from gymnasium.error import ResetNeeded
-
             raise ResetNeeded("Cannot call step() before reset(): the worlds do not exist yet.")
         self.state, events = self._step(self.state, actions)
-        return events
+        goals = tasks.end_goals(self.config, self.state)
+        done = tasks.terminated(self.state)
+        transition = Transition(tasks.reward(self.config, events, goals, done), done, events, goals)
+        if len(restart):
+            self.reset(restart)
+            kept = np.ones(self.num_envs, dtype=bool)
+            kept[list(restart)] = False
+            transition = _masked(transition, from_numpy(kept, self.backend, self.device))
+        rows = [i for i in range(self.num_envs) if i not in set(restart)] if len(restart) else range(self.num_envs)
+        tasks.draw_goals(self.config, self.state, rows, self.rngs)
+        return transition
 
     def observe(self, rows: Sequence[int] | None = None, squeeze: bool = False) -> dict[str, Any]:
-        """Observations (B, ...) of all rows, or of ``rows``; motion noise from each row's rng.
+        """Observations (B, ...) of all rows, or of ``rows``; sensor noise from each row's rng.
 
         ``squeeze`` drops the batch axis of a batch of one."""
         if rows is None:
@@ -88,12 +117,21 @@ class WorldBatch:
         else:
             index = self._index(rows)
             state = self.state.map(lambda x: x[index])
-        motion = None
-        if self.config.motion_noise > 0:
-            rngs = self.rngs if rows is None else [self.rngs[i] for i in rows]
-            noise = np.stack([rng.normal(0.0, self.config.motion_noise, size=2) for rng in rngs])
-            motion = state.motion + from_numpy(noise.astype(np.float32), self.backend, self.device)
-        return self._observe(state, motion, squeeze)
+        rngs = self.rngs if rows is None else [self.rngs[i] for i in rows]
+        config = self.config
+        noise = None
+        if config.motion_noise > 0:
+            noise = self._array(np.stack([rng.normal(0.0, config.motion_noise, size=2) for rng in rngs]))
+        motion = odometry(config, state.motion, noise)
+        percept_noise = None
+        if config.percept_noise > 0:
+            dim = self.vocabulary.dim
+            percept_noise = self._array(np.stack([rng.standard_normal((2, dim), dtype=np.float32) for rng in rngs])
+                                        * np.float32(config.percept_noise))
+        return self._observe(state, motion, percept_noise, squeeze)
+
+    def _array(self, values: np.ndarray) -> Any:
+        return from_numpy(values.astype(np.float32, copy=False), self.backend, self.device)
 
     def _layout_rng(self, row: int) -> np.random.Generator:
         seed = self.world_seeds[row]
@@ -103,30 +141,29 @@ class WorldBatch:
         return from_numpy(np.asarray(rows, dtype=np.int64), self.backend, self.device)
 
 
+def _masked(transition: Transition, kept: Any) -> Transition:
+    """``transition`` with the rows where ``kept`` (B,) is False zeroed (restart steps report nothing)."""
+    def mask(x):
+        return x & kept if x.dtype == kept.dtype else x * kept
+
+    events, goals = transition.events, transition.goals
+    return Transition(
+        mask(transition.reward), mask(transition.terminated),
+        StepEvents(**{name: mask(getattr(events, name)) for name in ("ate", "poisoned", "health_change")}),
+        None if goals is None else GoalEvents(**{f.name: mask(getattr(goals, f.name)) for f in fields(GoalEvents)}))
+
+
 def make_config(config: WorldConfig | None, overrides: dict[str, Any]) -> WorldConfig:
     """``config`` (default ``WorldConfig()``) with keyword ``overrides`` applied; unknown keys raise."""
-    if config is not None and not isinstance(config, WorldConfig):
-        raise TypeError(f"config: expected a WorldConfig or None, got {type(config).__name__}")
+    if config is not None:
+        checks.instance(config, WorldConfig, "config")
     return (config or WorldConfig()).replace(**overrides)
-
-
-def check_count(value: Any, name: str) -> int:
-    """``value`` as a Python int >= 1 (numpy integers accepted, bools not), or a clear error."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected an int >= 1, got {type(value).__name__} ({value!r})")
-    if value < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {value}")
-    return int(value)
 
 
 def check_seeds(seed: Any, count: int, name: str = "seed") -> list[int | None]:
     """``count`` seeds from None, one int (row i gets seed + i) or a sequence of ints/None."""
     def one(value: Any) -> int | None:
-        if value is None:
-            return None
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ValueError(f"{name}: expected non-negative ints or None, got {value!r}")
-        return int(value)
+        return None if value is None else checks.integer(value, name, low=0)
 
     if isinstance(seed, np.ndarray) and seed.ndim == 0:
         seed = seed.item()
@@ -141,7 +178,8 @@ def check_seeds(seed: Any, count: int, name: str = "seed") -> list[int | None]:
 
 
 def check_action(action: Any, shape: tuple[int, ...], backend: str = "numpy", device: str | None = None) -> Any:
-    """Validate an action against Box(-1, 1, ``shape``) and return it as float32 on ``backend``."""
+    """An action for Box(-1, 1, ``shape``) as float32 on ``backend``: finite values outside the box
+    are clipped to it (as MuJoCo and Box2D envs do); NaN, inf, a wrong shape or dtype raise."""
     try:
         if backend == "torch":
             import torch
@@ -160,16 +198,35 @@ def check_action(action: Any, shape: tuple[int, ...], backend: str = "numpy", de
         raise ValueError(f"action: expected shape {shape}, got {tuple(action.shape)}")
     action = action.to(torch.float32) if backend == "torch" else np.ascontiguousarray(action, np.float32)
     if not abs(action).max() <= 1:  # True for NaN too
-        values = to_numpy(action)
-        if not np.isfinite(values).all():
-            raise ValueError(f"action: expected finite values in [-1, 1], got {values.tolist()} (NaN or infinite)")
-        raise ValueError(f"action: expected values in [-1, 1] (the action space), got min {values.min():.3g}, "
-                         f"max {values.max():.3g}")
+        if not np.isfinite(to_numpy(action)).all():
+            raise ValueError(f"action: expected finite values, got {to_numpy(action).tolist()} (NaN or infinite)")
+        action = action.clamp(-1.0, 1.0) if backend == "torch" else np.clip(action, -1.0, 1.0)
     return action
 
 
+# Discrete actions: 0-7 a full step east, north-east, north, ..., south-east; 8 stay; 9 eat.
+_ANGLES = np.arange(8) * (np.pi / 4)
+DISCRETE_ACTIONS = np.vstack([np.stack([np.cos(_ANGLES), np.sin(_ANGLES), -np.ones(8)], axis=1),
+                              [[0.0, 0.0, -1.0], [0.0, 0.0, 1.0]]]).astype(np.float32)  # (10, 3)
+DISCRETE_SPACE = spaces.Discrete(len(DISCRETE_ACTIONS))
+
+
+def check_discrete_action(action: Any, shape: tuple[int, ...], backend: str = "numpy",
+                          device: str | None = None) -> Any:
+    """Integer actions of ``shape`` in [0, 10) -> their (*shape, 3) float32 rows of DISCRETE_ACTIONS."""
+    values = to_numpy(action) if hasattr(action, "detach") else np.asarray(action)
+    if values.dtype.kind not in "iu":
+        raise TypeError(f"action: expected integer actions in [0, {len(DISCRETE_ACTIONS)}), got dtype {values.dtype}")
+    if values.shape != shape:
+        raise ValueError(f"action: expected shape {shape}, got {values.shape}")
+    if values.size and not (0 <= values.min() and values.max() < len(DISCRETE_ACTIONS)):
+        raise ValueError(f"action: expected ints in [0, {len(DISCRETE_ACTIONS)}), got {values.tolist()}")
+    return from_numpy(DISCRETE_ACTIONS[values], backend, device)
+
+
 def check_reset_options(options: dict | None, num_envs: int = 1) -> list[int | None] | None:
-    """Per-env world seeds from reset ``options`` ({"world_seed": int or one per env}); None without."""
+    """Per-env world seeds from reset ``options`` ({"world_seed": int or one per env}); None without
+    options (the stored world seeds stay); options without "world_seed" clear them."""
     if options is None:
         return None
     if not isinstance(options, dict):
@@ -183,29 +240,37 @@ def check_reset_options(options: dict | None, num_envs: int = 1) -> list[int | N
     return check_seeds(seed, 1, "options['world_seed']") * num_envs
 
 
+def check_device(device: Any) -> str:
+    """A torch device name that exists on this machine, as a string."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (TypeError, RuntimeError) as e:
+        raise ValueError(f"device: expected a torch device such as 'cpu' or 'cuda', got {device!r}") from e
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} requested but CUDA is not available here; use device='cpu'")
+    return str(device)
+
+
 def observation_space(config: WorldConfig, percept_dim: int) -> spaces.Dict:
-    """The Dict observation space (float32) of one world; see TreeWorldEnv's docstring."""
-    smell = float(config.num_trees)  # |component| <= sum of T kernel weights (each <= 1) times unit vectors
-    motion = np.inf if config.motion_noise > 0 else config.max_step
-    boxes = {
-        "smell": spaces.Box(-smell, smell, (percept_dim,), np.float32),
-        "sight": spaces.Box(-1.0, 1.0, (percept_dim,), np.float32),
-        "sight_distance": spaces.Box(0.0, 1.0, (1,), np.float32),
-        "motion": spaces.Box(-motion, motion, (2,), np.float32),
-        "heading": spaces.Box(-1.0, 1.0, (2,), np.float32),
-        "health": spaces.Box(0.0, 1.0, (1,), np.float32),
-    }
-    if config.observe_position:
-        bound = np.inf if config.arena_radius is None else config.arena_radius
-        boxes["position"] = spaces.Box(-bound, bound, (2,), np.float32)
-    return spaces.Dict(boxes)
+    """The Dict observation space (float32) of one world, from :func:`~treeworld.sensors.observation_layout`."""
+    return spaces.Dict({key: spaces.Box(low, high, (width,), np.float32)
+                        for key, (width, low, high) in observation_layout(config, percept_dim).items()})
 
 
 ACTION_SPACE = spaces.Box(-1.0, 1.0, (3,), np.float32)
 
 
-def privileged_info(state: WorldState, events: StepEvents | None) -> dict[str, Any]:
-    """Privileged facts of B worlds (arrays with a batch axis, views of the state: copy before keeping)."""
+def privileged_info(config: WorldConfig, state: WorldState, transition: Transition | None) -> dict[str, Any]:
+    """Privileged facts of B worlds (arrays with a batch axis, views of the state: copy before keeping).
+
+    Every task: position, heading, health, tree_positions, tree_fruit, tree_poisonous,
+    fruit_eaten, poison_eaten, distance_travelled; after a step: ate, poisoned. Homing adds
+    goal_tree (-1: none), goals_reached, goals_failed, and after a step, for a goal that ended
+    on it: goal_reached, goal_failed, goal_distance (straight line when set), goal_shortest_path
+    (l) and goal_path_length (p), zeros on other steps (see :mod:`treeworld.tasks`).
+    """
     info = {
         "position": state.agent_position,
         "heading": state.heading,
@@ -217,7 +282,13 @@ def privileged_info(state: WorldState, events: StepEvents | None) -> dict[str, A
         "poison_eaten": state.poison_eaten,
         "distance_travelled": state.distance,
     }
-    if events is not None:
-        info["ate"] = events.ate
-        info["poisoned"] = events.poisoned
+    if config.task == "homing":
+        info.update(goal_tree=state.goal_tree, goals_reached=state.goals_reached, goals_failed=state.goals_failed)
+    if transition is not None:
+        info["ate"] = transition.events.ate
+        info["poisoned"] = transition.events.poisoned
+        goals = transition.goals
+        if goals is not None:
+            info.update(goal_reached=goals.reached, goal_failed=goals.failed, goal_distance=goals.distance,
+                        goal_shortest_path=goals.shortest, goal_path_length=goals.path)
     return info

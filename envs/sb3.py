@@ -5,66 +5,99 @@ of its next episode and ``infos[i]["terminal_observation"]`` holds the last one.
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Sequence
 
 import numpy as np
 from stable_baselines3.common.vec_env import VecEnv
 
+from treeworld import checks
 from treeworld.config import WorldConfig
-from treeworld.envs.batch import (ACTION_SPACE, HEALTH_PER_REWARD, WorldBatch, check_action, check_count,
+from treeworld.envs.batch import (ACTION_SPACE, DISCRETE_SPACE, WorldBatch, check_action, check_discrete_action,
                                   check_reset_options, make_config, observation_space)
 
 
 class TreeWorldSB3VecEnv(VecEnv):
     """``num_envs`` tree worlds (compiled CPU kernels) as an SB3 ``VecEnv``; seed with ``seed()`` before ``reset()``.
 
+    Infos of an ended episode carry Monitor-style ``"episode": {"r", "l", "t"}`` (return, length,
+    seconds since the adapter was made), so SB3 logs ``ep_rew_mean`` without a ``VecMonitor``;
+    wrapped in one, its own statistics replace these (nothing is counted twice).
+
     Args:
         num_envs: number of worlds.
         config: a :class:`~treeworld.WorldConfig`; keyword ``overrides`` replace its fields.
         max_episode_steps: truncate episodes after this many steps (``TimeLimit.truncated`` in infos).
+        discrete: Discrete(10) actions as in :class:`~treeworld.envs.DiscreteActions` (for DQN).
+        render_mode: None or "rgb_array": ``get_images()`` returns a frame of env 0 (None for the others).
     """
 
     def __init__(self, num_envs: int = 8, config: WorldConfig | None = None, max_episode_steps: int = 2000,
-                 **overrides: Any):
-        max_episode_steps = check_count(max_episode_steps, "max_episode_steps")
+                 discrete: bool = False, render_mode: str | None = None, **overrides: Any):
+        max_episode_steps = checks.count(max_episode_steps, "max_episode_steps")
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode: expected None or 'rgb_array', got {render_mode!r}")
         self.config = make_config(config, overrides)
         self.batch = WorldBatch(self.config, num_envs)
         self.max_episode_steps = max_episode_steps
-        self.render_mode = None
+        self.discrete = checks.instance(discrete, bool, "discrete")
+        self.render_mode = render_mode
+        self._renderer = None
         self._actions: np.ndarray | None = None
-        super().__init__(self.batch.num_envs, observation_space(self.config, self.batch.vocabulary.dim), ACTION_SPACE)
+        self._returns = np.zeros(self.batch.num_envs)
+        self._start = time.perf_counter()
+        super().__init__(self.batch.num_envs, observation_space(self.config, self.batch.vocabulary.dim),
+                         DISCRETE_SPACE if self.discrete else ACTION_SPACE)
+
+    def seed(self, seed: int | None = None) -> Sequence[None | int]:
+        """Seeds for the next ``reset()``: env i gets ``seed + i`` (None: keep each generator)."""
+        if seed is not None:
+            checks.integer(seed, "seed", low=0)
+        return super().seed(seed)
 
     def reset(self) -> dict[str, np.ndarray]:
         """Reset every env with the seeds of ``seed()`` (None keeps a generator) and the options of
         ``set_options`` ({"world_seed": k} fixes the layout through autoresets); both are then consumed."""
         self.batch.seed(self._seeds)
-        world_seeds = [(check_reset_options(options or None) or [None])[0] for options in self._options]
+        if any(self._options):
+            world_seeds = [(check_reset_options(options or {}) or [None])[0] for options in self._options]
+        else:
+            world_seeds = None  # no options: layouts stay as they are
         self.batch.reset(range(self.num_envs), world_seeds)
+        self._returns[:] = 0.0
         self._reset_seeds()
         self._reset_options()
         return self.batch.observe()
 
     def step_async(self, actions: np.ndarray) -> None:
-        self._actions = check_action(actions, (self.num_envs, 3))
+        if self.discrete:
+            self._actions = check_discrete_action(actions, (self.num_envs,))
+        else:
+            self._actions = check_action(actions, (self.num_envs, 3))
 
     def step_wait(self):
         if self._actions is None:
             raise RuntimeError("step_wait() called without step_async(actions) first")
-        events = self.batch.step(self._actions)
+        transition = self.batch.step(self._actions)
         self._actions = None
         state = self.batch.state
-        rewards = (events.health_change / HEALTH_PER_REWARD).astype(np.float32)
-        terminated = state.health <= 0
-        truncated = (state.steps >= self.max_episode_steps) & ~terminated
-        dones = terminated | truncated
+        rewards = transition.reward.astype(np.float32)
+        self._returns += rewards
+        truncated = (state.steps >= self.max_episode_steps) & ~transition.terminated
+        dones = transition.terminated | truncated
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         ended = np.flatnonzero(dones).tolist()
         if ended:  # same-step autoreset: report the last observation, then restart
             last = self.batch.observe(ended)
+            elapsed = round(time.perf_counter() - self._start, 6)
             for k, i in enumerate(ended):
                 infos[i] = {"terminal_observation": {key: value[k] for key, value in last.items()},
                             "TimeLimit.truncated": bool(truncated[i]),
+                            "episode": {"r": float(self._returns[i]), "l": int(state.steps[i]), "t": elapsed},
                             "fruit_eaten": int(state.fruit_eaten[i]), "poison_eaten": int(state.poison_eaten[i])}
+                if self.config.task == "homing":
+                    infos[i].update(goals_reached=int(state.goals_reached[i]), goals_failed=int(state.goals_failed[i]))
+            self._returns[ended] = 0.0
             self.batch.reset(ended)
         return self.batch.observe(), rewards, dones, infos
 
@@ -86,4 +119,12 @@ class TreeWorldSB3VecEnv(VecEnv):
         return [False for _ in self._get_indices(indices)]
 
     def get_images(self) -> Sequence[np.ndarray | None]:
-        return [None for _ in range(self.num_envs)]
+        """A frame of env 0 with render_mode 'rgb_array' (None for the other envs, all None without)."""
+        frames: list[np.ndarray | None] = [None] * self.num_envs
+        if self.render_mode == "rgb_array" and self.batch.state is not None:
+            if self._renderer is None:
+                from treeworld.envs.rendering import Renderer
+
+                self._renderer = Renderer(self.config, self.batch.vocabulary)
+            frames[0] = self._renderer.render_frame(self.batch.state, 0)
+        return frames

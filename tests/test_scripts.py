@@ -101,7 +101,7 @@ def test_parse_overrides_uses_field_types():
     (["--record", "out.avi"], "--record: expected a path ending in .gif or .mp4"),
     (["--record", "out.gif", "--render", "none"], "--record needs rgb_array frames"),
     (["--episodes", "0"], "--episodes: expected an int >= 1"),
-    (["--set", "num_trees=0"], "num_trees: expected an int >= 1"),
+    (["--set", "num_trees=0"], "num_trees: expected >= 1"),
 ])
 def test_bad_arguments(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

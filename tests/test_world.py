@@ -161,14 +161,15 @@ def test_smell_matches_a_brute_force_kernel_sum(physics):
 
 
 def test_sight_sees_the_nearest_tree_in_the_cone_with_its_fruit_phrase(physics):
-    config, vocabulary, state = world(trees=[(50.0, 3.0, APPLE, 2), (80.0, 0.0, NIGHTSHADE, 1), (-20.0, 0.0, APPLE, 4)])
+    trees = [(50.0, 3.0, APPLE, 2), (80.0, 0.0, NIGHTSHADE, 1), (-20.0, 0.0, APPLE, 4)]
+    config, vocabulary, state = world(trees=trees)
     tables = PerceptTables.build(config, vocabulary)
     obs = physics.observe(config, tables, state)
     table = vocabulary.table
     percept = table[APPLE] + table[state.tree_name[0, 0]] + table[vocabulary.phrase_offset + 2]
     np.testing.assert_allclose(obs["sight"][0], percept / np.linalg.norm(percept), atol=1e-5)
     assert obs["sight_distance"][0, 0] == pytest.approx(np.hypot(50, 3) / config.sight_distance)
-    behind = physics.observe(config, tables, dataclasses.replace(state, heading=np.array([[0.0, 1.0]], np.float32)))
+    behind = physics.observe(config, tables, world(trees=trees, heading=(0.0, 1.0))[2])
     assert not behind["sight"].any() and behind["sight_distance"][0, 0] == 0.0
     assert WORDS[vocabulary.phrase_offset + 2] == "two fruits"
 

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from treeworld import checks
 from treeworld.vocabulary import NAMES
+
+TASKS = ("forage", "homing")
+REWARDS = ("task", "health")
 
 
 @dataclass(frozen=True)
@@ -39,38 +41,54 @@ class WorldConfig:
     smell_attenuation: float = field(default=0.5, metadata={"doc": "Gaussian diffusion kernel value at smell_distance, in (0, 1)"})
     sight_distance: float = field(default=100.0, metadata={"doc": "farthest visible tree (world units)"})
     sight_cos: float = field(default=0.9, metadata={"doc": "a tree is seen when cos(angle to heading) exceeds this"})
-    motion_noise: float = field(default=0.0, metadata={"doc": "std of Gaussian noise on the observed motion (world units)"})
+    motion_noise: float = field(default=0.0, metadata={"doc": "std of Gaussian noise on the observed motion, per axis (world units)"})
+    motion_gain: float = field(default=1.0, metadata={
+        "doc": "odometry gain: the observed motion is the true one times this (before rotation and noise), > 0"})
+    motion_rotation: float = field(default=0.0, metadata={
+        "doc": "odometry bias: the observed motion is the true one rotated by this angle (radians)"})
+    percept_noise: float = field(default=0.0, metadata={
+        "doc": "std of Gaussian noise on every component of smell and sight (sight stays zero when nothing is seen)"})
+    task: str = field(default="forage", metadata={
+        "doc": "'forage' (eat and survive) or 'homing' (after explore_steps, reach goal trees seen before)"})
+    reward: str = field(default="task", metadata={
+        "doc": "'task' (forage: +1 edible fruit, -1 poisonous, -death_penalty at death; homing: +1 per goal "
+               "reached, -death_penalty at death) or 'health' (health change / 25, the v0 reward)"})
+    death_penalty: float = field(default=10.0, metadata={"doc": "reward lost on the step health reaches 0 ('task' reward)"})
+    explore_steps: int = field(default=500, metadata={"doc": "homing: steps without a goal at the start of an episode"})
+    goal_timeout: int = field(default=500, metadata={"doc": "homing: a goal not reached within this many steps fails"})
     observe_position: bool = field(default=False, metadata={"doc": "add the (privileged) position to observations"})
     vocabulary: str = field(default="minilm", metadata={"doc": "'minilm' (shipped 384-d sentence embeddings) or 'hashed'"})
     percept_dim: int = field(default=384, metadata={"doc": "percept vector size (must be 384 for 'minilm')"})
     vocabulary_seed: int = field(default=0, metadata={"doc": "seed of the hashed vocabulary"})
 
     def __post_init__(self) -> None:
-        _check_int(self, "num_trees", low=1)
-        _check_int(self, "name_pool", low=1, high=len(NAMES))
+        ints = {"num_trees": (1, None), "name_pool": (1, len(NAMES)), "max_fruit": (0, 5), "regrow_every": (1, None),
+                "percept_dim": (2, None), "vocabulary_seed": (0, None), "explore_steps": (0, None),
+                "goal_timeout": (1, None)}
+        for name, (low, high) in ints.items():
+            self._set(name, checks.integer(getattr(self, name), name, low=low, high=high))
         if self.num_trees > self.name_pool:
             raise ValueError(f"num_trees: expected <= name_pool={self.name_pool} (tree names are unique), "
                              f"got {self.num_trees}; raise name_pool (at most {len(NAMES)})")
-        _check_int(self, "max_fruit", low=0, high=5)
-        _check_int(self, "regrow_every", low=1)
-        _check_int(self, "percept_dim", low=2)
-        _check_int(self, "vocabulary_seed", low=0)
-        for name in ("tree_spread", "start_radius", "max_health", "max_step", "eat_radius",
-                     "smell_distance", "sight_distance"):
-            _check_float(self, name, positive=True)
-        for name in ("living_cost", "move_cost", "fruit_health", "motion_noise"):
-            _check_float(self, name, positive=False)
+        reals = {name: (0.0, True, None) for name in ("tree_spread", "start_radius", "max_health", "max_step",
+                                                      "eat_radius", "smell_distance", "sight_distance", "motion_gain")}
+        reals.update({name: (0.0, False, None) for name in ("living_cost", "move_cost", "fruit_health",
+                                                            "motion_noise", "percept_noise", "death_penalty")})
+        reals.update(motion_rotation=(None, False, None), poison_probability=(0.0, False, 1.0),
+                     smell_attenuation=(0.0, True, 1.0), sight_cos=(-1.0, False, 1.0))
+        for name, (low, low_open, high) in reals.items():
+            value = checks.real(getattr(self, name), name, low=low, high=high, low_open=low_open,
+                                high_open=name == "smell_attenuation")
+            self._set(name, value)
         if self.arena_radius is not None:
-            _check_float(self, "arena_radius", positive=True)
+            self._set("arena_radius", checks.real(self.arena_radius, "arena_radius", low=0.0, low_open=True))
             if self.start_radius > self.arena_radius:
                 raise ValueError(f"start_radius: expected <= arena_radius={self.arena_radius}, got {self.start_radius}")
-        _check_float(self, "poison_probability", positive=False, high=1.0)
-        _check_float(self, "smell_attenuation", positive=True, high=1.0)
-        if self.smell_attenuation >= 1.0:
-            raise ValueError(f"smell_attenuation: expected a value in (0, 1), got {self.smell_attenuation}")
-        _check_float(self, "sight_cos", positive=False, low=-1.0, high=1.0)
         if not isinstance(self.observe_position, bool):
             raise TypeError(f"observe_position: expected bool, got {type(self.observe_position).__name__}")
+        for name, choices in (("task", TASKS), ("reward", REWARDS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name}: expected one of {choices}, got {getattr(self, name)!r}")
         if self.vocabulary not in ("minilm", "hashed"):
             raise ValueError(f"vocabulary: expected 'minilm' or 'hashed', got {self.vocabulary!r}")
         if self.vocabulary == "minilm" and self.percept_dim != 384:
@@ -90,32 +108,14 @@ class WorldConfig:
             raise ValueError(f"unknown config key(s) {unknown}; expected names from {sorted(known)}")
         return dataclasses.replace(self, **changes)
 
+    def _set(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)  # frozen: checked numbers (numpy scalars included) as Python ones
+
     @staticmethod
     def field_docs() -> dict[str, str]:
         """Field name -> its one-line documentation (used for CLI help)."""
         return {f.name: f.metadata.get("doc", "") for f in fields(WorldConfig)}
 
 
-def _check_int(config: WorldConfig, name: str, low: int, high: int | None = None) -> None:
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected int, got {type(value).__name__} ({value!r})")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"{name}: expected an int {bound}, got {value}")
-    object.__setattr__(config, name, int(value))  # numpy integers become Python ints
-
-
-def _check_float(config: WorldConfig, name: str, positive: bool, low: float = 0.0, high: float | None = None) -> None:
-    value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__} ({value!r})")
-    if not math.isfinite(value):
-        raise ValueError(f"{name}: expected a finite number, got {value}")
-    too_low = value <= low if positive else value < low
-    if too_low or (high is not None and value > high):
-        bound = f"> {low}" if positive else f">= {low}"
-        if high is not None:
-            bound += f" and <= {high}"
-        raise ValueError(f"{name}: expected a number {bound}, got {value}")
-    object.__setattr__(config, name, float(value))  # numpy floats become Python floats
+WorldConfig.__doc__ += "\n    Fields:\n\n" + "\n".join(
+    f"    - ``{f.name}`` = {f.default!r}: {f.metadata['doc']}" for f in fields(WorldConfig))

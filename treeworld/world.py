@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from treeworld.backend import from_numpy, namespace
+from treeworld.backend import device_of, from_numpy, namespace
 from treeworld.config import WorldConfig
 from treeworld.vocabulary import EDIBLE_KINDS, FRUIT_PHRASES, Vocabulary
 
@@ -46,6 +46,14 @@ class WorldState:
     tree_sight_row: Array  # (B, T) int64 first row of the tree's (kind, name) block in the sight table
     tree_offset: Array  # (B, 2, T) tree_position - agent_position (x row, y row), kept in step with the agent
     tree_distance: Array  # (B, T) |tree_offset|, used by eating and by both sensors
+    sight_tree: Array  # (B,) int64 the tree in sight (nearest in the heading cone and range), -1 for none
+    tree_seen: Array  # (B, T) bool, the tree has been in sight this episode
+    goal_tree: Array  # (B,) int64 homing: the goal tree, -1 while none is set
+    goal_since: Array  # (B,) int64 homing: the step count when the goal was set
+    goal_distance: Array  # (B,) homing: straight-line distance to the goal tree when it was set
+    goal_start: Array  # (B,) homing: distance travelled this episode when the goal was set
+    goals_reached: Array  # (B,) int64 homing: goals reached this episode
+    goals_failed: Array  # (B,) int64 homing: goals timed out this episode
 
     @property
     def batch_size(self) -> int:
@@ -121,9 +129,13 @@ def build_world(config: WorldConfig, vocabulary: Vocabulary, tree_position, tree
     smell_weight = 1.0 / np.linalg.norm(vocabulary.table[kinds] + vocabulary.table[names], axis=1)
     position = np.asarray(agent_position, f32).reshape(1, 2)
     offset = np.ascontiguousarray((positions - position).T[None])  # (1, 2, T)
+    distance = np.hypot(offset[:, 0], offset[:, 1])  # (1, T)
+    heading = np.asarray(heading, f32).reshape(1, 2)
+    sight = in_sight(config, np, offset, distance, heading)
+    zero_steps, minus_one = np.zeros(1, dtype=np.int64), np.full(1, -1, dtype=np.int64)
     return WorldState(
         agent_position=position,
-        heading=np.asarray(heading, f32).reshape(1, 2),
+        heading=heading,
         motion=np.zeros((1, 2), dtype=f32),
         health=np.full(1, config.max_health, dtype=f32),
         steps=np.zeros(1, dtype=np.int64),
@@ -139,8 +151,26 @@ def build_world(config: WorldConfig, vocabulary: Vocabulary, tree_position, tree
         tree_smell_rows=np.concatenate([kinds, pooled + vocabulary.num_kinds])[None],
         tree_sight_row=((kinds * config.name_pool + pooled) * len(FRUIT_PHRASES))[None],
         tree_offset=offset,
-        tree_distance=np.hypot(offset[:, 0], offset[:, 1]),
+        tree_distance=distance,
+        sight_tree=sight,
+        tree_seen=np.arange(len(kinds))[None] == sight[:, None],
+        goal_tree=minus_one,
+        goal_since=zero_steps.copy(),
+        goal_distance=np.zeros(1, dtype=f32),
+        goal_start=np.zeros(1, dtype=f32),
+        goals_reached=zero_steps.copy(),
+        goals_failed=zero_steps.copy(),
     )
+
+
+def in_sight(config: WorldConfig, xp: Any, offset: Array, distance: Array, heading: Array) -> Array:
+    """(B,) int64 index of the tree in sight, -1 for none: the nearest tree within ``sight_distance``
+    whose direction has cos >= ``sight_cos`` with the heading. ``offset`` (B, 2, T), ``distance``
+    (B, T), ``heading`` (B, 2)."""
+    ahead = offset[:, 0] * heading[:, 0:1] + offset[:, 1] * heading[:, 1:2]  # (B, T)
+    visible = (ahead >= config.sight_cos * distance) & (distance < config.sight_distance)
+    nearest = xp.argmin(xp.where(visible, distance, math.inf), axis=1)  # (B,)
+    return xp.where(xp.any(visible, axis=1), nearest, -1)
 
 
 def stack(states: Sequence[WorldState]) -> WorldState:
@@ -198,11 +228,16 @@ def step(config: WorldConfig, state: WorldState, action: Array) -> tuple[WorldSt
     regrow = steps % config.regrow_every == 0  # (B,)
     if xp.any(regrow):
         fruit = xp.minimum(fruit + xp.astype(regrow, fruit.dtype)[:, None], config.max_fruit)
+    sight = in_sight(config, xp, offset, dist, heading)  # (B,)
+    trees = xp.arange(dist.shape[1], device=device_of(dist))
 
     new_state = WorldState(  # the constructor, not dataclasses.replace: several microseconds cheaper
         agent_position=position, heading=heading, motion=move, health=health, steps=steps, fruit_eaten=fruit_eaten,
         poison_eaten=poison_eaten, distance=state.distance + moved, tree_position=state.tree_position,
         tree_kind=state.tree_kind, tree_name=state.tree_name, tree_poisonous=state.tree_poisonous, tree_fruit=fruit,
         tree_smell_weight=state.tree_smell_weight, tree_smell_rows=state.tree_smell_rows,
-        tree_sight_row=state.tree_sight_row, tree_offset=offset, tree_distance=dist)
+        tree_sight_row=state.tree_sight_row, tree_offset=offset, tree_distance=dist, sight_tree=sight,
+        tree_seen=state.tree_seen | (trees == sight[:, None]), goal_tree=state.goal_tree, goal_since=state.goal_since,
+        goal_distance=state.goal_distance, goal_start=state.goal_start, goals_reached=state.goals_reached,
+        goals_failed=state.goals_failed)
     return new_state, StepEvents(ate=ate, poisoned=poisoned, health_change=health - state.health)
