@@ -608,15 +608,12 @@ def _eat_hidden_by_regrowth(last: _History, world: SimpleNamespace, change: np.n
 
 
 _WORLD_FIELDS = ("agent_position", "heading", "health", "steps", "fruit_eaten", "poison_eaten",
-                 "tree_position", "tree_kind", "tree_name", "tree_poisonous", "tree_fruit")
+                 "tree_position", "tree_kind", "tree_name", "tree_poisonous", "tree_fruit", "goal_tree")
 
 
 def _one_world(state: Any, index: int) -> SimpleNamespace:
-    """World ``index`` of a batched state as numpy arrays without the batch axis (copies one row only);
-    ``goal_tree`` is -1 when the state has none."""
+    """World ``index`` of a batched state as numpy arrays without the batch axis (copies one row only)."""
     world = SimpleNamespace(**{name: to_numpy(getattr(state, name)[index:index + 1])[0] for name in _WORLD_FIELDS})
-    goal = getattr(state, "goal_tree", None)
-    world.goal_tree = -1 if goal is None else int(to_numpy(goal[index:index + 1])[0])
     trees = len(world.tree_kind)
     if not -1 <= world.goal_tree < trees:
         raise ValueError(f"goal_tree: expected -1 (none) or a tree in [0, {trees}), got {world.goal_tree}")

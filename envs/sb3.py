@@ -29,7 +29,7 @@ class TreeWorldSB3VecEnv(VecEnv):
         config: a :class:`~treeworld.WorldConfig`; keyword ``overrides`` replace its fields.
         max_episode_steps: truncate episodes after this many steps (``TimeLimit.truncated`` in infos).
         discrete: Discrete(10) actions as in :class:`~treeworld.envs.DiscreteActions` (for DQN).
-        render_mode: None or "rgb_array": ``get_images()`` returns a frame of env 0 (None for the others).
+        render_mode: None or "rgb_array": ``get_images()`` returns a frame of every env.
     """
 
     def __init__(self, num_envs: int = 8, config: WorldConfig | None = None, max_episode_steps: int = 2000,
@@ -119,12 +119,12 @@ class TreeWorldSB3VecEnv(VecEnv):
         return [False for _ in self._get_indices(indices)]
 
     def get_images(self) -> Sequence[np.ndarray | None]:
-        """A frame of env 0 with render_mode 'rgb_array' (None for the other envs, all None without)."""
-        frames: list[np.ndarray | None] = [None] * self.num_envs
-        if self.render_mode == "rgb_array" and self.batch.state is not None:
-            if self._renderer is None:
-                from treeworld.envs.rendering import Renderer
+        """An rgb frame of every env with render_mode 'rgb_array' (what SB3's ``render()`` tiles and
+        ``VecVideoRecorder`` records); all None without a render mode or before ``reset()``."""
+        if self.render_mode != "rgb_array" or self.batch.state is None:
+            return [None] * self.num_envs
+        if self._renderer is None:
+            from treeworld.envs.rendering import Renderer
 
-                self._renderer = Renderer(self.config, self.batch.vocabulary)
-            frames[0] = self._renderer.render_frame(self.batch.state, 0)
-        return frames
+            self._renderer = Renderer(self.config, self.batch.vocabulary)
+        return [self._renderer.render_frame(self.batch.state, i) for i in range(self.num_envs)]

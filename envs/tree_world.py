@@ -27,11 +27,14 @@ class TreeWorldEnv(gym.Env):
     fruit that regrow one every ``regrow_every`` steps. The agent smells all trees and sees the
     nearest tree ahead; percepts are unit vectors built from a vocabulary of real
     all-MiniLM-L6-v2 sentence embeddings (384-d): a tree is ``normalize(kind + name)``, plus its
-    fruit-count phrase when seen.
+    fruit-count phrase when seen. Three tasks share this world (registered ids in
+    :mod:`treeworld.envs`): foraging (``task="forage"``), the same with noisy senses, and homing
+    (``task="homing"``: reach goal trees seen before).
 
     ## Action Space
 
-    ``Box(-1, 1, (3,), float32)``:
+    ``Box(-1, 1, (3,), float32)``; finite values outside it are clipped to it (NaN, inf, a wrong
+    shape or dtype raise):
 
     | Index | Action                       | Unit / effect                                           |
     |-------|------------------------------|---------------------------------------------------------|
@@ -45,36 +48,72 @@ class TreeWorldEnv(gym.Env):
 
     ## Observation Space
 
-    ``Dict`` of float32 arrays (D = ``percept_dim``, 384 by default):
+    ``Dict`` of float32 arrays (D = ``percept_dim``, 384 by default; layout and bounds from
+    :func:`treeworld.sensors.observation_layout`):
 
     | Key            | Shape | Bounds          | Meaning                                                   |
     |----------------|-------|-----------------|-----------------------------------------------------------|
-    | smell          | (D,)  | [-T, T]         | sum over trees of k(d) * percept, k(d) = a^((d/100)^2)    |
+    | smell          | (D,)  | [-T, T]         | sum over trees of k(d) * percept, k(d) = a^((d/100)^2),   |
+    |                |       |                 | + N(0, percept_noise^2) per component                     |
     | sight          | (D,)  | [-1, 1]         | percept of the nearest tree with cos > 0.9 to the heading |
-    |                |       |                 | within 100 units (+ fruit phrase); zeros if none          |
+    |                |       |                 | within 100 units (+ fruit phrase, + percept noise);       |
+    |                |       |                 | exactly zeros if none                                     |
     | sight_distance | (1,)  | [0, 1]          | its distance / sight_distance; 0 if none                  |
-    | motion         | (2,)  | [-5, 5]         | realized displacement (world units), + N(0, noise^2)      |
+    | motion         | (2,)  | [-5g, 5g]       | odometry: realized displacement (world units) times       |
+    |                |       |                 | ``motion_gain`` g, rotated by ``motion_rotation``,        |
+    |                |       |                 | + N(0, motion_noise^2) per axis                           |
     | heading        | (2,)  | [-1, 1]         | unit vector of the last move                              |
     | health         | (1,)  | [0, 1]          | health / max_health                                       |
     | position       | (2,)  | arena           | only with ``observe_position=True``                       |
+    | goal           | (D,)  | [-1, 1]         | homing only: normalize(kind + name) of the goal tree,     |
+    |                |       |                 | zeros while no goal is set                                |
 
-    Position, tree positions, fruit and counters are privileged: they are in ``info`` only.
+    Noisy components are unbounded (Box bounds +-inf). Position, tree positions, fruit and
+    counters are privileged: they are in ``info`` only.
 
     ## Rewards
 
-    Health change / 25 per step: -(1 + 0.2 * distance moved) / 25 for living and moving, about
-    +1 for an edible fruit, -1 for a poisonous one.
+    ``reward="task"`` (default). Foraging: +1 per edible fruit, -1 per poisonous fruit, and
+    -``death_penalty`` (10) on the step health reaches 0. The return counts net fruit, and dying
+    costs as much as ten fruit, so it orders policies by foraging first and survival second;
+    over 32 episodes (``scripts/measure_tasks.py``, README) it ranks do-nothing (dies at step
+    1,000 without eating: -10) below the random walker below the Forager. The v0 reward, health
+    change / 25, made the return of every episode that ends in death exactly -40 however much the
+    agent ate; it stays available as ``reward="health"``. Homing: +1 per goal reached and
+    -``death_penalty`` at death.
+
+    ## Homing
+
+    After ``explore_steps`` (500) steps a goal is drawn uniformly among the trees that have been
+    in sight this episode and are out of reach; coming within ``eat_radius`` reaches it (+1), and
+    ``goal_timeout`` (500) steps without reaching it fail it; either way the next goal is drawn on
+    that step. The registered homing ids lower the costs to ``living_cost=0.2`` and
+    ``move_cost=0.04``: at most 0.4 health per step, 800 over 2,000 steps, so no agent starves
+    (poisonous fruit can still kill). SPL = mean over ended goals of S * l / max(p, l) with the
+    info keys below (:func:`treeworld.tasks.spl`).
 
     ## Starting State
 
     Health 1000 (max); position uniform in the disc of radius ``start_radius`` (50); heading
     uniform. ``reset(seed=s)`` seeds everything; ``reset(options={"world_seed": k})`` draws the
-    tree layout from ``k`` so it repeats across episodes while the start varies.
+    tree layout from ``k``, and the layout then holds for every later reset until a reset passes
+    options again (``options={}`` returns to a new layout per reset), while the start varies.
 
     ## Episode End
 
-    Terminated when health reaches 0. Truncated after ``max_episode_steps`` (2000) by the
-    ``TimeLimit`` wrapper of ``gym.make("treeworld/TreeWorld-v0")``.
+    Terminated when health reaches 0 (stepping on after that raises ``ResetNeeded``). Truncated
+    after ``max_episode_steps`` (2000) by the ``TimeLimit`` wrapper of ``gym.make``.
+
+    ## Info
+
+    Privileged, per step (from :func:`treeworld.envs.batch.privileged_info`): ``position`` (2,),
+    ``heading`` (2,), ``health``, ``tree_positions`` (T, 2), ``tree_fruit`` (T,),
+    ``tree_poisonous`` (T,), ``fruit_eaten``, ``poison_eaten``, ``distance_travelled``; after a
+    step ``ate`` and ``poisoned``. Homing adds ``goal_tree`` (-1: none), ``goals_reached``,
+    ``goals_failed`` and, after a step, for a goal that ended on it: ``goal_reached``,
+    ``goal_failed``, ``goal_distance`` (straight line when set), ``goal_shortest_path`` (l =
+    max(goal_distance - eat_radius, 0)) and ``goal_path_length`` (p, distance travelled while it
+    was the goal); zeros on other steps.
 
     ## Arguments
 
@@ -85,7 +124,8 @@ class TreeWorldEnv(gym.Env):
 
     ## Version History
 
-    * v0: initial release.
+    * v0: initial release. Later additions keep v0's behaviour at their defaults except the
+      reward: ``reward="task"`` is the default, ``reward="health"`` restores the original.
     """
 
     metadata = {"render_modes": ["human", "rgb_array"], "render_fps": 30}

@@ -5,6 +5,7 @@ Examples:
     python scripts/run.py --agent forager --episodes 1 --max-steps 800 --record out/demo.gif
     python scripts/run.py --agent random --render human --set num_trees=40 --set name_pool=64
     python scripts/run.py --agent forager --world-seed 7 --episodes 5 --json out/metrics.json
+    python scripts/run.py --agent forager --task noisy --episodes 4
 
 Episode i is seeded with --seed + i (the env and the agent); --world-seed keeps one tree layout
 across episodes. At the end a per-episode metrics table and its mean row are printed.
@@ -21,6 +22,7 @@ import sys
 from typing import Any
 
 from treeworld.config import WorldConfig
+from treeworld.envs import TASKS
 
 AGENTS = ("random", "forager")
 RENDER_MODES = ("human", "rgb_array", "none")
@@ -28,6 +30,7 @@ MAX_RECORDED_FRAMES = 300  # the default --frame-every keeps recordings about th
 COLUMNS = (  # (metrics key, table header, row format, mean format)
     ("episode", "episode", "{}", None),
     ("steps", "steps", "{}", "{:.1f}"),
+    ("return", "return", "{:.1f}", "{:.2f}"),
     ("fruit_eaten", "fruit", "{}", "{:.1f}"),
     ("poison_eaten", "poison", "{}", "{:.1f}"),
     ("distance_travelled", "distance", "{:.1f}", "{:.1f}"),
@@ -90,20 +93,22 @@ def run_episode(env: Any, agent: Any, seed: int, world_seed: int | None, frames:
     agent.reset(seed=seed)
     observation, info = env.reset(seed=seed, options=None if world_seed is None else {"world_seed": world_seed})
     _copy_overlays(env, agent)
-    steps, terminated, truncated = 0, False, False
+    steps, total, terminated, truncated = 0, 0.0, False, False
     while not (terminated or truncated):
         if frames is not None and steps % frame_every == 0:
             frames.append(env.render())
         action = agent.act(observation)
         _copy_overlays(env, agent)  # before step(), which draws the window in render mode "human"
-        observation, _, terminated, truncated, info = env.step(action)
+        observation, reward, terminated, truncated, info = env.step(action)
         steps += 1
+        total += reward
         if progress is not None:
             progress.update(1)
     if frames is not None:
         frames.append(env.render())
     return {
         "steps": steps,
+        "return": total,
         "fruit_eaten": int(info["fruit_eaten"]),
         "poison_eaten": int(info["poison_eaten"]),
         "distance_travelled": float(info["distance_travelled"]),
@@ -143,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--agent", choices=AGENTS, default="forager",
                         help="random: correlated random walk; forager: maps trees by smell, eats edible fruit "
                              "(default: forager)")
+    parser.add_argument("--task", choices=tuple(TASKS), default="forage",
+                        help="forage: the default world; noisy: motion and percept noise; homing: reach goal trees "
+                             "seen before (default: forage)")
     parser.add_argument("--episodes", type=int, default=1, help="number of episodes (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="episode i uses seed S + i for env and agent (default: 0)")
     parser.add_argument("--world-seed", type=int, default=None,
@@ -183,7 +191,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         if args.record.suffix.lower() not in (".gif", ".mp4"):
             parser.error(f"--record: expected a path ending in .gif or .mp4, got {str(args.record)!r}")
     try:
-        config = WorldConfig().replace(**parse_overrides(args.overrides))
+        config = WorldConfig().replace(**{**TASKS[args.task], **parse_overrides(args.overrides)})
     except (TypeError, ValueError) as e:
         parser.error(f"--set: {e}")
     if render != "human":
@@ -221,7 +229,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         args.record.write_bytes(data)
         print(f"recorded {len(frames)} frames (every {frame_every} steps) to {args.record} ({len(data) / 1e6:.1f} MB)")
     if args.json is not None:
-        report = {"agent": args.agent, "world_seed": args.world_seed, "config": dataclasses.asdict(config),
+        report = {"agent": args.agent, "task": args.task, "world_seed": args.world_seed, "config": dataclasses.asdict(config),
                   "episodes": rows, "mean": mean_metrics(rows)}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

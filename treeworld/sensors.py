@@ -57,17 +57,24 @@ def _normalized(vectors: np.ndarray) -> np.ndarray:
 
 
 BOUND_SLACK = 1e-6  # relative: a few float32 ulps
+ROUNDING_ULPS = 4  # float32 ulps of the largest position allowed in the realized motion
 
 
 def observation_layout(config: WorldConfig, dim: int) -> dict[str, tuple[int, float, float]]:
     """Observation key -> (width, low, high) in buffer order: the one definition of the observation.
 
-    Bounds are per component; noisy keys are unbounded. Motion and position bounds are widened by
-    ``BOUND_SLACK`` (relative) for float32 rounding of a full step or of the wall projection.
+    Bounds are per component; noisy keys are unbounded. The realized motion is a difference of
+    float32 positions, so a full step can exceed ``max_step`` by the rounding of a position (up to
+    an ulp of the arena radius; unbounded on the open plane): its bound allows ``ROUNDING_ULPS``
+    of them; the position bound allows ``BOUND_SLACK`` (relative) for the wall projection.
     """
     smell = math.inf if config.percept_noise > 0 else float(config.num_trees)  # <= T kernel weights <= 1
     sight = math.inf if config.percept_noise > 0 else 1.0
-    motion = math.inf if config.motion_noise > 0 else config.motion_gain * config.max_step * (1 + BOUND_SLACK)
+    if config.motion_noise > 0 or config.arena_radius is None:
+        motion = math.inf
+    else:
+        rounding = ROUNDING_ULPS * float(np.spacing(np.float32(config.arena_radius)))
+        motion = config.motion_gain * (config.max_step + rounding) * (1 + BOUND_SLACK)
     layout = {"smell": (dim, -smell, smell), "sight": (dim, -sight, sight), "sight_distance": (1, 0.0, 1.0),
               "motion": (2, -motion, motion), "heading": (2, -1.0, 1.0), "health": (1, 0.0, 1.0)}
     if config.observe_position:

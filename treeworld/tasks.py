@@ -12,6 +12,7 @@ is ``l = max(distance - eat_radius, 0)`` and the path taken ``p`` is the distanc
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -106,3 +107,15 @@ def reward(config: WorldConfig, events: StepEvents, goals: GoalEvents | None, do
     else:
         gain = xp.astype(events.ate, f32) * (1.0 - 2.0 * xp.astype(events.poisoned, f32))
     return gain - config.death_penalty * xp.astype(done, f32)
+
+
+def spl(reached: Sequence[bool], shortest: Sequence[float], path: Sequence[float]) -> float:
+    """Success weighted by Path Length over ended goals: mean of S * l / max(p, l) (Anderson et al.
+    2018); ``reached`` S, ``shortest`` l and ``path`` p are per goal, e.g. the info keys
+    goal_reached, goal_shortest_path and goal_path_length of the steps where a goal ended. NaN for no goals."""
+    s, l, p = (np.asarray(x, dtype=np.float64).reshape(-1) for x in (reached, shortest, path))
+    if not len(s) == len(l) == len(p):
+        raise ValueError(f"reached, shortest, path: expected equal lengths, got {len(s)}, {len(l)}, {len(p)}")
+    if len(s) == 0:
+        return math.nan
+    return float(np.mean(s * l / np.maximum(np.maximum(p, l), 1e-12)))

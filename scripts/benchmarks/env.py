@@ -5,10 +5,16 @@ num_envs x steps / s, all CPU cores), with random actions drawn before timing; e
 of ``repeats`` runs. The vector env runs on each backend: numba (the default on CPU: compiled
 kernels), numpy (the array-API reference) and torch. CartPole-v1 and its native
 CartPoleVectorEnv are measured in the same run as the baseline.
+
+``tasks``: the default, noisy and homing ids, single env and 4,096 envs, on a quiet machine and
+contended by one busy process this suite starts itself (as when another job shares the cores).
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
 
 import gymnasium as gym
 import numpy as np
@@ -19,6 +25,7 @@ from treeworld.backend import BACKENDS
 from benchmarks.timing import median_seconds
 
 TREEWORLD = "treeworld/TreeWorld-v0"
+TASK_IDS = {"forage": TREEWORLD, "noisy": "treeworld/TreeWorldNoisy-v0", "homing": "treeworld/TreeWorldHoming-v0"}
 CPU_COUNTS = (1, 64, 1024, 4096)
 CUDA_COUNTS = (4096, 65536, 262144, 1048576)
 
@@ -45,7 +52,7 @@ def vector_env_rate(env_id: str, num_envs: int, steps: int, repeats: int, **kwar
     env.reset(seed=0)
     device = kwargs.get("device", "cpu")
     rng = np.random.default_rng(0)
-    if env_id == TREEWORLD:
+    if env_id.startswith("treeworld/"):
         actions = rng.uniform(-1, 1, (steps, num_envs, 3)).astype(np.float32)
         if kwargs.get("backend") == "torch" or device != "cpu":
             actions = torch.from_numpy(actions).to(device)
@@ -57,6 +64,25 @@ def vector_env_rate(env_id: str, num_envs: int, steps: int, repeats: int, **kwar
             env.step(action)
 
     return num_envs * steps / median_seconds(run, repeats, device=device)
+
+
+@contextlib.contextmanager
+def busy_process():
+    """One other process spinning on a core for the duration of the block."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        yield
+    finally:
+        busy.kill()
+        busy.wait()
+
+
+def task_rates(repeats: int, quick: bool) -> dict:
+    """Single-env steps/s and vector agent-steps/s (4,096 envs; 64 when quick) of each task id."""
+    n = 64 if quick else 4096
+    return {task: {"single": single_env_rate(env_id, 200 if quick else 3000, repeats),
+                   f"vector_{n}": vector_env_rate(env_id, n, _steps_for(n, quick), repeats)}
+            for task, env_id in TASK_IDS.items()}
 
 
 def _steps_for(num_envs: int, quick: bool) -> int:
@@ -81,6 +107,13 @@ def run(repeats: int, device: str, quick: bool) -> dict:
         row["cartpole"] = vector_env_rate("CartPole-v1", n, steps, repeats)
         row["default_ratio_to_cartpole"] = row["treeworld_numba"] / row["cartpole"]
         report["vector_cpu"][str(n)] = row
+    report["tasks"] = {"quiet": task_rates(repeats, quick)}
+    n = 64 if quick else 256  # the parallel kernels' smallest batch, where spinning threads hurt most
+    report["tasks"]["quiet"]["forage"][f"vector_{n}"] = vector_env_rate(TREEWORLD, n, _steps_for(n, quick), repeats)
+    with busy_process():
+        report["tasks"]["contended"] = task_rates(repeats, quick)
+        report["tasks"]["contended"]["forage"][f"vector_{n}"] = vector_env_rate(TREEWORLD, n, _steps_for(n, quick),
+                                                                               repeats)
     if device.startswith("cuda") and torch.cuda.is_available():
         report["vector_cuda"] = {str(n): {"treeworld_torch": vector_env_rate(TREEWORLD, n, 50, repeats, device=device)}
                                  for n in ((4096,) if quick else CUDA_COUNTS)}
