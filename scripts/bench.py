@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import pathlib
 import platform
 import sys
@@ -22,6 +21,8 @@ import sys
 import numba
 import numpy as np
 import torch
+
+from reporting import emit_json
 
 SUITES = ("env", "fourier", "topography", "memory")
 
@@ -52,11 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
         module = importlib.import_module(f"benchmarks.{name}")
         print(f"[bench] {name} ...", file=sys.stderr)
         report[name] = module.run(repeats=args.repeats, device=args.device, quick=args.quick)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit_json(report, args.out)
     return report
 
 

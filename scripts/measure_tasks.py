@@ -19,22 +19,25 @@ Privileged state is read only to measure, never by the agents.
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import os
 import pathlib
 import sys
 
-import numpy as np
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # tiny per-step products: a second BLAS thread only spins
+
+import numpy as np  # noqa: E402
 from tqdm import tqdm
 
 import gymnasium as gym
 
-from treeworld import observe
 from treeworld.agents.baselines import Forager, PerceptDecoder, RandomWalker
 from treeworld.config import WorldConfig
 from treeworld.envs import NOISY, TASKS
 from treeworld.tasks import spl
 from treeworld.vocabulary import FRUIT_PHRASES
+
+from reporting import emit_json
 
 AGENTS = ("nothing", "random", "forager")
 DRIFT_AT = (100, 500, 1000, 2000)
@@ -97,7 +100,7 @@ def calibration(config: WorldConfig, seeds: list[int], steps: int) -> dict:
     decoder = PerceptDecoder(batch.vocabulary)
     sight_rows = batch.tables.sight[:-1]  # (K * P * F, D) every seen percept, without the zero row
     log_a = math.log(config.smell_attenuation) / config.smell_distance ** 2
-    drift = {n: [] for n in DRIFT_AT if n <= steps}
+    drift = {n: [] for n in sorted({n for n in DRIFT_AT if n <= steps} | {steps})}
     distance_errors, recognised, sightings = [], 0, 0
     for seed in seeds:
         agent = RandomWalker(env.action_space, seed=seed, config=walk)
@@ -160,11 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
                 progress.update(1)
             report["tasks"].setdefault(task, {})[agent] = {
                 key: mean_ci([row[key] for row in rows if not math.isnan(row[key])]) for key in rows[0]}
-    text = json.dumps(report, indent=2, allow_nan=False)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit_json(report, args.out)
     return report
 
 

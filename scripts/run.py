@@ -21,8 +21,10 @@ import pathlib
 import sys
 from typing import Any
 
-from treeworld.config import WorldConfig
-from treeworld.envs import TASKS
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # the agents' per-step products are tiny: a second thread only spins
+
+from treeworld.config import WorldConfig  # noqa: E402
+from treeworld.envs import TASKS  # noqa: E402
 
 AGENTS = ("random", "forager")
 RENDER_MODES = ("human", "rgb_array", "none")

@@ -22,17 +22,6 @@ torch.set_num_threads(1)
 SHORT = dict(max_health=60.0)  # episodes end within ~50 steps, so autoreset is exercised
 
 
-def assert_same(a, b):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for key in a:
-            assert_same(a[key], b[key])
-    elif np.asarray(a).dtype.kind == "f":  # batch sizes change BLAS's summation order in the smell's product
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
-    else:
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
 @pytest.mark.parametrize("env_id", treeworld.envs.ENV_IDS)
 def test_gymnasium_and_sb3_check_env_pass_on_every_registered_id(env_id):
     check_env(gym.make(env_id).unwrapped, skip_render_check=False)
@@ -63,7 +52,7 @@ def run_random(env, seed, steps=200):
     return trace
 
 
-def test_same_seed_gives_identical_episodes_and_other_seeds_differ():
+def test_same_seed_gives_identical_episodes_and_other_seeds_differ(assert_same):
     a = run_random(gym.make("treeworld/TreeWorld-v0", **SHORT), seed=3)
     b = run_random(gym.make("treeworld/TreeWorld-v0", **SHORT), seed=3)
     assert len(a) == len(b) > 200
@@ -85,7 +74,7 @@ def test_world_seed_keeps_the_layout_across_episodes():
 
 
 @pytest.mark.parametrize("overrides", [SHORT, dict(SHORT, motion_noise=0.5, observe_position=True)])
-def test_vector_env_reproduces_single_envs_step_for_step(overrides):
+def test_vector_env_reproduces_single_envs_step_for_step(overrides, assert_same):
     n, seed, limit = 3, 11, 40
     vector = gym.make_vec("treeworld/TreeWorld-v0", num_envs=n, vectorization_mode="vector_entry_point",
                           max_episode_steps=limit, **overrides)
@@ -140,7 +129,7 @@ def test_vector_env_runs_on_cuda():
     assert obs["smell"].device.type == "cuda"
 
 
-def test_pickled_env_continues_identically():
+def test_pickled_env_continues_identically(assert_same):
     env = gym.make("treeworld/TreeWorld-v0")
     env.reset(seed=2)
     for _ in range(10):
@@ -289,7 +278,7 @@ def test_world_seed_holds_through_autoresets_and_restart_steps_report_nothing():
     np.testing.assert_array_equal(venv.batch.state.tree_position, layout)
 
 
-def test_observations_are_not_views_of_the_state():
+def test_observations_are_not_views_of_the_state(assert_same):
     env = TreeWorldEnv()
     obs, _ = env.reset(seed=0)
     twin = pickle.loads(pickle.dumps(env))

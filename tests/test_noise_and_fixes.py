@@ -40,17 +40,6 @@ CONFIGS = {"default": {}, "noisy": NOISY, "homing": HOMING}
 BACKENDS = ("numba", "numpy", "torch")
 
 
-def assert_same(a, b, rtol=1e-6, atol=1e-7):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for key in a:
-            assert_same(a[key], b[key], rtol, atol)
-    elif np.asarray(a).dtype.kind == "f":
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
-    else:
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
 def row(obs, i):
     return {key: value[i] for key, value in obs.items()}
 
@@ -374,7 +363,7 @@ def test_render_before_reset_is_a_clear_error():
         env.render()
 
 
-def test_a_rendered_env_can_be_pickled_and_deep_copied_and_the_copies_step_identically():
+def test_a_rendered_env_can_be_pickled_and_deep_copied_and_the_copies_step_identically(assert_same):
     env = TreeWorldEnv(render_mode="rgb_array")
     env.reset(seed=0)
     for action in smooth_actions(9, 5):
@@ -475,7 +464,7 @@ def test_sb3_ppo_logs_one_episode_entry_per_ended_episode_with_and_without_vec_m
 
 # 87b832b failed with: ValueError "action: expected values in [-1, 1] (the action space), got min 0, max 1.5"
 # (single, vector and SB3 alike).
-def test_finite_out_of_range_actions_are_clipped_on_the_single_env():
+def test_finite_out_of_range_actions_are_clipped_on_the_single_env(assert_same):
     wide = np.array([[1.5, 0, 0], [-3.0, 2.0, 7.0], [0.2, -1.0001, -5.0]], np.float32)
     clipped = np.clip(wide, -1, 1)
     a, b = TreeWorldEnv(), TreeWorldEnv()
@@ -496,7 +485,7 @@ def test_finite_out_of_range_actions_are_clipped_on_the_single_env():
 
 
 @pytest.mark.parametrize("backend", ["numba", "torch"])
-def test_finite_out_of_range_actions_are_clipped_on_the_vector_env(backend):
+def test_finite_out_of_range_actions_are_clipped_on_the_vector_env(backend, assert_same):
     wide = np.array([[1.5, 0, 0], [-3.0, 2.0, 7.0], [0.2, -1.0001, -5.0]], np.float32)
     a, b = TreeWorldVectorEnv(3, backend=backend), TreeWorldVectorEnv(3, backend=backend)
     a.reset(seed=5)
@@ -514,7 +503,7 @@ def test_finite_out_of_range_actions_are_clipped_on_the_vector_env(backend):
             a.step(bad)
 
 
-def test_finite_out_of_range_actions_are_clipped_on_the_sb3_adapter():
+def test_finite_out_of_range_actions_are_clipped_on_the_sb3_adapter(assert_same):
     wide = np.array([[1.5, 0, 0], [-3.0, 2.0, 7.0], [0.2, -1.0001, -5.0]], np.float32)
     a, b = TreeWorldSB3VecEnv(3), TreeWorldSB3VecEnv(3)
     for venv in (a, b):
@@ -540,7 +529,7 @@ DISCRETE_IDS = ["treeworld/TreeWorldDiscrete-v0", "treeworld/TreeWorldNoisyDiscr
 # treeworld/TreeWorldDiscrete-v0 because it doesn't have a vector entry point defined"; the noisy and homing
 # ids: gymnasium.error.NameNotFound.
 @pytest.mark.parametrize("env_id", DISCRETE_IDS)
-def test_discrete_ids_batch_and_equal_single_discrete_envs(env_id):
+def test_discrete_ids_batch_and_equal_single_discrete_envs(env_id, assert_same):
     n, seed, limit = 3, 13, 30
     vector = gym.make_vec(env_id, num_envs=n, vectorization_mode="vector_entry_point", max_episode_steps=limit,
                           **SHORT)

@@ -56,7 +56,8 @@ def test_forager_run_records_gif_and_writes_json(tmp_path):
                         "--frame-every", "5", "--record", str(gif), "--json", str(report), "--set", "num_trees=10")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["episode", "steps", "fruit", "poison", "distance", "health", "terminated", "truncated"]
+    assert lines[0].split() == ["episode", "steps", "return", "fruit", "poison", "distance", "health", "terminated",
+                                "truncated"]
     assert lines[1].split()[:2] == ["0", "20"] and lines[3].split()[0] == "mean"
     frames = iio.imread(gif, index=None)
     assert frames.shape == (2 * 5, 600, 600, 3)  # steps 0, 5, 10, 15 and the last, per episode
@@ -130,19 +131,19 @@ def test_run_episode_copies_overlays_and_subsamples_frames():
     assert env.unwrapped.overlays == OverlayAgent().overlays
     assert len(frames) == 4  # steps 0, 3, 6 and the last
     assert tuple(frames[-1][300, 300]) == (255, 0, 0)  # the origin is the frame's center
-    assert metrics == {"steps": 7, "fruit_eaten": 0, "poison_eaten": 0, "distance_travelled": 0.0,
+    assert metrics == {"steps": 7, "return": 0.0, "fruit_eaten": 0, "poison_eaten": 0, "distance_travelled": 0.0,
                        "final_health": 993.0, "terminated": False, "truncated": True}
     env.close()
 
 
 def test_format_table_has_a_mean_row():
-    rows = [{"episode": 0, "steps": 10, "fruit_eaten": 1, "poison_eaten": 0, "distance_travelled": 50.0,
+    rows = [{"episode": 0, "steps": 10, "return": 1.0, "fruit_eaten": 1, "poison_eaten": 0, "distance_travelled": 50.0,
              "final_health": 990.0, "terminated": False, "truncated": True},
-            {"episode": 1, "steps": 6, "fruit_eaten": 2, "poison_eaten": 1, "distance_travelled": 30.0,
+            {"episode": 1, "steps": 6, "return": -9.0, "fruit_eaten": 2, "poison_eaten": 1, "distance_travelled": 30.0,
              "final_health": 0.0, "terminated": True, "truncated": False}]
     lines = run.format_table(rows).splitlines()
     assert len(lines) == 4 and len({len(line) for line in lines}) == 1
-    assert lines[3].split() == ["mean", "8.0", "1.5", "0.5", "40.0", "495.0", "0.50", "0.50"]
+    assert lines[3].split() == ["mean", "8.0", "-4.00", "1.5", "0.5", "40.0", "495.0", "0.50", "0.50"]
 
 
 def test_bench_runs_every_suite_at_a_tiny_budget(tmp_path):
@@ -156,6 +157,22 @@ def test_bench_runs_every_suite_at_a_tiny_budget(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--suites", "nope"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "--suites: unknown suite" in bad.stderr
+    tasks = report["env"]["tasks"]
+    assert {"quiet", "contended"} <= tasks.keys() and {"forage", "noisy", "homing"} <= tasks["contended"].keys()
+
+
+def test_measure_tasks_reports_calibration_and_returns_per_task(tmp_path):
+    out = tmp_path / "tasks.json"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "measure_tasks.py"), "--seeds", "2", "--steps", "60",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    drift = {name: report["calibration"][name]["drift"]["60"]["median"] for name in ("clean", "noisy")}
+    assert drift["clean"] == 0.0 and drift["noisy"] > 0.0  # noiseless odometry never drifts
+    assert report["calibration"]["noisy"]["sight_recognised"]["sightings"] > 0
+    for task in ("forage", "noisy", "homing"):
+        assert set(report["tasks"][task]) == {"nothing", "random", "forager"}
+        assert report["tasks"][task]["nothing"]["steps"]["mean"] == 60  # nobody dies in 60 steps
 
 
 def test_build_vocabulary_regenerates_the_shipped_table(tmp_path):
