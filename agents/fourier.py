@@ -33,6 +33,16 @@ What the pseudo-distance measures. Between codes ``a`` and ``b``, every module g
 plus the across-module variance, which is zero for valid codes and grows when the modules
 disagree about where the code is. For valid codes within ``scale`` of each other it is the
 Euclidean distance of their positions.
+
+Arguments and dtypes. Tensors must be finite (ValueError naming the argument). Floating inputs of
+any dtype are cast to the dtype of the metric's buffers (the default dtype at construction;
+``.double()`` for float64 work), and results come back in it: the rule of every agents module.
+``scale`` and ``ratio`` must give frequencies that are normal numbers of that dtype.
+
+Saving. ``state_dict`` holds the buffers and ``scale`` / ``ratio`` (extra state, exact);
+``load_state_dict`` takes both from the loaded state (checked against its ``alphas``, or read from
+``alphas`` when the state lacks them), so a metric restored from another one's state is that metric.
+A buffer of another shape (another ``location_dim`` or ``dim``) is a ValueError naming the key.
 """
 from __future__ import annotations
 
@@ -86,8 +96,9 @@ class FourierMetric(nn.Module):
         phases: optional per-module phase offsets in radians, ``(J,)`` or ``(J, dim + 1)``.
 
     Buffers: ``directions`` ``(dim+1, dim)``, ``directions_pinv`` ``(dim, dim+1)``, ``alphas``
-    ``(J,)``, ``phases`` ``(J, dim+1)``. Every method takes any leading batch shape; codes keep the
-    dtype and device of their inputs.
+    ``(J,)``, ``phases`` ``(J, dim+1)``. Every method takes any leading batch shape and finite
+    floating tensors, cast to the buffers' dtype (results come back in it), on the buffers' device.
+    ``load_state_dict`` restores ``scale`` and ``ratio`` with the buffers (module docstring).
     """
 
     def __init__(self, location_dim: int, dim: int = 2, scale: float = 10.0,
@@ -106,18 +117,35 @@ class FourierMetric(nn.Module):
         self.num_modules = location_dim // block
         self.scale = checks.positive(scale, "scale")
         self.ratio = checks.positive(ratio, "ratio", minimum=1.0, strict=False)
+        dtype = torch.get_default_dtype()
 
         directions = simplex_directions(dim)  # (dim+1, dim)
-        alphas = (math.pi / self.scale) * self.ratio ** torch.arange(self.num_modules, dtype=torch.float64)
+        alphas = self._frequencies(self.scale, self.ratio, dtype)
         if phases is None:
             phases = torch.zeros(self.num_modules, dim + 1, dtype=torch.float64)
         else:
             phases = self._check_phases(phases)
-        dtype = torch.get_default_dtype()
         self.register_buffer("directions", directions.to(dtype))  # (dim+1, dim)
         self.register_buffer("directions_pinv", torch.linalg.pinv(directions).to(dtype))  # (dim, dim+1)
         self.register_buffer("alphas", alphas.to(dtype))  # (J,)
         self.register_buffer("phases", phases.to(dtype))  # (J, dim+1)
+
+    def _frequencies(self, scale: float, ratio: float, dtype: torch.dtype) -> torch.Tensor:
+        """``alphas`` in float64, checked to be normal numbers of ``dtype`` (ValueError naming
+        ``scale`` or ``ratio``).  # (J,)"""
+        J = self.num_modules
+        alphas = (math.pi / scale) * ratio ** torch.arange(J, dtype=torch.float64)
+        info = torch.finfo(dtype)
+        coarsest, finest = alphas[0].item(), alphas[-1].item()
+        if not (math.isfinite(finest) and finest <= info.max):
+            name = "scale" if coarsest > info.max else "ratio"
+            raise ValueError(f"{name}: expected frequencies (pi / scale) * ratio**j, j < J={J} modules, <= "
+                             f"{info.max:.6g} ({dtype}, the buffers' dtype), got up to {finest:.6g} for "
+                             f"scale={scale}, ratio={ratio}")
+        if coarsest < info.tiny:
+            raise ValueError(f"scale: expected frequencies (pi / scale) * ratio**j >= {info.tiny:.6g} (normal "
+                             f"numbers of {dtype}, the buffers' dtype), got {coarsest:.6g} for scale={scale}")
+        return alphas
 
     def _check_phases(self, phases) -> torch.Tensor:
         if not isinstance(phases, torch.Tensor):
@@ -125,8 +153,77 @@ class FourierMetric(nn.Module):
         J, n = self.num_modules, self.dim + 1
         if tuple(phases.shape) not in ((J,), (J, n)):
             raise ValueError(f"phases: expected shape ({J},) or ({J}, {n}), got {tuple(phases.shape)}")
-        phases = phases.detach().to(torch.float64)
+        phases = checks.finite_tensor(phases.detach().to(torch.float64), "phases")
         return phases[:, None].expand(J, n).clone() if phases.ndim == 1 else phases.clone()
+
+    def _input(self, tensor, name: str, size: int, what: str, rows: bool = False) -> torch.Tensor:
+        """A finite floating tensor of last dimension ``size`` (``(..., N, size)`` if ``rows``),
+        cast to the buffers' dtype."""
+        if rows:
+            checks.matrix(tensor, size, name, what, rows="N")
+        else:
+            checks.last_dim(tensor, size, name, what)
+        return checks.finite_tensor(tensor, name).to(self.alphas.dtype)
+
+    # -- saving -------------------------------------------------------------------------------
+    def get_extra_state(self) -> dict:
+        """``scale`` and ``ratio`` as given: ``alphas`` holds them only to its dtype's precision."""
+        return {"scale": self.scale, "ratio": self.ratio}
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        """Check the buffers' shapes first (ValueError naming the key), then load them and take
+        ``scale`` and ``ratio`` from the state: see the module docstring."""
+        for name, buffer in self._buffers.items():
+            theirs = state_dict.get(prefix + name)
+            if theirs is None:
+                continue  # a missing key: Module's rules (strict) apply
+            if not isinstance(theirs, torch.Tensor) or theirs.shape != buffer.shape:
+                got = f"shape {tuple(theirs.shape)}" if isinstance(theirs, torch.Tensor) else type(theirs).__name__
+                raise ValueError(f"state_dict: '{prefix + name}' must have shape {tuple(buffer.shape)} "
+                                 f"(location_dim={self.location_dim}, dim={self.dim}), got {got}")
+            checks.finite_tensor(theirs, f"state_dict: '{prefix + name}'")
+        extra_key = prefix + "_extra_state"
+        alphas = state_dict.get(prefix + "alphas")
+        attributes = None if alphas is None else self._scale_and_ratio(alphas, state_dict.get(extra_key), prefix)
+        # The extra state is read here, not by Module: a state without it (buffers alone) still loads.
+        state_dict = {key: value for key, value in state_dict.items() if key != extra_key}
+        errors = len(error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        if attributes is not None and len(error_msgs) == errors:
+            self.scale, self.ratio = attributes
+
+    def _scale_and_ratio(self, alphas: torch.Tensor, extra, prefix: str) -> tuple[float, float]:
+        """``scale`` and ``ratio`` of a state's ``alphas``: its extra state's (which must give these
+        frequencies), else this metric's if they give them, else read from them (to the buffer's
+        precision; with one module the ratio cannot be read and stays)."""
+        J = self.num_modules
+        stored = alphas.detach().to("cpu", torch.float64)
+        tolerance = 4 * torch.finfo(alphas.dtype).eps
+
+        def gives(scale: float, ratio: float) -> bool:
+            expected = ((math.pi / scale) * ratio ** torch.arange(J, dtype=torch.float64)).to(alphas.dtype)
+            return torch.allclose(expected.double(), stored, rtol=tolerance, atol=0.0)
+
+        def mismatch(source: str) -> ValueError:
+            return ValueError(f"state_dict: '{prefix}alphas' expected the frequencies (pi / scale) * ratio**j "
+                              f"{source}, got {stored[:3].tolist()}...")
+
+        if isinstance(extra, dict) and "scale" in extra and "ratio" in extra:
+            scale = checks.positive(extra["scale"], f"state_dict: '{prefix}_extra_state' scale")
+            ratio = checks.positive(extra["ratio"], f"state_dict: '{prefix}_extra_state' ratio", minimum=1.0,
+                                    strict=False)
+            if not gives(scale, ratio):
+                raise mismatch(f"of scale={scale}, ratio={ratio} (its '{prefix}_extra_state')")
+            return scale, ratio
+        if gives(self.scale, self.ratio):
+            return self.scale, self.ratio
+        scale = math.pi / stored[0].item()
+        ratio = (stored[-1] / stored[0]).item() ** (1.0 / (J - 1)) if J > 1 else self.ratio
+        if not (stored[0] > 0 and ratio >= 1.0 and gives(scale, ratio)):
+            raise mismatch("with pi / scale > 0 and ratio >= 1 (a geometric sequence)")
+        return scale, ratio
 
     def extra_repr(self) -> str:
         return (f"location_dim={self.location_dim}, dim={self.dim}, modules={self.num_modules}, "
@@ -219,7 +316,7 @@ class FourierMetric(nn.Module):
     # -- public API ---------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Code of positions ``x`` ``(..., dim)`` -> ``(..., location_dim)``."""
-        checks.last_dim(x, self.dim, "x", "dim")
+        x = self._input(x, "x", self.dim, "dim")
         cycles = self._cycles(x) + self.phases.to(torch.float64) / _TWO_PI  # (..., J, dim+1)
         cos, sin = self._trig(cycles, x.dtype)
         return torch.stack((cos, sin), dim=-1).flatten(-3)
@@ -229,7 +326,7 @@ class FourierMetric(nn.Module):
 
         Unambiguous for positions with ``|x| < scale``; per-module readings agree for valid codes.
         """
-        checks.last_dim(code, self.location_dim, "code", "location_dim")
+        code = self._input(code, "code", self.location_dim, "location_dim")
         u = self._angles(code)  # (..., J, dim+1)
         origin, u = self._chain_layout(self.phases.to(u.dtype) / _TWO_PI, u)
         return self._per_module(origin, u, code.dtype)
@@ -239,37 +336,40 @@ class FourierMetric(nn.Module):
 
         Exact for valid codes whose positions differ by less than ``scale``, wherever they are.
         """
-        checks.last_dim(code_from, self.location_dim, "code_from", "location_dim")
-        checks.last_dim(code_to, self.location_dim, "code_to", "location_dim")
+        code_from = self._input(code_from, "code_from", self.location_dim, "location_dim")
+        code_to = self._input(code_to, "code_to", self.location_dim, "location_dim")
         u_from, u_to = self._chain_layout(self._angles(code_from), self._angles(code_to))
-        return self._per_module(u_from, u_to, torch.promote_types(code_from.dtype, code_to.dtype))
+        return self._per_module(u_from, u_to, code_to.dtype)
 
     def apply_displacement(self, code: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """Path integration: rotate each (cos, sin) pair by ``alpha_j <k_i, delta>``.
 
         ``code`` ``(..., location_dim)``, ``delta`` ``(..., dim)`` (broadcast) -> ``(..., location_dim)``.
         """
-        checks.last_dim(code, self.location_dim, "code", "location_dim")
-        checks.last_dim(delta, self.dim, "delta", "dim")
-        dtype = torch.promote_types(code.dtype, delta.dtype)
-        cos, sin = self._trig(self._cycles(delta), dtype)  # (..., J, dim+1)
-        pairs = code.to(dtype).unflatten(-1, (self.num_modules, self.dim + 1, 2))
+        code = self._input(code, "code", self.location_dim, "location_dim")
+        delta = self._input(delta, "delta", self.dim, "dim")
+        return self._rotate(code, delta)
+
+    def _rotate(self, code: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """``apply_displacement`` without the checks, in the dtype of ``code``."""
+        cos, sin = self._trig(self._cycles(delta), code.dtype)  # (..., J, dim+1)
+        pairs = code.unflatten(-1, (self.num_modules, self.dim + 1, 2))
         c, s = pairs[..., 0], pairs[..., 1]
         return torch.stack((c * cos - s * sin, s * cos + c * sin), dim=-1).flatten(-3)
 
     def pseudo_distance(self, a: torch.Tensor, b: torch.Tensor, squared: bool = False) -> torch.Tensor:
         """``|mean displacement|^2 + across-module variance`` (its root unless ``squared``).  # (...)"""
-        checks.last_dim(a, self.location_dim, "a", "location_dim")
-        checks.last_dim(b, self.location_dim, "b", "location_dim")
+        a = self._input(a, "a", self.location_dim, "location_dim")
+        b = self._input(b, "b", self.location_dim, "location_dim")
         mean_sq, spread = self._moments(*self._chain_layout(self._angles(a), self._angles(b)))
         result = mean_sq + spread
         result = result if squared else _safe_sqrt(result)
-        return result.to(torch.promote_types(a.dtype, b.dtype))
+        return result.to(a.dtype)
 
     def cross_distance(self, a: torch.Tensor, b: torch.Tensor, squared: bool = False) -> torch.Tensor:
         """Pseudo-distances of every pair: ``a`` ``(..., T, L)``, ``b`` ``(..., S, L)`` -> ``(..., T, S)``."""
-        checks.matrix(a, self.location_dim, "a", "location_dim", rows="N")
-        checks.matrix(b, self.location_dim, "b", "location_dim", rows="N")
+        a = self._input(a, "a", self.location_dim, "location_dim", rows=True)
+        b = self._input(b, "b", self.location_dim, "location_dim", rows=True)
         # (J, dim+1, ..., T, 1) and (J, dim+1, ..., 1, S)
         ua, ub = self._chain_layout(self._angles(a).unsqueeze(-3), self._angles(b).unsqueeze(-4))
         batch = torch.broadcast_shapes(a.shape[:-2], b.shape[:-2]).numel()
@@ -280,7 +380,7 @@ class FourierMetric(nn.Module):
             blocks.append(mean_sq + spread)
         result = torch.cat(blocks, dim=-2)
         result = result if squared else _safe_sqrt(result)
-        return result.to(torch.promote_types(a.dtype, b.dtype))
+        return result.to(a.dtype)
 
     def sample(self, shape=(), generator: torch.Generator | None = None) -> torch.Tensor:
         """Random valid codes ``(*shape, location_dim)``: positions uniform in the ball of radius
@@ -305,7 +405,7 @@ class FourierMetric(nn.Module):
         displacement. The seed's scalar loss is ``.mean() / dim`` of this.
         """
         steps = self.num_modules * (self.dim + 1)
-        checks.last_dim(delta_thetas, steps, "delta_thetas", "J*(dim+1)")
+        delta_thetas = self._input(delta_thetas, "delta_thetas", steps, "J*(dim+1)")
         work = torch.promote_types(delta_thetas.dtype, torch.float32)
         u = (delta_thetas.to(work) / _TWO_PI).unflatten(-1, (self.num_modules, self.dim + 1))
         _, spread = self._moments(*self._chain_layout(u.new_zeros(u.shape[-2:]), u))
@@ -323,20 +423,46 @@ class FourierCodeDistribution(ReferenceDistribution):
     the reference's pair norms, 1 for valid codes), independent of ``delta``. The seed's version
     mixed cross terms between directions into this Gram matrix and does not match autograd.
 
+    The limit. ``log_prob`` reads ``delta`` back as ``metric.displacement`` does, which places a
+    step only while every ``|<k_i, delta>| < metric.scale``; a longer step wraps around to a nearby
+    one (at ``scale = metric.scale / 2`` in 2-D, 11% of the samples did; a code 131 world units
+    away at scale 1 got -18.4 where its density is about -8600). So ``scale`` must be
+    ``<= metric.scale / WRAP_MARGIN`` (6): a sample then wraps with probability
+    ``< 2 (dim + 1) Phi(-6) <= 8e-9``. ``log_prob`` is ``-inf`` where ``value`` is not the
+    reference moved by a step it can place:
+
+    - pair lengths other than the reference's (1 for valid codes: off the code manifold), or phases
+      of no single step (each pair must be within ``sqrt(eps)`` of the reference's pair rotated by
+      the step read back, relative to its length; ``eps`` of the metric's dtype, the check in
+      float64);
+    - a step beyond the decodable range: read back wrapped, its modules disagree (for an irrational
+      ``ratio`` such as the default ``sqrt(2)``). With a commensurate ratio (e.g. an integer) or a
+      single module the code map is periodic: such a code is also the code of a nearby step, and
+      ``log_prob`` is the density of that nearest preimage alone.
+
     Args:
         metric: the ``FourierMetric``.
-        reference: ``(..., location_dim)`` codes.
-        scale: ``> 0``, world units, a number or a tensor broadcastable to the batch shape.
-    Displacements are read back by ``metric.displacement``, so keep ``scale`` well below
-    ``metric.scale``.
+        reference: ``(..., location_dim)`` finite codes, cast to the metric's dtype.
+        scale: ``> 0`` and ``<= metric.scale / WRAP_MARGIN``, world units, a number or a tensor
+            broadcastable to the batch shape (ValueError naming ``scale`` otherwise).
     """
+
+    WRAP_MARGIN = 6.0
 
     def __init__(self, metric: FourierMetric, reference: torch.Tensor, scale,
                  validate_args: bool | None = None) -> None:
         checks.instance(metric, FourierMetric, "metric")
         checks.last_dim(reference, metric.location_dim, "reference", "location_dim")
         self.metric = metric
-        super().__init__(reference, scale, metric.location_dim, validate_args)
+        super().__init__(reference.to(metric.alphas.dtype), scale, metric.location_dim, validate_args)
+        reference = self.reference
+        bound = metric.scale / self.WRAP_MARGIN
+        largest = self.scale.detach().max().item() if self.scale.numel() else 0.0
+        if largest > bound * (1.0 + torch.finfo(self.scale.dtype).eps):
+            wraps = (metric.dim + 1) * math.erfc(self.WRAP_MARGIN / math.sqrt(2.0))
+            raise ValueError(f"scale: expected <= metric.scale / {self.WRAP_MARGIN:g} = {bound:.6g} (longer "
+                             f"steps wrap past metric.scale={metric.scale:g} and log_prob cannot place them; at "
+                             f"the bound a sample wraps with probability < {wraps:.1g}), got {largest:.6g}")
         pairs = reference.unflatten(-1, (metric.num_modules, metric.dim + 1, 2))
         alphas = metric.alphas.to(reference.dtype)
         weights = (pairs.square().sum(-1) * alphas[:, None].square()).sum(-2)  # (..., dim+1)
@@ -353,14 +479,33 @@ class FourierCodeDistribution(ReferenceDistribution):
         shape = torch.Size(sample_shape) + self.batch_shape + (self.metric.dim,)
         u = torch.randn(shape, dtype=self.reference.dtype, generator=checks.generator(generator))
         u = u.to(self.reference.device)
-        return self.metric.apply_displacement(self.reference, self.scale[..., None] * u)
+        return self.metric._rotate(self.reference, self.scale[..., None] * u)
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
-        """Density of codes on the code manifold.  # (..., location_dim) -> (...)"""
+        """Density of codes on the code manifold, ``-inf`` where the step cannot be placed (class
+        docstring).  # (..., location_dim) -> (...)"""
+        metric = self.metric
+        checks.last_dim(value, metric.location_dim, "value", "location_dim")
+        value = checks.finite_tensor(value, "value").to(self.reference.dtype)
         if self._validate_args:
             self._validate_sample(value)
-        _, delta = self.metric.displacement(self.reference, value)  # (..., dim)
+        _, delta = metric._per_module(*metric._chain_layout(metric._angles(self.reference), metric._angles(value)),
+                                      value.dtype)  # (..., dim)
         z = delta / self.scale[..., None]
-        dim = self.metric.dim
-        return (-0.5 * z.square().sum(-1) - dim * (0.5 * math.log(_TWO_PI) + self.scale.log())
-                - self._half_log_gram)
+        dim = metric.dim
+        log_prob = (-0.5 * z.square().sum(-1) - dim * (0.5 * math.log(_TWO_PI) + self.scale.log())
+                    - self._half_log_gram)
+        return log_prob.masked_fill(~self._placed(value), -math.inf)
+
+    @torch.no_grad()
+    def _placed(self, value: torch.Tensor) -> torch.Tensor:
+        """Whether ``value`` is the reference rotated by the step read back from it (float64).  # (...)"""
+        metric, shape = self.metric, (self.metric.num_modules, self.metric.dim + 1, 2)
+        reference, value64 = self.reference.detach().double(), value.detach().double()
+        per_module, _ = metric._per_module(*metric._chain_layout(metric._angles(reference), metric._angles(value64)),
+                                           torch.float64)
+        moved = metric._rotate(reference, per_module[..., -1, :]).unflatten(-1, shape)  # the finest reading
+        pairs = value64.unflatten(-1, shape)
+        length = torch.maximum(reference.unflatten(-1, shape).norm(dim=-1), pairs.norm(dim=-1))
+        gap = (pairs - moved).norm(dim=-1)
+        return (gap <= math.sqrt(torch.finfo(value.dtype).eps) * length).flatten(-2).all(-1)

@@ -4,15 +4,37 @@ Each agent owns ``capacity`` preallocated slots holding a Fourier location code 
 percept ``(P,)``. Recall runs both ways:
 
 - ``recall_percept(codes)``: what was seen here? Attention over stored entries with weights
-  ``exp(-d^2 / (2 recall_scale^2))``, d the Fourier pseudo-distance (world units). The code dot
+  ``exp(-d^2 / (2 recall_scale^2))``, d the Fourier pseudo-distance (world units). A code dot
   product (a grid kernel on positions) shortlists ``candidates`` entries in one matmul; exact
   pseudo-distances are computed on the shortlist only.
 - ``recall_location(percepts)``: where did I see this? The ``k`` entries nearest under the learned
   percept pseudometric, with their codes and kernel weights, to correct a drifting estimate.
 
+Why the first stage scores coarse modules only. The dot product of two codes is a sum of one
+grid kernel per module, ``sum_i cos(alpha_j <k_i, x - y>)``, which falls with distance only out to
+half its wavelength and then oscillates. Fine modules (wavelengths below the distances that matter)
+add nothing but that oscillation: with ``FourierMetric(120, scale=10)`` (finest wavelength 0.03)
+the full dot product lost the nearest entry for about 1% of queries and recalled percepts off by
+up to 0.5. The first stage therefore uses the leading modules whose wavelength is at least
+``4 * reach`` (``reach = max(place_radius, 3 * recall_scale)``, beyond which the kernel weighs
+less than 1% of a match): each of their kernels falls monotonically along every ray out to
+``2 * reach`` and is nearly isotropic there (in the plane, up to sixth order in the distance),
+and the exact pseudo-distances rerank the shortlist. Codes whose
+modules are all that coarse (the 48-d, scale-512 codes of the benchmark) are scored in full, as
+before; at least the coarsest module is always used.
+
 Writes are novelty-gated: an item whose place is within ``place_radius`` of a stored entry with a
-percept within ``percept_radius`` merges into it (code and percept become running means, so the
-entry sits at the centroid of what it summarizes) instead of taking a slot.
+percept within ``percept_radius`` merges into it instead of taking a slot: the percept becomes the
+running mean, and the code moves to the running mean place (by that fraction of the displacement
+to the new items, ``FourierMetric.displacement`` / ``apply_displacement``), its pair lengths the
+running mean of the pair lengths (1 for valid codes). Averaging the codes themselves instead
+shortens the (cos, sin) pairs of fine modules towards 0 and scatters their phases, so the entry
+stops being the code of any place.
+
+Inputs. Codes and percepts must be finite (a ValueError naming the argument, raised before
+anything changes); other floating dtypes are cast to the memory's dtype (float32 by default, in
+which entries are stored anyway: a code's float32 rounding moves its place by ~1e-7 of the finest
+wavelength), and results come in the memory's dtype.
 
 Eviction rule: least recently refreshed first (the oldest last write or merge; ties to the entry
 with fewer merged observations). Every revisit that sees the same thing refreshes an entry, so
@@ -22,6 +44,8 @@ top-k selection over the slots per write, no extra hyperparameter, and recall st
 """
 from __future__ import annotations
 
+import copy
+import math
 from typing import NamedTuple
 
 import torch
@@ -72,7 +96,8 @@ class SpatialMemory(nn.Module):
             entries about place_radius apart then weigh exp(-2) of an exact match).
         percept_scale: pseudometric units; width of the recall_location kernel (default
             percept_radius).
-        candidates: shortlist size of the dot-product first stage.
+        candidates: shortlist size of the dot-product first stage (scored with the modules of
+            wavelength >= 4 * reach, see the module docstring).
 
     Buffers (B agents, C slots): codes (B, C, L), percepts (B, C, P), valid (B, C) bool,
     counts (B, C) observations merged per entry, refreshed (B, C) step of the last write or merge,
@@ -121,15 +146,47 @@ class SpatialMemory(nn.Module):
         """Stored entries per agent.  # (B,) long"""
         return self.valid.sum(-1)
 
+    @property
+    def reach(self) -> float:
+        """World units out to which the first stage ranks entries by distance reliably:
+        ``max(place_radius, 3 * recall_scale)`` (the novelty gate, and where the recall kernel
+        falls to ~1% of a match)."""
+        return max(self.place_radius, 3.0 * self.recall_scale)
+
+    def _first_stage_columns(self) -> slice | torch.Tensor:
+        """Code columns the first stage scores: the modules of wavelength ``>= 4 * reach``.
+
+        A slice when they lead the code (always for a FourierMetric, whose modules run coarsest
+        first), else an index tensor; the coarsest module when none is that coarse.
+        """
+        metric = self.location_metric
+        block = 2 * (metric.dim + 1)
+        wavelengths = [2.0 * math.pi / alpha for alpha in metric.alphas.tolist()]
+        keep = [j for j, wavelength in enumerate(wavelengths) if wavelength >= 4.0 * self.reach]
+        if not keep:
+            keep = [max(range(len(wavelengths)), key=wavelengths.__getitem__)]
+        if keep == list(range(len(keep))):
+            return slice(0, len(keep) * block)
+        columns = [j * block + c for j in keep for c in range(block)]
+        return torch.tensor(columns, device=self.codes.device)
+
     # ------------------------------------------------------------------------------ checking
     def _check(self, tensor, name: str, size: int, what: str, max_items: int | None = None) -> torch.Tensor:
-        """Validate ``(B, size)`` or ``(B, K, size)``; returns the ``(B, K, size)`` view."""
+        """Validate ``(B, size)`` or ``(B, K, size)`` finite floats; returns the ``(B, K, size)`` view
+        in the memory's dtype (a differentiable cast; values beyond its range are a ValueError)."""
         checks.float_tensor(tensor, name)
         if tensor.ndim not in (2, 3) or tensor.shape[0] != self.batch_size or tensor.shape[-1] != size:
             raise ValueError(f"{name}: expected shape ({self.batch_size}, {size}) or ({self.batch_size}, K, "
                              f"{size}) for batch_size={self.batch_size}, {what}={size}; got {tuple(tensor.shape)}")
         if max_items is not None and tensor.ndim == 3 and tensor.shape[1] > max_items:
             raise ValueError(f"{name}: expected at most capacity={max_items} items per agent, got {tensor.shape[1]}")
+        checks.finite_tensor(tensor, name)
+        dtype = self.codes.dtype
+        if tensor.dtype != dtype:
+            tensor = tensor.to(dtype)
+            if not bool(torch.isfinite(tensor).all()):
+                raise ValueError(f"{name}: expected values within the range of {dtype} (the memory's dtype), "
+                                 f"got magnitudes up to {float(tensor.detach().abs().max())} after the cast")
         return tensor if tensor.ndim == 3 else tensor.unsqueeze(1)
 
     def _check_agent(self, agent, name: str = "agent") -> int:
@@ -167,11 +224,14 @@ class SpatialMemory(nn.Module):
                               for part in queries.split(rows, dim=1)], dim=1)
 
     def _shortlist(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Candidate slots by code dot product, then exact squared pseudo-distances on them.
+        """Candidate slots by the dot product of the coarse modules' codes, then exact squared
+        pseudo-distances on them.
 
         codes (B, Q, L) -> slots (B, Q, k), dist_sq (B, Q, k) (inf at empty slots).
         """
-        slots = self._top_slots(codes.detach(), self.codes.transpose(1, 2), None, min(self.candidates, self.capacity))
+        columns = self._first_stage_columns()
+        queries, keys = codes.detach()[..., columns], self.codes[..., columns]
+        slots = self._top_slots(queries, keys.transpose(1, 2), None, min(self.candidates, self.capacity))
         dist_sq = self.location_metric.pseudo_distance(codes.unsqueeze(2), self._gather(self.codes, slots),
                                                        squared=True)
         return slots, dist_sq.masked_fill(~self._gather(self.valid, slots), _INF)
@@ -225,7 +285,8 @@ class SpatialMemory(nn.Module):
 
         codes (B, L) or (B, K, L), percepts (B, [K,] P), mask (B, [K]) bool (False: skip). Items
         of one call are gated against the entries stored before the call, not against each
-        other. Returns the slot each item was stored in or merged into, -1 where skipped.  # (B, [K])
+        other. Codes and percepts must be finite, masked-out items too (ValueError before anything
+        changes). Returns the slot each item was stored in or merged into, -1 where skipped.  # (B, [K])
         """
         single = codes.ndim == 2
         codes = self._check(codes, "codes", self.location_dim, "location_dim", max_items=self.capacity)
@@ -275,21 +336,36 @@ class SpatialMemory(nn.Module):
         return target.squeeze(1) if single else target
 
     def _merge(self, agents: torch.Tensor, slots: torch.Tensor, codes: torch.Tensor, percepts: torch.Tensor) -> None:
-        """Running means of the entries (agents[i], slots[i]) with codes[i] and percepts[i].
+        """Fold codes[i] and percepts[i] into the entries (agents[i], slots[i]).  # (M,), (M,), (M, L), (M, P)
 
-        (M,), (M,), (M, L), (M, P). The mean of nearby codes is the code of their centroid up to
-        a shorter length of each (cos, sin) pair, which the pseudo-distance ignores.
+        Percepts become running means. Codes move to the running mean place: by ``n / (old + n)``
+        of the mean displacement to the entry's ``n`` new items (readings of the displacement are
+        exact within the metric's ``scale``, and merged items lie within ``place_radius``), with
+        each (cos, sin) pair's length the running mean of the pair lengths, so valid codes stay
+        valid (unit pairs, no drift over many merges) and decode to the mean of what was merged.
         """
         if len(agents) == 0:
             return
+        metric = self.location_metric
         flat, group = torch.unique(agents * self.capacity + slots, return_inverse=True)  # (G,), (M,)
         b, s = flat // self.capacity, flat % self.capacity
         n = torch.bincount(group, minlength=len(flat))  # (G,)
         old = self.counts[b, s]
-        for store, items in ((self.codes, codes), (self.percepts, percepts)):
-            added = torch.zeros(len(flat), items.shape[-1], dtype=items.dtype, device=items.device)
-            added.index_add_(0, group, items)  # (G, .)
-            store[b, s] = (store[b, s] * old[:, None] + added) / (old + n)[:, None]
+        total = (old + n).to(codes.dtype)[:, None]  # (G, 1)
+
+        added = torch.zeros(len(flat), percepts.shape[-1], dtype=percepts.dtype, device=percepts.device)
+        added.index_add_(0, group, percepts)
+        self.percepts[b, s] = (self.percepts[b, s] * old[:, None] + added) / total
+
+        stored = self.codes[b, s]  # (G, L)
+        _, delta = metric.displacement(stored[group], codes)  # (M, dim)
+        step = torch.zeros(len(flat), metric.dim, dtype=delta.dtype, device=delta.device).index_add_(0, group, delta)
+        moved = metric.apply_displacement(stored, step / total).to(stored.dtype).unflatten(-1, (-1, 2))  # (G, L/2, 2)
+        length = torch.zeros(len(flat), moved.shape[1], dtype=codes.dtype, device=codes.device)
+        length.index_add_(0, group, codes.unflatten(-1, (-1, 2)).norm(dim=-1))
+        length = (stored.unflatten(-1, (-1, 2)).norm(dim=-1) * old[:, None] + length) / total  # (G, L/2)
+        scale = length / moved.norm(dim=-1).clamp_min(torch.finfo(moved.dtype).tiny)  # a zero pair stays zero
+        self.codes[b, s] = (moved * scale[..., None]).flatten(-2)
         self.counts[b, s] = old + n
         self.refreshed[b, s] = self.clock[b]
 
@@ -336,6 +412,16 @@ class SpatialMemory(nn.Module):
             raise ValueError(f"topography: expected latent_dim=location_dim+percept_dim={expected} and "
                              f"normalize=False, got latent_dim={topography.latent_dim}, "
                              f"normalize={topography.normalize}")
+        # Checked here, before the map is reset or the topography's weights are touched (fit checks
+        # them again, with its own rules, e.g. lr <= 1).
+        epochs = checks.count(epochs, "epochs")
+        batch_size = checks.count(batch_size, "batch_size")
+        for name, schedule in [("lr", lr)] + ([] if sigma is None else [("sigma", sigma)]):
+            if not isinstance(schedule, (tuple, list)) or len(schedule) != 2:
+                raise TypeError(f"{name}: expected a (start, end) pair, got {schedule!r}")
+            for value in schedule:
+                checks.positive(value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value,
+                                name)
         percept_weight = checks.positive(percept_weight, "percept_weight")
         generator = checks.generator(generator)
         agents = range(self.batch_size) if agent is None else [self._check_agent(agent)]
@@ -382,17 +468,44 @@ class SpatialMemory(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        """Check the shape first (ValueError naming the mismatch) and rebuild the map geometry, so
-        that load_state_dict, also of a module holding this memory, restores everything."""
-        own = {"codes": self.codes.shape, "percepts": self.percepts.shape, "valid": self.valid.shape}
-        for name, shape in own.items():
-            theirs = state_dict.get(prefix + name)
-            if theirs is None or theirs.shape != shape:
-                got = "nothing" if theirs is None else f"shape {tuple(theirs.shape)}"
-                raise ValueError(f"state_dict: '{prefix + name}' must have shape {tuple(shape)} (batch_size="
-                                 f"{self.batch_size}, capacity={self.capacity}, location_dim={self.location_dim}, "
-                                 f"percept_dim={self.percept_dim}), got {got}")
+        """Check the whole state first, then rebuild the map geometry and load.
+
+        Every tensor of the memory, its map and its metrics is checked against the shape this
+        memory expects (ValueError naming the key, e.g. another capacity, batch_size, code length
+        or metric rank) and for finite values, and the metrics' own checks run on copies of them,
+        before anything changes: a state that fails leaves the memory as it was, also when it is
+        loaded as part of a larger module. Then the map geometry is rebuilt, so that
+        load_state_dict, also of a module holding this memory, restores everything.
+        """
         spec = state_dict.get(prefix + "_extra_state", {}).get("map")
+        context = (f"batch_size={self.batch_size}, capacity={self.capacity}, location_dim={self.location_dim}, "
+                   f"percept_dim={self.percept_dim}")
+        B, C = self.batch_size, self.capacity
+        required = {"codes": (B, C, self.location_dim), "percepts": (B, C, self.percept_dim), "valid": (B, C),
+                    "counts": (B, C), "refreshed": (B, C), "clock": (B,)}
+        optional = {}
+        if spec is not None:
+            units, latent = spec["height"] * spec["width"], self.location_dim + self.percept_dim
+            optional.update({"map_weights": (B, units, latent), "map_ready": (B,),
+                             "topography.weight": (units, latent)})
+        for child in ("location_metric", "percept_metric"):
+            for key, value in getattr(self, child).state_dict().items():
+                if isinstance(value, torch.Tensor):
+                    optional[f"{child}.{key}"] = tuple(value.shape)
+        for key, shape in {**required, **optional}.items():
+            theirs = state_dict.get(prefix + key)
+            if theirs is None and key in optional:
+                continue  # missing: Module's rules (strict) apply
+            if not isinstance(theirs, torch.Tensor) or tuple(theirs.shape) != shape:
+                got = ("nothing" if theirs is None else f"shape {tuple(theirs.shape)}"
+                       if isinstance(theirs, torch.Tensor) else type(theirs).__name__)
+                raise ValueError(f"state_dict: '{prefix + key}' must have shape {shape} ({context}), got {got}")
+            if theirs.is_floating_point():
+                checks.finite_tensor(theirs, f"state_dict: '{prefix + key}'")
+        for child in ("location_metric", "percept_metric"):  # their own checks, on copies
+            metadata = getattr(state_dict, "_metadata", None) or {}
+            copy.deepcopy(getattr(self, child))._load_from_state_dict(
+                state_dict, f"{prefix}{child}.", metadata.get(f"{prefix}{child}", {}), strict, [], [], [])
         if spec is None:
             self.topography, self.map_weights, self.map_ready = None, None, None
         else:

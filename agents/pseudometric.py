@@ -22,6 +22,10 @@ left inverse of ``A`` on its range, ``U diag((s^2 + tau) / s) V^T / (scale beta)
 ``1/2 logdet((E^+)^T E^+) = sum log(s / (s^2 + tau))`` (``E = U diag(s) V^T``). These factors
 depend on ``E`` alone: they are cached per value of ``E`` and recomputed when it changes. The
 density needs ``E`` of full row rank (else the log-determinant is ``-inf``).
+
+Arguments and dtypes. Tensors must be finite, and ``scale`` finite and ``> 0`` (ValueError naming
+the argument). Floating inputs of any dtype are cast to the embedding's dtype and results come
+back in it (``.double()`` for float64 work): the rule of every agents module.
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ import torch
 from torch import nn
 
 from treeworld import checks
-from treeworld.agents.distributions import ReferenceDistribution
+from treeworld.agents.distributions import ReferenceDistribution, positive_scale
 
 
 class _Factors(NamedTuple):
@@ -41,12 +45,10 @@ class _Factors(NamedTuple):
     half_logdet: torch.Tensor  # (): 1/2 logdet((E^+)^T E^+)
 
 
-def _check_scale(scale) -> torch.Tensor | float:
-    if isinstance(scale, torch.Tensor):
-        if not bool((scale > 0).all()):
-            raise ValueError(f"scale: expected values > 0, got min {scale.min().item()}")
-        return scale
-    return checks.positive(scale, "scale")
+def _check_scale(scale, dtype: torch.dtype) -> torch.Tensor | float:
+    """A finite positive number, or a tensor of them cast to ``dtype``."""
+    scale = positive_scale(scale)
+    return scale.to(dtype) if isinstance(scale, torch.Tensor) else scale
 
 
 class PseudoMetric(nn.Module):
@@ -76,23 +78,29 @@ class PseudoMetric(nn.Module):
     def extra_repr(self) -> str:
         return f"vector_dim={self.vector_dim}, metric_rank={self.metric_rank}, tau={self.tau}"
 
+    def _input(self, tensor, name: str, rows: bool = False) -> torch.Tensor:
+        """A finite floating tensor ``(..., N)`` (``(..., rows, N)`` if ``rows``), in E's dtype."""
+        if rows:
+            checks.matrix(tensor, self.vector_dim, name, "vector_dim")
+        else:
+            checks.last_dim(tensor, self.vector_dim, name, "vector_dim")
+        return checks.finite_tensor(tensor, name).to(self.embedding.dtype)
+
     def pseudo_distance(self, x: torch.Tensor, y: torch.Tensor, squared: bool = False, scale=None) -> torch.Tensor:
         """``||E (x - y)|| / scale`` (squared if asked): ``(..., N)``, ``(..., N)`` -> ``(...)``."""
-        checks.last_dim(x, self.vector_dim, "x", "vector_dim")
-        checks.last_dim(y, self.vector_dim, "y", "vector_dim")
+        x, y = self._input(x, "x"), self._input(y, "y")
         distance = torch.linalg.vector_norm((x - y) @ self.embedding.T, dim=-1)  # (...)
         if scale is not None:
-            distance = distance / _check_scale(scale)
+            distance = distance / _check_scale(scale, distance.dtype)
         return distance.square() if squared else distance
 
     def cross_distance(self, x: torch.Tensor, y: torch.Tensor, squared: bool = False, scale=None) -> torch.Tensor:
         """All pairs: ``x`` ``(..., T, N)``, ``y`` ``(..., S, N)`` -> ``(..., T, S)``."""
-        checks.matrix(x, self.vector_dim, "x", "vector_dim")
-        checks.matrix(y, self.vector_dim, "y", "vector_dim")
+        x, y = self._input(x, "x", rows=True), self._input(y, "y", rows=True)
         ex, ey = x @ self.embedding.T, y @ self.embedding.T  # (..., T, M), (..., S, M)
         distance = torch.cdist(ex, ey, compute_mode="donot_use_mm_for_euclid_dist")  # exact, not |a|^2+|b|^2-2ab
         if scale is not None:
-            distance = distance / _check_scale(scale)
+            distance = distance / _check_scale(scale, distance.dtype)
         return distance.square() if squared else distance
 
     def _factors(self) -> _Factors:
@@ -129,7 +137,8 @@ class PseudoMetric(nn.Module):
 class LowRankGaussian(ReferenceDistribution):
     """``z = reference + scale * beta * E^+ v``, ``v ~ N(0, I_M)``: see the module docstring.
 
-    Batch shape: ``reference.shape[:-1]`` broadcast with ``scale``; event shape ``(N,)``.
+    Batch shape: ``reference.shape[:-1]`` broadcast with ``scale``; event shape ``(N,)``. The
+    reference (finite) is cast to the embedding's dtype, and so are ``log_prob``'s values.
     """
 
     def __init__(self, metric: PseudoMetric, reference: torch.Tensor, scale,
@@ -137,7 +146,7 @@ class LowRankGaussian(ReferenceDistribution):
         checks.instance(metric, PseudoMetric, "metric")
         checks.last_dim(reference, metric.vector_dim, "reference", "vector_dim")
         self.metric = metric
-        super().__init__(reference, scale, metric.vector_dim, validate_args)
+        super().__init__(reference.to(metric.embedding.dtype), scale, metric.vector_dim, validate_args)
         self._factors = metric._factors()
         M = metric.metric_rank
         self.beta = math.exp(math.lgamma(M / 2) - math.lgamma((M + 1) / 2)) / math.sqrt(2.0)  # 1 / E[chi_M]
@@ -156,6 +165,8 @@ class LowRankGaussian(ReferenceDistribution):
 
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         """Density on the sampler's ``M``-dimensional subspace.  # (..., N) -> (...)"""
+        checks.last_dim(value, self.metric.vector_dim, "value", "vector_dim")
+        value = checks.finite_tensor(value, "value").to(self.reference.dtype)
         if self._validate_args:
             self._validate_sample(value)
         width = self.beta * self.scale  # (...)

@@ -20,6 +20,19 @@ the right one, but the layer around it is not.
 
 Here the grid coordinates are a buffer, normalization is an explicit on/off choice with Euclidean
 feature distances, and ``fit`` anneals sigma and the learning rate.
+
+Best-matching units are exact. Squared distances come from one matmul,
+``||z||^2 - 2 z.w + ||w||^2``, which in float32 loses everything below ``eps (||z||^2 + ||w||^2)``:
+for inputs at 1e3 to 1e4 with spread 1e-2 that was all of it, and the old expansion picked the
+wrong unit for most of them. Inputs and weights are therefore shifted by the weights' mean first
+(a constant: distances do not change, and near the map the shift is exact), and the ranking of
+the expansion is kept only where its rounding bound cannot change it: rows with a near-tie (or
+inputs far from the map, where the bound is wide) are ranked by direct differences in float64.
+
+Arguments and dtypes. Inputs must be finite (ValueError naming the argument); floating inputs of
+any dtype are cast to the weights' dtype and results come back in it (the rule of every agents
+module). ``state_dict`` records the grid (extra state); loading a state of another grid, or a
+weight of another shape, is a ValueError naming the key.
 """
 from __future__ import annotations
 
@@ -39,6 +52,16 @@ _NEIGHBOR_RADIUS = {"rectangular": math.sqrt(2.0), "hexagonal": 1.0}
 _TOL = 1e-4
 _CUTOFF = 30.0  # neighborhood truncation, in units of g^2 / (2 sigma^2)
 _CHUNK_ELEMENTS = 1 << 22  # (chunk, U) distance blocks in the data-set measures
+
+
+def _matmul_eps(dtype: torch.dtype) -> float:
+    """Machine epsilon of a matmul in ``dtype``: coarser where float32 matmuls may run in TF32
+    (``torch.set_float32_matmul_precision("high")``) or bfloat16 (``"medium"``)."""
+    eps = torch.finfo(dtype).eps
+    if dtype == torch.float32:
+        eps = max(eps, {"highest": 0.0, "high": 2.0 ** -10, "medium": 2.0 ** -7}.get(
+            torch.get_float32_matmul_precision(), 2.0 ** -7))
+    return eps
 
 
 def _check_positive(value, name: str) -> float:
@@ -112,21 +135,109 @@ class Topography(nn.Module):
         return (f"latent_dim={self.latent_dim}, height={self.height}, width={self.width}, "
                 f"grid={self.grid!r}, normalize={self.normalize}")
 
+    # -------------------------------------------------------------------------------- saving
+    def _geometry(self) -> dict:
+        return {"height": self.height, "width": self.width, "grid": self.grid, "normalize": self.normalize}
+
+    def get_extra_state(self) -> dict:
+        """The grid (``height``, ``width``, ``grid``) and ``normalize``: ``weight`` alone cannot tell
+        a 3x4 map from a 2x6 one."""
+        return self._geometry()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        """Check ``weight``'s shape and the recorded grid first (ValueError naming the key). A state
+        without the grid record (a bare ``weight``) loads on its shape alone."""
+        shape = (self.num_units, self.latent_dim)
+        theirs = state_dict.get(prefix + "weight")
+        if theirs is not None:
+            if not isinstance(theirs, torch.Tensor) or tuple(theirs.shape) != shape:
+                got = f"shape {tuple(theirs.shape)}" if isinstance(theirs, torch.Tensor) else type(theirs).__name__
+                raise ValueError(f"state_dict: '{prefix}weight' must have shape {shape} (height={self.height}, "
+                                 f"width={self.width}, latent_dim={self.latent_dim}), got {got}")
+            checks.finite_tensor(theirs, f"state_dict: '{prefix}weight'")
+        extra_key = prefix + "_extra_state"
+        geometry = state_dict.get(extra_key)
+        if isinstance(geometry, dict) and {k: geometry.get(k) for k in self._geometry()} != self._geometry():
+            def describe(g: dict) -> str:
+                return f"a {g.get('height')}x{g.get('width')} {g.get('grid')} map, normalize={g.get('normalize')}"
+            raise ValueError(f"state_dict: '{prefix}weight' holds {describe(geometry)} (its '{extra_key}'); "
+                             f"this one is {describe(self._geometry())}")
+        # The extra state is read here, not by Module: a state without it still loads.
+        state_dict = {key: value for key, value in state_dict.items() if key != extra_key}
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
     # ----------------------------------------------------------------------------- distances
     def codebook(self) -> torch.Tensor:
         """Unit weights as used in distances (normalized when ``normalize``).  # (U, D)"""
         return F.normalize(self.weight, dim=1) if self.normalize else self.weight
 
-    def _inputs(self, z, name: str = "z") -> torch.Tensor:
+    def _check_inputs(self, z, name: str) -> None:
         checks.float_tensor(z, name)
         if z.ndim < 1 or z.shape[-1] != self.latent_dim:
             raise ValueError(f"{name}: expected shape (..., {self.latent_dim}), got {tuple(z.shape)}")
+        checks.finite_tensor(z, name)
+
+    def _prepare(self, z: torch.Tensor) -> torch.Tensor:
+        """Checked inputs in the weights' dtype and device, normalized when ``normalize``."""
+        z = z.to(self.weight.device, self.weight.dtype)
         return F.normalize(z, dim=-1) if self.normalize else z
 
-    def _feature_sq(self, z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """Squared Euclidean distances by one matmul.  (N, D), (U, D) -> (N, U)"""
-        cross = z @ w.T  # (N, U)
-        return ((z * z).sum(-1, keepdim=True) - 2.0 * cross + (w * w).sum(-1)).clamp_min(0.0)
+    def _inputs(self, z, name: str = "z") -> torch.Tensor:
+        self._check_inputs(z, name)
+        return self._prepare(z)
+
+    @staticmethod
+    def _centered(z: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and weights shifted by the weights' mean (a constant, no gradient)."""
+        center = w.detach().mean(0)
+        return z - center, w - center
+
+    def _feature_sq(self, z: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Squared Euclidean distances by one matmul, around the weights' mean, and each input's
+        ``reach`` ``||z_c|| + max ||w_c||`` (no gradient), which bounds their rounding (see
+        ``_nearest``; rank units with it).  (N, D), (U, D) -> (N, U), (N,)
+        """
+        z, w = self._centered(z, w)
+        zz, ww = (z * z).sum(-1, keepdim=True), (w * w).sum(-1)  # (N, 1), (U,)
+        reach = (zz.detach().sqrt() + ww.detach().max().sqrt()).squeeze(-1)
+        return (zz - 2.0 * z @ w.T + ww).clamp_min(0.0), reach
+
+    @torch.no_grad()
+    def _nearest(self, z: torch.Tensor, w: torch.Tensor, distances: tuple[torch.Tensor, torch.Tensor],
+                 k: int = 1) -> torch.Tensor:
+        """Each input's ``k`` nearest units, nearest first, exact.  (N, D), (U, D) -> (N, k) long
+
+        ``distances``: ``_feature_sq(z, w)``, off by at most ``bound = (D + 4) eps reach^2``
+        (``eps`` of the matmul's precision). Their ranking stands where no other unit comes within
+        ``3 bound`` of the k-th value and the k values are that far apart; other rows (near-ties,
+        inputs far from the map) are ranked over all units by direct differences in float64.
+        """
+        feature_sq, reach = distances
+        if k == 1:
+            values, best = feature_sq.min(-1, keepdim=True)  # (N, 1)
+        else:
+            values, best = feature_sq.topk(k, dim=-1, largest=False)  # (N, k) ascending
+        slack = 3 * (w.shape[1] + 4) * _matmul_eps(feature_sq.dtype) * reach.square()  # (N,)
+        certain = (feature_sq <= (values[:, -1] + slack)[:, None]).sum(-1) == k
+        if k > 1:
+            certain &= (values.diff(dim=-1) > slack[:, None]).all(-1)
+        unsure = (~certain).nonzero().squeeze(-1)
+        if len(unsure):
+            best[unsure] = self._rank_exactly(z[unsure], w, k)
+        return best
+
+    @staticmethod
+    def _rank_exactly(z: torch.Tensor, w: torch.Tensor, k: int) -> torch.Tensor:
+        """The ``k`` nearest units by direct differences in float64.  (N, D), (U, D) -> (N, k) long"""
+        wide = w.detach().to(torch.promote_types(w.dtype, torch.float64))
+        rows = max(1, _CHUNK_ELEMENTS // w.numel())
+        picks = []
+        for start in range(0, z.shape[0], rows):
+            diff = z[start:start + rows, None, :].detach().to(wide.dtype) - wide  # (n, U, D)
+            picks.append(diff.square().sum(-1).topk(k, dim=-1, largest=False).indices)
+        return torch.cat(picks) if picks else torch.zeros(0, k, dtype=torch.long, device=w.device)
 
     def grid_sq(self, units: torch.Tensor) -> torch.Tensor:
         """Squared grid distances from the given units to every unit.  (...,) -> (..., U)"""
@@ -138,6 +249,7 @@ class Topography(nn.Module):
         unit, zero beyond ``g^2 / (2 sigma^2) > 30`` (about 7.7 sigma; keeps float32 clear of slow
         subnormals).  (...,) -> (..., U)
         """
+        sigma = _check_positive(sigma, "sigma")
         scaled = self.grid_sq(units) / (2.0 * sigma * sigma)
         return torch.exp(-scaled.clamp_max(_CUTOFF)).masked_fill_(scaled > _CUTOFF, 0.0)
 
@@ -146,43 +258,47 @@ class Topography(nn.Module):
         distances from each input to every unit.  (..., D) -> ((..., U), (..., U))
         """
         z = self._inputs(z)
-        feature_sq = self._feature_sq(z.reshape(-1, self.latent_dim), self.codebook())  # (N, U)
-        grid_sq = self.grid_sq(feature_sq.argmin(-1))  # (N, U), no gradient: argmin is discrete
+        flat, w = z.reshape(-1, self.latent_dim), self.codebook()
+        distances = self._feature_sq(flat, w)
+        feature_sq = distances[0]  # (N, U)
+        grid_sq = self.grid_sq(self._nearest(flat, w, distances)[:, 0])  # (N, U), no gradient: argmin is discrete
         shape = (*z.shape[:-1], self.num_units)
         return grid_sq.reshape(shape), feature_sq.reshape(shape)
 
     def loss(self, z: torch.Tensor, sigma: float) -> torch.Tensor:
         """Mean over inputs of ``sum_u h(bmu, u) ||z - w_u||^2``, ``h = exp(-g^2 / (2 sigma^2))``."""
         sigma = _check_positive(sigma, "sigma")
-        z = self._inputs(z).reshape(-1, self.latent_dim)
-        feature_sq = self._feature_sq(z, self.codebook())  # (N, U)
-        return (self.neighborhood(feature_sq.argmin(-1), sigma) * feature_sq).sum(-1).mean()
+        z, w = self._inputs(z).reshape(-1, self.latent_dim), self.codebook()
+        distances = self._feature_sq(z, w)
+        best = self._nearest(z, w, distances)[:, 0]  # (N,)
+        return (self.neighborhood(best, sigma) * distances[0]).sum(-1).mean()
 
     @torch.no_grad()
     def bmu(self, z: torch.Tensor) -> torch.Tensor:
         """Index of each input's best-matching unit.  (..., D) -> (...,) long"""
         z = self._inputs(z)
-        w = self.codebook()
-        return ((w * w).sum(-1) - 2.0 * z @ w.T).argmin(-1)
+        flat, w = z.reshape(-1, self.latent_dim), self.codebook()
+        return self._nearest(flat, w, self._feature_sq(flat, w))[:, 0].reshape(z.shape[:-1])
 
     # ---------------------------------------------------------------------- data-set measures
     def _check_data(self, data) -> None:
-        self._inputs(data, "data")
-        if data.ndim != 2 or data.shape[0] < 1:
+        checks.float_tensor(data, "data")
+        if data.ndim != 2 or data.shape[0] < 1 or data.shape[1] != self.latent_dim:
             raise ValueError(f"data: expected shape (N, {self.latent_dim}) with N >= 1, got {tuple(data.shape)}")
+        checks.finite_tensor(data, "data")
 
     def _chunks(self, data):
         self._check_data(data)
         size = max(1, _CHUNK_ELEMENTS // self.num_units)
         for start in range(0, data.shape[0], size):
-            yield self._inputs(data[start:start + size].to(self.weight.device, self.weight.dtype))
+            yield self._prepare(data[start:start + size])
 
     @torch.no_grad()
     def quantization_error(self, data: torch.Tensor) -> float:
         """Mean Euclidean distance from each input to its best unit.  data: (N, D)"""
         w, total = self.codebook(), 0.0
         for z in self._chunks(data):
-            best = self._feature_sq(z, w).argmin(-1)  # (n,)
+            best = self._nearest(z, w, self._feature_sq(z, w))[:, 0]  # (n,)
             total += (z - w[best]).norm(dim=-1).sum().item()
         return total / data.shape[0]
 
@@ -193,7 +309,7 @@ class Topography(nn.Module):
             raise ValueError("topographic_error: undefined for a map of one unit")
         w, errors = self.codebook(), 0
         for z in self._chunks(data):
-            first, second = self._feature_sq(z, w).topk(2, dim=-1, largest=False).indices.unbind(-1)
+            first, second = self._nearest(z, w, self._feature_sq(z, w), k=2).unbind(-1)
             gap = (self.coords[first] - self.coords[second]).norm(dim=-1)  # (n,)
             errors += int((gap > self.neighbor_radius + _TOL).sum())
         return errors / data.shape[0]
@@ -269,7 +385,7 @@ class Topography(nn.Module):
                 s = sigma[0] * (sigma[1] / sigma[0]) ** frac
                 a = lr[0] * (lr[1] / lr[0]) ** frac
                 batch = data[order[k * batch_size:(k + 1) * batch_size]]
-                qe_sum += self._batch_step(batch.to(self.weight.device, self.weight.dtype), s, a)
+                qe_sum += self._batch_step(self._prepare(batch), s, a)
             record = {"epoch": epoch + 1, "sigma": s, "lr": a, "quantization_error": qe_sum.item() / n}
             history.append(record)
             if callback is not None:
@@ -277,11 +393,11 @@ class Topography(nn.Module):
         return history
 
     def _batch_step(self, z: torch.Tensor, sigma: float, lr: float) -> torch.Tensor:
-        """One SOM update from a batch; returns the batch's summed distance to the best unit."""
-        z = self._inputs(z)  # (B, D)
+        """One SOM update from a prepared batch ``(B, D)``; returns the batch's summed distance to
+        the best unit (before the update)."""
         w = self.weight  # (U, D), updated in place under no_grad
-        partial = (w * w).sum(-1) - 2.0 * z @ w.T  # (B, U): ||z - w||^2 - ||z||^2
-        best, bmu = partial.min(-1)  # (B,)
+        bmu = self._nearest(z, w, self._feature_sq(z, w))[:, 0]  # (B,)
+        distance = (z - w[bmu]).norm(dim=-1).sum()
         active, slot = torch.unique(bmu, return_inverse=True)  # (A,), (B,)
         sums = torch.zeros(len(active), self.latent_dim, dtype=z.dtype, device=z.device).index_add_(0, slot, z)
         counts = torch.bincount(slot, minlength=len(active)).to(z.dtype)  # (A,)
@@ -291,4 +407,4 @@ class Topography(nn.Module):
         w.add_((h.T @ sums - mass[:, None] * w) * rate[:, None])
         if self.normalize:
             w.copy_(F.normalize(w, dim=1))
-        return (best + (z * z).sum(-1)).clamp_min(0.0).sqrt().sum()
+        return distance

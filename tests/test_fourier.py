@@ -192,9 +192,9 @@ def test_dtype_device_and_buffers():
     assert code.dtype == torch.float64
     _, step = double.displacement(code, double.encode(x + torch.tensor([3.25, -7.5], dtype=torch.float64)))
     assert torch.allclose(step, torch.tensor([[3.25, -7.5]], dtype=torch.float64), atol=1e-9)
-    half = metric.encode(torch.tensor([[1.0, 2.0]], dtype=torch.float16))
-    assert half.dtype == torch.float16
-    assert torch.allclose(metric.decode(half)[1].float(), torch.tensor([[1.0, 2.0]]), atol=2e-2)
+    half = metric.encode(torch.tensor([[1.0, 2.0]], dtype=torch.float16))  # cast to the buffers' dtype
+    assert half.dtype == torch.float32
+    assert torch.allclose(metric.decode(half.half())[1], torch.tensor([[1.0, 2.0]]), atol=2e-2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -352,3 +352,154 @@ def test_cuda_draws_with_a_cpu_generator_and_rejects_a_cuda_one():
     for draw in (cuda.sample, dist.rsample):
         with pytest.raises(ValueError, match="generator: expected a CPU torch.Generator"):
             draw((2,), generator=torch.Generator("cuda"))
+
+
+# -- the sampler's limit, and codes log_prob cannot place ---------------------------------------
+def _one_dim_log_prob(metric: FourierMetric, reference: torch.Tensor, scale: float, delta: torch.Tensor):
+    """Closed form in one dimension: k = (+1, -1), so J^T J = sum_ji alpha_j^2 rho_ji^2 (float64)."""
+    rho = reference.double().unflatten(-1, (metric.num_modules, 2, 2)).norm(dim=-1)  # (J, 2)
+    gram = (metric.alphas.double()[:, None].square() * rho.square()).sum()
+    return (-0.5 * (delta.double() / scale).square().sum(-1) - 0.5 * math.log(2 * math.pi) - math.log(scale)
+            - 0.5 * gram.log())
+
+
+def test_distribution_rejects_a_scale_whose_steps_would_wrap():
+    # Sampler scale 5 on metric scale 10: 11.8% of the steps pass metric.scale along some direction,
+    # wrap, and log_prob read them as nearby codes (e.g. -12.4 where the exact value is -8640).
+    metric = _metric(2, 10.0)
+    reference = metric.encode(torch.tensor([[30.0, 40.0], [-100.0, 5.0]]))
+    bound = r"scale: expected <= metric.scale / 6 = 1\.66667 .*got 5"
+    with pytest.raises(ValueError, match=bound):
+        FourierCodeDistribution(metric, reference, 5.0)
+    with pytest.raises(ValueError, match=bound):
+        FourierCodeDistribution(metric, reference, torch.tensor([0.1, 5.0]))
+    FourierCodeDistribution(metric, reference, 10.0 / 6)  # the bound itself is allowed
+    big = _metric(2, 1000.0)
+    FourierCodeDistribution(big, big.encode(torch.zeros(2)), 150.0)  # relative to the metric's scale
+
+
+def test_log_prob_is_minus_inf_beyond_the_decodable_range_and_off_the_manifold():
+    metric = _metric(2, 10.0, phases=_phases(20, 3)).double()
+    origin = torch.tensor([120.0, -75.0], dtype=torch.float64)
+    dist = FourierCodeDistribution(metric, metric.encode(origin), 1.5)
+    near = metric.encode(origin + torch.tensor([2.0, -1.0], dtype=torch.float64))
+    far = metric.encode(origin + torch.tensor([25.0, 8.0], dtype=torch.float64))  # beyond metric.scale
+    short = 0.5 * near  # pair norms 0.5: off the manifold of codes
+    torus = near.unflatten(-1, (20, 3, 2))
+    angles = torch.atan2(torus[..., 1], torus[..., 0]) + 0.3 * torch.randn(20, 3, generator=gen(50),
+                                                                            dtype=torch.float64)
+    scrambled = torch.stack([angles.cos(), angles.sin()], dim=-1).flatten()  # unit pairs, phases of no position
+    log_prob = dist.log_prob(torch.stack([near, far, short, scrambled]))
+    assert torch.isfinite(log_prob[0])
+    assert log_prob[1:].tolist() == [-math.inf] * 3
+
+
+def test_log_prob_matches_a_closed_form_on_samples_at_the_bound():
+    # dim 1, a reference with shortened pairs (a merged code): every sample at the largest allowed
+    # scale is placed, and its density is the closed form at the step it was drawn from.
+    metric = _metric(1, 10.0, location_dim=4 * 6, phases=_phases(6, 2))
+    scale = 10.0 / 6
+    reference = metric.encode(torch.tensor([[-37.0]])) * torch.linspace(0.6, 1.0, 24)
+    dist = FourierCodeDistribution(metric, reference, scale)
+    samples = dist.sample((20000,), generator=gen(51))  # (20000, 1, 24)
+    u = torch.randn(20000, 1, 1, generator=gen(51))  # the same draw
+    log_prob = dist.log_prob(samples)
+    assert torch.isfinite(log_prob).all()
+    expected = _one_dim_log_prob(metric, reference[0], scale, scale * u)
+    assert (log_prob.double() - expected).abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("dim", (2, 3))
+def test_log_prob_of_a_shortened_reference_matches_autograd(dim):
+    metric = _metric(dim, 10.0, location_dim=4 * 2 * (dim + 1)).double()
+    origin = torch.randn(dim, generator=gen(52), dtype=torch.float64) * 50
+    rho = torch.linspace(0.5, 1.0, metric.location_dim // 2, dtype=torch.float64).repeat_interleave(2)
+    plain = _code_map(metric, origin, 1.0)
+    dist = FourierCodeDistribution(metric, plain(torch.zeros(dim, dtype=torch.float64)) * rho, 1.0)
+    for u in torch.randn(4, dim, generator=gen(53), dtype=torch.float64):
+        jac = torch.autograd.functional.jacobian(lambda v: plain(v) * rho, u)  # (L, dim)
+        expected = -0.5 * u.square().sum() - 0.5 * dim * math.log(2 * math.pi) - 0.5 * torch.logdet(jac.T @ jac)
+        assert dist.log_prob(plain(u) * rho).item() == pytest.approx(expected.item(), abs=1e-6)
+
+
+# -- non-finite input, frequencies, loading, dtypes ---------------------------------------------
+def test_non_finite_inputs_are_rejected_naming_the_argument():
+    metric = _metric(2, 10.0)
+    code = metric.sample((4,), generator=gen(54))
+    x = torch.zeros(4, 2)
+    bad_code, bad_x = code.clone(), x.clone()
+    bad_code[1, 7], bad_x[2, 0] = math.nan, math.inf  # pseudo_distance(code, bad_code) said 0.0: a match
+    calls = [
+        ("x", lambda: metric.encode(bad_x)),
+        ("code", lambda: metric.decode(bad_code)),
+        ("code_from", lambda: metric.displacement(bad_code, code)),
+        ("code_to", lambda: metric.displacement(code, bad_code)),
+        ("code", lambda: metric.apply_displacement(bad_code, x)),
+        ("delta", lambda: metric.apply_displacement(code, bad_x)),
+        ("a", lambda: metric.pseudo_distance(bad_code, code)),
+        ("b", lambda: metric.pseudo_distance(code, bad_code)),
+        ("a", lambda: metric.cross_distance(bad_code, code)),
+        ("b", lambda: metric.cross_distance(code, bad_code)),
+        ("delta_thetas", lambda: metric.displacement_variance(torch.zeros(60).index_fill(0, torch.tensor([3]),
+                                                                                         -math.inf))),
+        ("phases", lambda: _metric(2, 10.0, phases=torch.zeros(20).index_fill(0, torch.tensor([5]), math.nan))),
+        ("reference", lambda: FourierCodeDistribution(metric, bad_code, 0.5)),
+        ("scale", lambda: FourierCodeDistribution(metric, code, torch.tensor([0.5, math.nan, 0.5, 0.5]))),
+        ("value", lambda: FourierCodeDistribution(metric, code, 0.5).log_prob(bad_code)),
+    ]
+    for name, call in calls:
+        with pytest.raises(ValueError, match=rf"^{name}: expected finite values, got 1 non-finite"):
+            call()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(ratio=math.inf), "ratio: expected a finite number"),
+    (dict(ratio=1e30), r"ratio: expected frequencies .*<= 3\.40282e\+38"),
+    (dict(location_dim=6 * 200, ratio=2.0), r"ratio: expected frequencies .*J=200 modules"),
+    (dict(scale=1e-40), r"scale: expected frequencies"),
+    (dict(scale=3e38), r"scale: expected frequencies .*>= 1\.17549e-38"),
+])
+def test_frequencies_must_fit_the_buffers_dtype(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _metric(2, **{"scale": 10.0, **kwargs})
+
+
+def test_load_state_dict_restores_scale_and_ratio():
+    metric, other = _metric(2, 10.0), _metric(2, 1000.0, ratio=1.5, phases=_phases(20, 3))
+    metric.load_state_dict(other.state_dict())
+    assert (metric.scale, metric.ratio) == (1000.0, 1.5)
+    assert metric.extra_repr() == other.extra_repr()
+    assert torch.equal(metric.alphas, other.alphas) and torch.equal(metric.phases, other.phases)
+    assert metric.sample(2000, generator=gen(55)).shape == (2000, 120)
+    assert metric.decode(metric.sample(2000, generator=gen(55)))[1].norm(dim=-1).max() > 100  # radius 1000
+    # A state without the extra entry (the buffers alone): scale and ratio read from the frequencies.
+    buffers = {k: v for k, v in _metric(2, 250.0, ratio=1.25).state_dict().items() if k != "_extra_state"}
+    metric.load_state_dict(buffers)
+    assert metric.scale == pytest.approx(250.0, rel=1e-6) and metric.ratio == pytest.approx(1.25, rel=1e-6)
+    # Other shapes, and buffers that disagree with the recorded scale, fail naming the key.
+    with pytest.raises(ValueError, match=r"state_dict: 'alphas' must have shape \(20,\) .*got shape \(10,\)"):
+        metric.load_state_dict(_metric(2, 10.0, location_dim=60).state_dict())
+    with pytest.raises(ValueError, match=r"state_dict: 'directions' must have shape \(3, 2\)"):
+        metric.load_state_dict(_metric(3, 10.0, location_dim=160).state_dict())
+    state = _metric(2, 10.0).state_dict()
+    state["alphas"] = state["alphas"] * 2
+    with pytest.raises(ValueError, match=r"state_dict: 'alphas' .*scale=10\.0, ratio=1\.41421"):
+        metric.load_state_dict(state)
+    assert metric.scale == pytest.approx(250.0, rel=1e-6)  # a failed load leaves the attributes alone
+
+
+def test_inputs_are_cast_to_the_buffers_dtype():
+    metric, double = _metric(2, 10.0), _metric(2, 10.0).double()
+    x64 = torch.tensor([[400.0, -250.0], [3.0, 4.0]], dtype=torch.float64)
+    code = metric.encode(x64)
+    assert code.dtype == torch.float32 and torch.equal(code, metric.encode(x64.float()))
+    code64 = code.double()
+    for result in (metric.decode(code64)[1], metric.displacement(code64, code)[1],
+                   metric.apply_displacement(code, x64), metric.pseudo_distance(code64, code64),
+                   metric.cross_distance(code64, code64), metric.displacement_variance(torch.zeros(2, 60).double())):
+        assert result.dtype == torch.float32
+    assert double.encode(x64.float()).dtype == torch.float64
+    assert double.pseudo_distance(code, code).dtype == torch.float64
+    dist = FourierCodeDistribution(metric, code64, torch.tensor(0.5, dtype=torch.float64))
+    assert dist.sample((3,), generator=gen(56)).dtype == torch.float32
+    assert dist.log_prob(code64).dtype == torch.float32

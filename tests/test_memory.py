@@ -1,6 +1,7 @@
 import copy
 import io
 import math
+import re
 
 import numpy as np
 import pytest
@@ -358,3 +359,159 @@ def test_consolidate_needs_a_cpu_generator():
     with pytest.raises(TypeError, match="generator: expected a torch.Generator or None, got int"):
         memory.consolidate(topography, epochs=1, batch_size=8, generator=5)
     assert memory.map_ready is None or not memory.map_ready.any()  # checked before anything is fitted
+
+
+# ----------------------------------------------------------------- fine codes, merging, checks
+def memory_with(location_dim: int, scale: float, capacity: int, seed: int = 1, **kwargs) -> SpatialMemory:
+    return SpatialMemory(FourierMetric(location_dim, scale=scale),
+                         PseudoMetric(LandmarkField.dim, 32, generator=gen(seed)), capacity, **kwargs)
+
+
+@pytest.mark.parametrize("location_dim, scale, half, entries, recall_scale", [
+    (120, 10.0, 3.5, 400, 0.1),  # 20 modules, the finest wavelength 0.03: most are noise at 1 unit
+    (48, 512.0, 150.0, 3000, 0.5),  # the benchmark's code, all 8 modules coarse
+])
+def test_shortlist_holds_the_exact_nearest_entry_for_any_code(location_dim, scale, half, entries, recall_scale):
+    """The first stage must not lose the nearest entry: recall equals attention over all entries."""
+    misses, confidence_error, percept_error = 0, 0.0, 0.0
+    for seed in range(4):
+        g = gen(100 + seed)
+        memory = memory_with(location_dim, scale, entries, recall_scale=recall_scale)
+        metric = memory.location_metric
+        places = (2 * torch.rand(entries, 2, generator=g) - 1) * half  # all within scale of each other
+        memory.write(metric.encode(places)[None], unit_percepts(1, entries, generator=g))
+        revisits = places[torch.randint(entries, (150,), generator=g)] + 0.05 * torch.randn(150, 2, generator=g)
+        anywhere = (2 * torch.rand(150, 2, generator=g) - 1) * half
+        queries = metric.encode(torch.cat([revisits, anywhere]))[None]  # (1, 300, L)
+        stored_codes, stored_percepts = memory.entries(0)
+        dist_sq = metric.cross_distance(queries[0], stored_codes, squared=True)  # (300, n), exhaustive
+        nearest = dist_sq.min(-1).values
+        _, shortlisted = memory._shortlist(queries)
+        misses += int((shortlisted[0].min(-1).values > nearest * (1 + 1e-5) + 1e-7).sum())
+        two_s2 = 2 * memory.recall_scale ** 2
+        weights = torch.softmax(-dist_sq / two_s2, dim=-1)
+        # Attention beyond the 16 nearest is negligible here, so top-16 recall must match it.
+        assert weights.sort(-1, descending=True).values[:, memory.candidates:].sum(-1).max() < 5e-5
+        percepts, confidence = memory.recall_percept(queries)
+        confidence_error = max(confidence_error, float((confidence[0] - torch.exp(-nearest / two_s2)).abs().max()))
+        percept_error = max(percept_error, float((percepts[0] - weights @ stored_percepts).abs().max()))
+    assert (misses, confidence_error < 1e-5, percept_error < 1e-4) == (0, True, True), \
+        f"{misses} of 1200 queries lost their nearest entry; errors: confidence {confidence_error:.3g}, " \
+        f"percepts {percept_error:.3g}"
+
+
+def test_merged_revisits_stay_valid_codes_at_the_mean_place():
+    memory = memory_with(120, 10.0, 10, place_radius=1.0, percept_radius=0.2)
+    metric = memory.location_metric
+    g = gen(20)
+    centres = torch.tensor([[1.3, -2.1], [-2.0, 1.5]])
+    angle, radius = 2 * math.pi * torch.rand(2, 240, generator=g), 0.35 * torch.rand(2, 240, generator=g).sqrt()
+    places = centres[:, None] + radius[..., None] * torch.stack([angle.cos(), angle.sin()], -1)  # (2, 240, 2)
+    percepts = unit_percepts(2, generator=gen(21))
+    for t in list(range(120)) + list(range(120, 240, 6)):  # one at a time, then 6 merging in one call
+        for i in range(2):
+            chunk = places[i, t:t + (1 if t < 120 else 6)]
+            memory.write(metric.encode(chunk)[None], percepts[i].expand(len(chunk), -1)[None])
+    assert memory.size.item() == 2 and memory.counts[0, :2].tolist() == [240, 240]
+    codes, _ = memory.entries(0)
+    pairs = codes.unflatten(-1, (-1, 2)).norm(dim=-1)  # (2, J * 3)
+    assert torch.allclose(pairs, torch.ones_like(pairs), atol=1e-5)
+    mean = places.double().mean(1).float()  # (2, 2): every observation weighs one
+    assert torch.allclose(metric.decode(codes)[1], mean, atol=1e-5)
+    assert metric.pseudo_distance(codes, metric.encode(mean)).max() < 1e-5
+    # Fine codes of one place stay one place: a later visit still merges and recall is confident.
+    _, confidence = memory.recall_percept(metric.encode(places[:, 0])[:, None].transpose(0, 1))
+    assert confidence.min() > 0.5
+
+
+def test_non_finite_inputs_are_rejected_with_the_argument_named():
+    memory = new_memory(10, batch_size=2)
+    metric = memory.location_metric
+    codes = metric.encode(torch.tensor([[1.0, 2.0], [3.0, -1.0]]))
+    percepts = unit_percepts(2, generator=gen(22))
+    memory.write(codes, percepts)
+    before = copy.deepcopy(memory.state_dict())
+    for bad in (math.nan, math.inf, -math.inf):
+        spoiled_codes, spoiled_percepts = codes.clone(), percepts.clone()
+        spoiled_codes[1, 7] = bad
+        spoiled_percepts[0, 3] = bad
+        with pytest.raises(ValueError, match="codes: expected finite values"):
+            memory.write(spoiled_codes, percepts)
+        with pytest.raises(ValueError, match="codes: expected finite values"):
+            memory.write(spoiled_codes[:, None], percepts[:, None], mask=torch.tensor([[True], [False]]))
+        with pytest.raises(ValueError, match="percepts: expected finite values"):
+            memory.write(codes, spoiled_percepts)
+        with pytest.raises(ValueError, match="codes: expected finite values"):
+            memory.recall_percept(spoiled_codes)
+        with pytest.raises(ValueError, match="percepts: expected finite values"):
+            memory.recall_location(spoiled_percepts)
+    with pytest.raises(ValueError, match="codes: expected values within the range of torch.float32"):
+        memory.recall_percept(codes.double() * 1e300)
+    saved = memory.state_dict()
+    assert all(torch.equal(saved[key], value) for key, value in before.items() if isinstance(value, torch.Tensor))
+    _, confidence = memory.recall_percept(codes)
+    assert torch.isfinite(confidence).all() and confidence.min() > 0.99
+
+
+def test_consolidate_checks_its_arguments_before_changing_the_map():
+    memory = filled_memory(23)
+    topography = Topography(48 + LandmarkField.dim, 2, 3, generator=gen(0))
+    memory.consolidate(topography, epochs=1, batch_size=8, generator=gen(1))
+    units = memory.map_units(1)
+    other = Topography(48 + LandmarkField.dim, 3, 3, generator=gen(2))
+    weight = other.weight.detach().clone()
+    for kwargs, message in (({"sigma": (math.nan, 0.5)}, "sigma: expected a finite number"),
+                            ({"lr": (0.5, math.inf)}, "lr: expected a finite number"),
+                            ({"epochs": 0}, "epochs: expected >= 1"),
+                            ({"batch_size": 0}, "batch_size: expected >= 1")):
+        with pytest.raises(ValueError, match=message):
+            memory.consolidate(other, generator=gen(3), **{"epochs": 1, "batch_size": 8, **kwargs})
+        assert memory.topography is topography and torch.equal(other.weight, weight)
+        assert all(torch.equal(x, y) for x, y in zip(memory.map_units(1), units))
+
+
+def test_other_float_dtypes_are_cast_to_the_memory_dtype():
+    memory = new_memory(20)
+    metric = memory.location_metric
+    g = gen(24)
+    places, percepts = 5 * torch.rand(1, 8, 2, generator=g), unit_percepts(1, 8, generator=g)
+    twin = copy.deepcopy(memory)
+    memory.write(metric.encode(places), percepts)
+    twin.write(metric.encode(places).double(), percepts.double())
+    assert twin.codes.dtype == torch.float32
+    assert torch.equal(twin.codes, memory.codes) and torch.equal(twin.percepts, memory.percepts)
+    queries = metric.encode(places + 0.1).double()
+    want = memory.recall_percept(queries.float())
+    got = memory.recall_percept(queries)
+    assert all(x.dtype == torch.float32 and torch.allclose(x, y, atol=1e-6) for x, y in zip(got, want))
+    want = memory.recall_location(percepts + 0.01, k=2)
+    got = memory.recall_location((percepts + 0.01).double(), k=2)
+    assert all(x.dtype == torch.float32 and torch.allclose(x, y, atol=1e-6) for x, y in zip(got, want))
+    query = queries.clone().requires_grad_(True)  # gradients flow back to the float64 query
+    memory.recall_percept(query)[0].square().sum().backward()
+    assert query.grad.dtype == torch.float64 and query.grad.abs().sum() > 0
+
+
+def test_loading_a_state_of_another_shape_fails_naming_the_key_and_changes_nothing():
+    memory = filled_memory(25)
+    memory.consolidate(Topography(48 + LandmarkField.dim, 2, 3), agent=0, epochs=1, batch_size=8, generator=gen(0))
+    before = copy.deepcopy(memory.state_dict())
+    source = filled_memory(26)
+    source.consolidate(Topography(48 + LandmarkField.dim, 3, 4), agent=0, epochs=1, batch_size=8, generator=gen(0))
+    other_rank = SpatialMemory(FourierMetric(48, scale=64.0), PseudoMetric(LandmarkField.dim, 16, generator=gen(1)),
+                               40, 2)
+    cases = [(other_rank.state_dict(), "percept_metric.embedding"),
+             ({**source.state_dict(), "counts": torch.zeros(2, 41, dtype=torch.long)}, "counts"),
+             ({**source.state_dict(), "clock": torch.zeros(3, dtype=torch.long)}, "clock"),
+             ({**source.state_dict(), "map_weights": torch.zeros(2, 6, 92)}, "map_weights"),
+             ({**source.state_dict(), "location_metric.alphas": torch.zeros(9)}, "location_metric.alphas"),
+             ({**source.state_dict(), "codes": source.codes.clone().fill_(math.nan)}, "codes")]
+    for state, key in cases:
+        with pytest.raises(ValueError, match=rf"state_dict: '{re.escape(key)}'[ :]"):
+            memory.load_state_dict(state)
+        saved = memory.state_dict()
+        assert saved.keys() == before.keys()
+        for name, value in before.items():
+            assert torch.equal(saved[name], value) if isinstance(value, torch.Tensor) else saved[name] == value
+    memory.load_state_dict(source.state_dict())  # the intact state still loads, exactly
+    assert all(torch.equal(x, y) for x, y in zip(memory.map_units(0), source.map_units(0)))

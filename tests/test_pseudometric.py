@@ -235,3 +235,36 @@ def test_cuda_draws_with_a_cpu_generator_and_rejects_a_cuda_one():
         dist.rsample((4,), generator=torch.Generator("cuda"))
     with pytest.raises(ValueError, match="generator: expected a CPU torch.Generator"):
         PseudoMetric(16, 3, generator=torch.Generator("cuda"))
+
+
+# -- non-finite input, dtypes -------------------------------------------------------------------
+def test_non_finite_inputs_are_rejected_naming_the_argument():
+    metric = _metric(8, 2)
+    x = torch.randn(3, 8, generator=gen(30))
+    bad = x.clone()
+    bad[1, 2] = math.nan
+    dist = metric.distribution(x, 0.5)
+    calls = [("x", lambda: metric.pseudo_distance(bad, x)), ("y", lambda: metric.pseudo_distance(x, bad)),
+             ("x", lambda: metric.cross_distance(bad, x)), ("y", lambda: metric.cross_distance(x, bad)),
+             ("scale", lambda: metric.pseudo_distance(x, x, scale=torch.tensor([1.0, math.inf, 1.0]))),
+             ("scale", lambda: metric.cross_distance(x, x, scale=torch.tensor(math.nan))),
+             ("reference", lambda: metric.distribution(bad, 0.5)),
+             ("scale", lambda: metric.distribution(x, torch.tensor([0.5, math.inf, 0.5]))),
+             ("value", lambda: dist.log_prob(bad))]
+    for name, call in calls:
+        with pytest.raises(ValueError, match=rf"^{name}: expected finite values, got 1 non-finite"):
+            call()
+    with pytest.raises(ValueError, match="scale: expected a finite number"):
+        metric.pseudo_distance(x, x, scale=math.inf)
+
+
+def test_inputs_are_cast_to_the_embedding_dtype():
+    metric = _metric(8, 2)
+    x, y = torch.randn(2, 3, 8, generator=gen(31), dtype=torch.float64)
+    distance = metric.pseudo_distance(x, y)  # failed inside torch: double != float
+    assert distance.dtype == torch.float32 and torch.equal(distance, metric.pseudo_distance(x.float(), y.float()))
+    assert metric.cross_distance(x, y, scale=torch.tensor(2.0, dtype=torch.float64)).dtype == torch.float32
+    dist = metric.distribution(x, 0.5)
+    assert dist.sample((2,), generator=gen(32)).dtype == torch.float32 and dist.log_prob(y).dtype == torch.float32
+    double = _metric(8, 2).double()
+    assert double.pseudo_distance(x.float(), y.float()).dtype == torch.float64

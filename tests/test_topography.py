@@ -275,3 +275,87 @@ def test_cuda_fit_shuffles_with_a_cpu_generator_and_rejects_a_cuda_one():
     assert torch.allclose(on_cuda.weight.detach().cpu(), som.weight.detach(), atol=1e-4)
     with pytest.raises(ValueError, match="generator: expected a CPU torch.Generator"):
         on_cuda.fit(data.cuda(), 1, 8, generator=torch.Generator("cuda"))
+
+
+# ------------------------------------------------------------- best units far from the origin
+def _exact_sq(z: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Squared distances by direct differences, in float64.  (N, D), (U, D) -> (N, U)"""
+    return (z.double()[:, None] - w.double()).square().sum(-1)
+
+
+@pytest.mark.parametrize("offset", [1e3, 3e3, 1e4])
+@pytest.mark.parametrize("weights", ["with the data", "at the origin"])
+def test_best_units_are_exact_far_from_the_origin(offset, weights):
+    # ||z||^2 - 2 z.w + ||w||^2 in float32 picked the wrong unit for 54% of such inputs.
+    g = gen(60)
+    som = Topography(16, 6, 6, generator=g)
+    if weights == "with the data":
+        with torch.no_grad():
+            som.weight.copy_(offset + 1e-2 * torch.randn(36, 16, generator=g))
+    z = offset + 1e-2 * torch.randn(3000, 16, generator=g)
+    w = som.weight.detach().clone()
+    exact = _exact_sq(z, w)  # (N, U)
+    # Float32 steps of 1e-3 at 1e4 leave exact ties; keep the inputs whose three best units are not.
+    distinct = (exact.topk(3, dim=-1, largest=False).values.diff(dim=-1) > 0).all(-1)
+    z, exact = z[distinct], exact[distinct]
+    assert len(z) > 2500
+    first, second = exact.topk(2, dim=-1, largest=False).indices.unbind(-1)
+    assert torch.equal(som.bmu(z), first)
+    grid_sq, feature_sq = som(z)
+    assert torch.equal(grid_sq, som.grid_sq(first))
+    assert torch.allclose(feature_sq.double(), exact, rtol=1e-3, atol=1e-6 * exact.max().item())
+    distance = exact.gather(-1, first[:, None]).sqrt().squeeze(-1)  # (N,)
+    assert som.quantization_error(z) == pytest.approx(distance.mean().item(), rel=1e-4)
+    gap = (som.coords[first] - som.coords[second]).norm(dim=-1)
+    assert som.topographic_error(z) == pytest.approx((gap > som.neighbor_radius + 1e-4).double().mean().item())
+    h = torch.exp(-som.grid_sq(first).double() / (2 * 1.3**2))
+    assert som.loss(z, 1.3).item() == pytest.approx((h * exact).sum(-1).mean().item(), rel=1e-3)
+    record, = som.fit(z, 1, len(z), sigma=(1.0, 1.0), lr=(1.0, 1.0), generator=gen(61))
+    assert record["quantization_error"] == pytest.approx(distance.mean().item(), rel=1e-4)
+
+
+# ------------------------------------------------------- non-finite input, loading, dtypes
+def test_non_finite_inputs_are_rejected_naming_the_argument():
+    som = Topography(3, 2, 2, generator=gen(0))
+    bad = torch.randn(10, 3, generator=gen(1))
+    bad[4, 1] = math.nan
+    calls = [("z", lambda: som(bad)), ("z", lambda: som.loss(bad, 1.0)), ("z", lambda: som.bmu(bad)),
+             ("data", lambda: som.quantization_error(bad)), ("data", lambda: som.topographic_error(bad)),
+             ("data", lambda: som.fit(bad, 1, 4))]
+    for name, call in calls:
+        with pytest.raises(ValueError, match=rf"^{name}: expected finite values, got 1 non-finite"):
+            call()
+    with pytest.raises(ValueError, match="sigma: expected a finite number"):
+        som.neighborhood(torch.tensor([0]), math.nan)
+    with pytest.raises(ValueError, match="sigma: expected a finite number"):
+        som.loss(bad.nan_to_num(), math.inf)
+
+
+def test_loading_a_map_of_another_shape_fails_naming_the_key():
+    som = Topography(3, 2, 6, generator=gen(0))
+    with pytest.raises(ValueError, match=r"state_dict: 'weight' holds a 3x4 rectangular map.*this one is "
+                                         r"a 2x6 rectangular map"):
+        som.load_state_dict(Topography(3, 3, 4).state_dict())  # same (12, 3) weight: it loaded silently
+    with pytest.raises(ValueError, match=r"state_dict: 'weight' holds a 2x6 hexagonal map"):
+        som.load_state_dict(Topography(3, 2, 6, grid="hexagonal").state_dict())
+    with pytest.raises(ValueError, match=r"state_dict: 'weight' must have shape \(12, 3\) .*got shape \(12, 4\)"):
+        som.load_state_dict(Topography(4, 2, 6).state_dict())
+    same = Topography(3, 2, 6, generator=gen(1))
+    som.load_state_dict(same.state_dict())
+    assert torch.equal(som.weight, same.weight)
+    som.load_state_dict({"weight": 2 * same.weight.detach()})  # a bare weight of the right shape still loads
+    assert torch.equal(som.weight, 2 * same.weight)
+
+
+def test_inputs_are_cast_to_the_weights_dtype():
+    som = Topography(5, 3, 4, generator=gen(0))
+    z = torch.randn(20, 5, generator=gen(1), dtype=torch.float64)
+    grid_sq, feature_sq = som(z)
+    assert feature_sq.dtype == torch.float32 and torch.equal(feature_sq, som(z.float())[1])
+    assert torch.equal(som.bmu(z), som.bmu(z.float()))
+    assert som.loss(z, 1.0).dtype == torch.float32
+    assert som.quantization_error(z) == som.quantization_error(z.float())
+    double = Topography(5, 3, 4, generator=gen(0)).double()
+    assert double(z.float())[1].dtype == torch.float64
+    som.fit(z, 1, 8, generator=gen(2))
+    assert som.weight.dtype == torch.float32

@@ -126,3 +126,16 @@ def generator(value: Any, name: str = "generator") -> torch.Generator:
         raise ValueError(f"{name}: expected a CPU torch.Generator (draws happen on the CPU, then move to the "
                          f"tensors' device), got one on {value.device}")
     return value
+
+
+def finite_tensor(tensor: Any, name: str) -> torch.Tensor:
+    """A floating-point ``torch.Tensor`` with no NaN or infinite entry.
+
+    One ``torch.isfinite(tensor).all()`` pass (and, on an accelerator, one synchronization); the
+    entries are counted only to word the error.
+    """
+    float_tensor(tensor, name)
+    if not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ValueError(f"{name}: expected finite values, got {bad} non-finite (NaN or inf) of {tensor.numel()}")
+    return tensor
