@@ -3,19 +3,26 @@
 Both baselines read observations only (never the privileged ``info``) and draw their randomness
 from their own ``np.random.Generator``, seeded by ``reset(seed)``.
 
-The forager decodes percepts exactly. Every percept is a positive combination of vocabulary rows:
-sight is ``normalize(e_kind + e_name + e_phrase)`` and smell is ``sum_t k(d_t) s_t (e_kind_t +
+The forager decodes percepts from the vocabulary. Sight is one of finitely many vectors,
+``normalize(e_kind + e_name + e_phrase)`` over kinds, the world's pooled names and fruit phrases:
+the nearest of them names the seen tree's kind, name and fruit count, exactly on clean input and
+still almost always under the noisy world's percept noise. Smell is ``sum_t k(d_t) s_t (e_kind_t +
 e_name_t)`` with ``s_t = 1 / |e_kind_t + e_name_t|`` and the diffusion kernel
 ``k(d) = a^((d / L)^2)`` (``a`` = smell_attenuation, ``L`` = smell_distance). With linearly
 independent rows (the 384-d MiniLM table holds 150 words) least squares over the table recovers
-the coefficients up to float32 rounding (about 1e-6): the seen tree's kind, name and fruit count,
-and for every tree name its smell strength ``c_n = s_n k(d_n)``. Tree names are unique, so
-``ln c_n = ln s_n + ln(a) |x_n - p|^2 / L^2`` holds at every position ``p`` the agent has been: it
-is linear in the unknowns ``(ln s_n + ln(a) |x_n|^2 / L^2, x_n)``, and a weighted least-squares fit
-over the path (positions integrated from the observed motion) locates every tree the agent smells.
+every tree name's smell strength ``c_n = s_n k(d_n)`` up to float32 rounding (about 1e-6) plus the
+percept noise times the norm of the least-squares row (about 18 for MiniLM: a std of 0.36 at
+``percept_noise`` = 0.02, half the strongest smell, so no tree in the noisy world clears the
+detection floor of ``SMELL_DETECT`` stds).
+Tree names are unique, so ``ln c_n = ln s_n + ln(a) |x_n - p|^2 / L^2`` holds at every position
+``p`` the agent has been: it is linear in the unknowns ``(ln s_n + ln(a) |x_n|^2 / L^2, x_n)``, and
+a least-squares fit over the path (positions integrated from the observed motion), weighted by the
+noise, locates every tree the agent smells clearly. Sight locates the others: a tree seen at
+distance ``d`` lies near ``p + d * heading``, within the cone's lateral spread, and a Kalman filter
+fuses such sightings (allowing for the odometry's drift between them).
 The forager walks to the located trees most likely to bear edible fruit, learns each tree's kind
-and fruit count when it sees it, eats edible fruit until the tree is empty, never eats from a
-poisonous tree, and predicts regrowth (one fruit every ``regrow_every`` steps).
+and fruit count when it sees it, eats edible fruit until the tree is empty, never eats from a tree
+it sees is poisonous, and predicts regrowth (one fruit every ``regrow_every`` steps).
 """
 from __future__ import annotations
 
@@ -102,15 +109,19 @@ class SeenTree:
 
 
 class PerceptDecoder:
-    """Least-squares coefficients of percepts over the vocabulary's rows.
+    """Sight as the nearest possible percept; smell by least-squares coefficients over the vocabulary's rows.
 
     Args:
         vocabulary: a :class:`~treeworld.Vocabulary` whose (V, D) table has linearly independent
             rows (so D >= V = 150; the default 384-d MiniLM table qualifies).
+        name_pool: trees are named from the first ``name_pool`` names (the world's
+            ``config.name_pool``; default: all of them).
     """
 
-    def __init__(self, vocabulary: Vocabulary):
+    def __init__(self, vocabulary: Vocabulary, name_pool: int | None = None):
         checks.instance(vocabulary, Vocabulary, "vocabulary")
+        pool = vocabulary.num_names if name_pool is None else checks.integer(
+            name_pool, "name_pool", low=1, high=vocabulary.num_names)
         table = vocabulary.table.astype(np.float64)  # (V, D)
         singular = np.linalg.svd(table, compute_uv=False)
         if table.shape[0] > table.shape[1] or singular[-1] < 1e-6 * singular[0]:
@@ -118,20 +129,26 @@ class PerceptDecoder:
                              f"the {table.shape} table has rank < {table.shape[0]} (use D >= {table.shape[0]})")
         self.vocabulary = vocabulary
         self._pinv = np.linalg.pinv(table.T)  # (V, D): coefficients = pinv @ percept
+        # The (V,) std of each coefficient per unit of i.i.d. percept noise.
+        self.noise_gain = np.linalg.norm(self._pinv, axis=1)
+        # Every possible sight percept, as in treeworld.sensors.PerceptTables.sight: (K * P * F, D) float32.
+        v = vocabulary.table
+        combos = v[:vocabulary.num_kinds, None, None] + v[vocabulary.name_offset:][None, :pool, None] \
+            + v[vocabulary.phrase_offset:][None, None, :]  # (K, P, F, D)
+        self._sight_shape = combos.shape[:3]
+        self._sight_rows = (combos / np.linalg.norm(combos, axis=-1, keepdims=True)).reshape(-1, vocabulary.dim)
 
     def coefficients(self, percept: np.ndarray) -> np.ndarray:
         """(V,) coefficients c with ``percept ~= c @ table`` for a (D,) ``percept``."""
         return self._pinv @ np.asarray(percept, dtype=np.float64)
 
     def sight(self, sight: np.ndarray) -> SeenTree | None:
-        """The tree in a (D,) sight percept, or None for the zero percept (nothing seen)."""
+        """The tree whose percept is nearest to a (D,) sight percept, or None for the zero percept (nothing seen)."""
         if not np.any(sight):
             return None
-        v = self.vocabulary
-        c = self.coefficients(sight)  # (V,)
-        kind = int(np.argmax(c[:v.num_kinds]))
-        return SeenTree(kind=kind, name=int(np.argmax(c[v.name_offset:v.phrase_offset])),
-                        fruit=int(np.argmax(c[v.phrase_offset:])), poisonous=bool(v.poisonous[kind]))
+        nearest = int(np.argmax(self._sight_rows @ np.asarray(sight, dtype=np.float32)))  # unit rows: max dot = nearest
+        kind, name, fruit = (int(i) for i in np.unravel_index(nearest, self._sight_shape))
+        return SeenTree(kind=kind, name=name, fruit=fruit, poisonous=bool(self.vocabulary.poisonous[kind]))
 
     def smell(self, smell: np.ndarray) -> np.ndarray:
         """(num_names,) smell strength ``s_n k(d_n)`` of each tree name in a (D,) smell percept."""
@@ -139,33 +156,43 @@ class PerceptDecoder:
         return self.coefficients(smell)[v.name_offset:v.phrase_offset]
 
 
-SMELL_NOISE = 2e-6  # std of decoded smell coefficients (float32 rounding of the sensor)
-SMELL_FLOOR = 1e-5  # weaker coefficients are noise, not trees (about 400 units away by default)
+SMELL_NOISE = 2e-6  # std of decoded smell coefficients from float32 rounding of the sensor (added to percept noise)
+SMELL_FLOOR = 1e-5  # weaker coefficients are rounding, not trees (about 400 units away by default)
+SMELL_DETECT = 4.0  # and so are coefficients below this many noise stds
+SIGHT_FLOOR = 0.5  # std of a sighting's position beyond the cone's spread (world units)
 LOCATED_STD = 1.0  # a tree counts as located when its position's std is below this (world units)
 APPROACH = 1.5  # the forager stops this far from a tree to eat (world units)
 SWEEP_TURN = 0.8  # radians the heading turns per sweeping step (the sight cone is about 0.9 wide)
 GIVE_UP = 12  # sweeping steps at a located tree without seeing it before the forager gives up on it
 GIVE_UP_FOR = 300  # steps a tree is then skipped
 SCORE_DISTANCE = 30.0  # added to a tree's distance (world units) when scoring targets
+EXPLORE_DISTANCE = 100.0  # while trees are missing from the map, exploring scores as an unknown tree this far away
 KEEP_TARGET = 0.8  # keep the current target while its score is at least this fraction of the best
 WIGGLE = 0.4  # std of the exploring heading's turn per step (radians)
 HOME_RADIUS = 250.0  # exploring beyond this distance from the start steers back (trees cluster there)
-HOMING = 0.3  # fraction of the turn towards the start made per step beyond HOME_RADIUS
+HOMING = 0.3  # fraction of the turn towards the start (or the waypoint) made per step
+WAYPOINT_REACHED = 50.0  # an exploring waypoint this close (world units) is replaced by a new one
+WAYPOINT_CANDIDATES = 8  # random points in the home disc a new waypoint is chosen from
+PATH_EVERY = 10  # steps between the remembered points of the path
 
 
 class Forager:
     """A hand-written forager that maps trees by smell and checks them by sight (observations only).
 
     Each step it (1) integrates the observed motion into a position relative to its start, (2)
-    decodes sight (kind, name, fruit count of the tree ahead) and remembers it, (3) decodes smell
-    into per-name strengths and refits every tree's position (see the module docstring), then
-    (4) acts: eat when the seen tree is edible, has fruit and is within reach (standing still
-    until its fruit is gone); else walk to the located tree with the best expected edible fruit per
-    distance (unknown trees count with the world's poison probability and half the fruit; a target
-    in sight is believed at the seen distance inside the sight cone; at the believed spot without
-    seeing it, the forager turns on the spot to sweep the cone and gives up on it after a while);
-    else wait at the nearest edible tree for regrowth; else explore on a seeded wiggly walk that
-    stays near the start. It never eats from a tree it sees is poisonous.
+    decodes sight (kind, name, fruit count of the tree ahead), remembers it and fuses the sighting
+    into the tree's sighted position, (3) decodes smell into per-name strengths and refits every
+    tree's position (see the module docstring), then (4) acts: eat when the seen tree is edible,
+    has fruit and is within reach (standing still until its fruit is gone); else walk to the
+    located tree with the best expected edible fruit per distance (unknown trees count with the
+    world's poison probability and half the fruit; a target in sight is believed at the seen
+    distance inside the sight cone; at the believed spot without seeing it, the forager turns on
+    the spot to sweep the cone and gives up on it after a while); else wait at the nearest edible
+    tree for regrowth; else explore on a seeded wiggly walk that stays near the start. Where
+    smell misses trees near the start (noisy percepts), sight places the trees smell does not
+    locate and, while some of the ``config.num_trees`` trees are missing from the map, exploring
+    (towards waypoints away from its path) beats poor targets and waiting. It never eats from a
+    tree it sees is poisonous.
 
     Args:
         vocabulary: the world's vocabulary (default: the one ``config`` asks for).
@@ -176,13 +203,29 @@ class Forager:
     def __init__(self, vocabulary: Vocabulary | None = None, config: WorldConfig | None = None,
                  seed: int | None = None):
         self.config = _check_config(config)
-        self.decoder = PerceptDecoder(Vocabulary.for_config(self.config) if vocabulary is None else vocabulary)
+        self.decoder = PerceptDecoder(Vocabulary.for_config(self.config) if vocabulary is None else vocabulary,
+                                      self.config.name_pool)
         if self.decoder.vocabulary.dim != self.config.percept_dim:
             raise ValueError(f"vocabulary: expected {self.config.percept_dim}-d vectors (config.percept_dim), "
                              f"got {self.decoder.vocabulary.dim}-d")
         self._seed = _check_seed(seed)
         self._rng: np.random.Generator | None = None
         self._poisonous = self.decoder.vocabulary.poisonous  # (K,) bool
+        v = self.decoder.vocabulary
+        noise = self.config.percept_noise * self.decoder.noise_gain[v.name_offset:v.phrase_offset]
+        self._smell_std = np.hypot(noise, SMELL_NOISE)  # (num_names,) std of each decoded smell strength
+        self._smell_floor = np.maximum(SMELL_FLOOR, SMELL_DETECT * self._smell_std)
+        # A tree in sight lies uniformly in angle within the cone: a sighting's std along the heading
+        # and across it, per unit of seen distance.
+        half_width = math.acos(self.config.sight_cos)
+        self._sight_spread = np.array([(1 - self.config.sight_cos) / math.sqrt(12), half_width / math.sqrt(3)])
+        self._drift = self.config.motion_noise ** 2  # variance per axis and step of the dead reckoning's drift
+        # Smell misses trees in the explored area when the strongest smell at its edge is below the floor
+        # (noisy percepts); then sight places the trees smell does not locate, and exploring may find more.
+        kinds, names = v.table[:v.num_kinds], v.table[v.name_offset:v.name_offset + self.config.name_pool]
+        strongest = 1 / np.linalg.norm(kinds[:, None] + names[None], axis=-1).min()
+        edge = (HOME_RADIUS + self.config.sight_distance) / self.config.smell_distance
+        self._smell_misses = bool(np.median(self._smell_floor) > strongest * self.config.smell_attenuation ** edge ** 2)
 
     def reset(self, seed: int | None = None) -> None:
         seed = _check_seed(seed)
@@ -197,27 +240,40 @@ class Forager:
         self._fruit = np.full(n, -1)  # last seen fruit count, -1: unknown
         self._seen_at = np.zeros(n, dtype=np.int64)  # step of that sighting
         self._skip_until = np.zeros(n, dtype=np.int64)
+        self._sighted = np.zeros((n, 2))  # Kalman estimate of each tree's position from sightings
+        self._sighted_cov = np.zeros((n, 2, 2))  # and its covariance
+        self._sighted_at = np.full(n, -1)  # step of the last sighting, -1: never seen
         self._target = -1
         self._lost = 0  # sweeping steps at the target's believed spot without seeing it
         self._angle = float(self._rng.uniform(0.0, 2 * math.pi))
+        self._waypoint = np.zeros(2)  # where exploring heads when smell misses trees: replaced on arrival
+        self._path: list[np.ndarray] = []  # every PATH_EVERY-th position (2,) when smell misses trees
 
     def act(self, observation: dict) -> np.ndarray:
         if self._rng is None:
             raise RuntimeError("Forager.act() called before reset()")
         dim = self.decoder.vocabulary.dim
         self._position += _field(observation, "motion", (2,))
+        if self._smell_misses and self._step % PATH_EVERY == 0:
+            self._path.append(self._position.copy())
         seen = self.decoder.sight(_field(observation, "sight", (dim,)))
         distance = _field(observation, "sight_distance", (1,))[0] * self.config.sight_distance
         self._update_map(self.decoder.smell(_field(observation, "smell", (dim,))))
+        heading = _field(observation, "heading", (2,))
         if seen is not None:
             self._kind[seen.name], self._fruit[seen.name], self._seen_at[seen.name] = seen.kind, seen.fruit, self._step
+            self._add_sighting(seen.name, distance, heading)
         positions, located = self.tree_map()
-        action = self._decide(seen, distance, _field(observation, "heading", (2,)), positions, located)
+        action = self._decide(seen, distance, heading, positions, located)
         self._step += 1
         return action
 
     def tree_map(self) -> tuple[np.ndarray, np.ndarray]:
-        """Believed tree positions relative to the start, (num_names, 2), and which are located (num_names,) bool."""
+        """Believed tree positions relative to the start, (num_names, 2), and which are located (num_names,) bool.
+
+        A tree is located when the smell fit places it to within ``LOCATED_STD`` or, where smell
+        misses trees (noisy percepts), once it has been seen: then it is believed where the sightings
+        place it."""
         if self._rng is None:
             raise RuntimeError("Forager.tree_map() called before reset()")
         n = len(self._rhs)
@@ -229,18 +285,35 @@ class Forager:
         scale = self.config.smell_distance
         std = scale * SMELL_NOISE * np.sqrt(np.maximum(inverse[:, 1, 1], inverse[:, 2, 2]))  # (R,)
         positions[rows], located[rows] = solution[:, 1:] * scale, std < LOCATED_STD
+        sighted = ~located & (self._sighted_at >= 0) & self._smell_misses
+        positions[sighted], located[sighted] = self._sighted[sighted], True
         return positions, located
 
     def _update_map(self, strength: np.ndarray) -> None:
         """Add this position's smell strengths (num_names,) to every smelled tree's fit."""
-        smelled = strength > SMELL_FLOOR
+        smelled = strength > self._smell_floor
         q = self._position / self.config.smell_distance  # (2,)
         log_a = math.log(self.config.smell_attenuation)
         features = np.array([1.0, -2 * log_a * q[0], -2 * log_a * q[1]])  # (3,)
-        weight = strength[smelled] ** 2  # inverse variance of ln(c) (up to SMELL_NOISE^2)
+        weight = (strength[smelled] * SMELL_NOISE / self._smell_std[smelled]) ** 2  # SMELL_NOISE^2 / variance of ln(c)
         target = np.log(strength[smelled]) - log_a * (q @ q)
         self._normal[smelled] += weight[:, None, None] * np.outer(features, features)
         self._rhs[smelled] += (weight * target)[:, None] * features
+
+    def _add_sighting(self, name: int, distance: float, heading: np.ndarray) -> None:
+        """Fuse a sighting of tree ``name`` at ``distance`` along the unit ``heading`` (2,) into its estimate."""
+        across = np.array([-heading[1], heading[0]])
+        along_std, across_std = SIGHT_FLOOR + distance * self._sight_spread
+        noise = along_std ** 2 * np.outer(heading, heading) + across_std ** 2 * np.outer(across, across)  # (2, 2)
+        sighting = self._position + distance * heading
+        if self._sighted_at[name] < 0:
+            self._sighted[name], self._sighted_cov[name] = sighting, noise
+        else:  # a Kalman update, the old estimate blurred by the drift since it was made
+            prior = self._sighted_cov[name] + self._drift * (self._step - self._sighted_at[name]) * np.eye(2)
+            gain = prior @ np.linalg.inv(prior + noise)
+            self._sighted[name] += gain @ (sighting - self._sighted[name])
+            self._sighted_cov[name] = prior - gain @ prior
+        self._sighted_at[name] = self._step
 
     def _decide(self, seen: SeenTree | None, distance: float, heading: np.ndarray, positions: np.ndarray,
                 located: np.ndarray) -> np.ndarray:
@@ -261,7 +334,7 @@ class Forager:
                 return self._move(np.array([math.cos(self._angle), math.sin(self._angle)]), 1.0, eat=False)
             return self._move(offset, max(np.hypot(*offset) - APPROACH, 0.5), eat=False)
         edible = located & (self._kind >= 0) & ~self._poisonous[np.maximum(self._kind, 0)]
-        if edible.any():  # everything known is eaten: wait at the nearest edible tree for regrowth
+        if edible.any() and not self._may_find_trees(located):  # all eaten: wait at the nearest edible tree
             offsets = positions[edible] - self._position
             offset = offsets[np.argmin(np.hypot(offsets[:, 0], offsets[:, 1]))]
             return self._move(offset, max(np.hypot(*offset) - APPROACH, 0.0), eat=False)
@@ -283,6 +356,8 @@ class Forager:
         offsets = positions - self._position
         score = fruit * edible / (np.hypot(offsets[:, 0], offsets[:, 1]) + SCORE_DISTANCE)  # (N,)
         score[~located | (self._skip_until > self._step)] = 0.0
+        if self._may_find_trees(located):  # then exploring is worth an unknown tree EXPLORE_DISTANCE away
+            score[score < (1 - c.poison_probability) * c.max_fruit / 2 / (EXPLORE_DISTANCE + SCORE_DISTANCE)] = 0.0
         best = int(np.argmax(score))
         if score[best] <= 0:
             return -1
@@ -291,13 +366,36 @@ class Forager:
         self._lost = 0
         return best
 
+    def _may_find_trees(self, located: np.ndarray) -> bool:
+        """Whether exploring may find trees missing from the map (smell would have located those near the start)."""
+        return self._smell_misses and located.sum() < self.config.num_trees
+
     def _explore(self) -> np.ndarray:
-        """A seeded wiggly walk (it sweeps the sight cone and makes the smell fits well-posed)."""
+        """A seeded wiggly walk (it sweeps the sight cone and makes the smell fits well-posed) that
+        steers back to the start beyond ``HOME_RADIUS`` or, where sight must find the trees (smell
+        misses them), towards waypoints within ``HOME_RADIUS`` of the start, away from its path."""
         self._angle += float(self._rng.normal(0.0, WIGGLE))
-        if np.hypot(*self._position) > HOME_RADIUS:
-            home = math.atan2(-self._position[1], -self._position[0])
-            self._angle += HOMING * math.remainder(home - self._angle, 2 * math.pi)
+        goal = None
+        if self._smell_misses:
+            if np.hypot(*(self._waypoint - self._position)) < WAYPOINT_REACHED:
+                self._waypoint = self._new_waypoint()
+            goal = self._waypoint
+        elif np.hypot(*self._position) > HOME_RADIUS:
+            goal = np.zeros(2)
+        if goal is not None:
+            offset = goal - self._position
+            self._angle += HOMING * math.remainder(math.atan2(offset[1], offset[0]) - self._angle, 2 * math.pi)
         return self._move(np.array([math.cos(self._angle), math.sin(self._angle)]), self.config.max_step, eat=False)
+
+    def _new_waypoint(self) -> np.ndarray:
+        """Of ``WAYPOINT_CANDIDATES`` random points within ``HOME_RADIUS`` of the start, the (2,) one
+        farthest from the path."""
+        radius = HOME_RADIUS * np.sqrt(self._rng.random(WAYPOINT_CANDIDATES))
+        angle = self._rng.uniform(0.0, 2 * math.pi, WAYPOINT_CANDIDATES)
+        candidates = radius[:, None] * np.stack([np.cos(angle), np.sin(angle)], axis=1)  # (C, 2)
+        path = np.array(self._path + [self._position])  # (P, 2)
+        gaps = np.linalg.norm(candidates[:, None] - path[None], axis=-1).min(axis=1)  # (C,) distance to the path
+        return candidates[np.argmax(gaps)]
 
     def _move(self, direction: np.ndarray, length: float, eat: bool) -> np.ndarray:
         """The action moving ``length`` world units (none if <= 0) along ``direction`` (2,), eating or not."""
