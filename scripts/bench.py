@@ -18,6 +18,8 @@ import pathlib
 import platform
 import sys
 
+import treeworld  # noqa: F401  (first: its OpenMP spin setting must precede torch and numba)
+
 import numba
 import numpy as np
 import torch

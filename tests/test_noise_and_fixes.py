@@ -8,6 +8,8 @@ import copy
 import os
 import pickle
 import pydoc
+import subprocess
+import sys
 from dataclasses import fields
 from pathlib import Path
 
@@ -715,3 +717,18 @@ def test_sb3_video_recorder_records_the_adapter(tmp_path):
         venv.step(np.zeros((2, 3), np.float32))
     venv.close()
     assert list(tmp_path.glob("*.mp4"))
+
+
+def test_importing_treeworld_shortens_openmp_spinning_unless_the_user_chose():
+    # Failed on 87b832b: nothing set GOMP_SPINCOUNT, so OpenMP threads spun ~300,000 times after
+    # each parallel region and a competing process made the parallel kernels several times slower.
+    code = "import os, treeworld; print(os.environ.get('GOMP_SPINCOUNT'))"
+    clean = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    default = subprocess.run([sys.executable, "-c", code], env=clean, capture_output=True, text=True, check=True)
+    assert default.stdout.strip() == "3000"
+    chosen = subprocess.run([sys.executable, "-c", code], env={**clean, "GOMP_SPINCOUNT": "77"},
+                            capture_output=True, text=True, check=True)
+    assert chosen.stdout.strip() == "77"
+    passive = subprocess.run([sys.executable, "-c", code], env={**clean, "OMP_WAIT_POLICY": "PASSIVE"},
+                             capture_output=True, text=True, check=True)
+    assert passive.stdout.strip() == "None"
