@@ -1,4 +1,5 @@
-"""Baseline agents: the :class:`Agent` protocol, a correlated random walker and a hand-written forager.
+"""Baseline agents (see :class:`~treeworld.agents.protocol.Agent`): a correlated random walker and a
+hand-written forager.
 
 Both baselines read observations only (never the privileged ``info``) and draw their randomness
 from their own ``np.random.Generator``, seeded by ``reset(seed)``.
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol, runtime_checkable
+from typing import Any, Mapping
 
 import numpy as np
 from gymnasium import spaces
@@ -36,21 +37,6 @@ from gymnasium import spaces
 from treeworld import checks
 from treeworld.config import WorldConfig
 from treeworld.vocabulary import Vocabulary
-
-
-@runtime_checkable
-class Agent(Protocol):
-    """What the runner drives: ``reset`` before an episode, then ``act`` on every observation.
-
-    An agent may also have ``overlays``: a list of :mod:`treeworld.overlay` primitives in world
-    coordinates, copied to ``env.unwrapped.overlays`` before each frame to draw its beliefs.
-    """
-
-    def reset(self, seed: int | None = None) -> None:
-        """Start an episode; a non-None ``seed`` reseeds the agent's generator."""
-
-    def act(self, observation: dict) -> np.ndarray:
-        """The (3,) float32 action in [-1, 1] for a TreeWorldEnv ``observation``."""
 
 
 class RandomWalker:
