@@ -104,8 +104,9 @@ class WorldBatch:
             kept = np.ones(self.num_envs, dtype=bool)
             kept[list(restart)] = False
             transition = _masked(transition, from_numpy(kept, self.backend, self.device))
-        rows = [i for i in range(self.num_envs) if i not in set(restart)] if len(restart) else range(self.num_envs)
-        tasks.draw_goals(self.config, self.state, rows, self.rngs)
+        if self.config.task == "homing":  # the restarted rows drew theirs in reset
+            restarted = set(restart)
+            tasks.draw_goals(self.config, self.state, [i for i in range(self.num_envs) if i not in restarted], self.rngs)
         return transition
 
     def observe(self, rows: Sequence[int] | None = None, squeeze: bool = False) -> dict[str, Any]:

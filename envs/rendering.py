@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import gymnasium
 import numpy as np
 
+from treeworld import checks
 from treeworld.backend import to_numpy
 from treeworld.config import WorldConfig
 from treeworld.overlay import OVERLAY_TYPES, Circle, HeatMap, Overlay, Point, Segment, Text
@@ -139,19 +140,10 @@ class Renderer:
     ``render_fps`` frames per second."""
 
     def __init__(self, config: WorldConfig, vocabulary: Vocabulary, size: int = 600, render_fps: int = 30) -> None:
-        if not isinstance(config, WorldConfig):
-            raise TypeError(f"config: expected a WorldConfig, got {type(config).__name__}")
-        if not isinstance(vocabulary, Vocabulary):
-            raise TypeError(f"vocabulary: expected a Vocabulary, got {type(vocabulary).__name__}")
-        for name, value, low in (("size", size, 64), ("render_fps", render_fps, 1)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-                raise TypeError(f"{name}: expected int, got {type(value).__name__} ({value!r})")
-            if value < low:
-                raise ValueError(f"{name}: expected an int >= {low}, got {value}")
-        self.config = config
-        self.vocabulary = vocabulary
-        self.size = int(size)
-        self.render_fps = int(render_fps)
+        self.config = checks.instance(config, WorldConfig, "config")
+        self.vocabulary = checks.instance(vocabulary, Vocabulary, "vocabulary")
+        self.size = checks.integer(size, "size", low=64)
+        self.render_fps = checks.integer(render_fps, "render_fps", low=1)
         self._history: dict[int, _History] = {}  # world index -> last drawn counters, fruit and eat marks
         self._fonts: dict[int, Any] = {}
         self._window = None
@@ -244,12 +236,7 @@ class Renderer:
 
     @staticmethod
     def _check_index(state: Any, index: int) -> int:
-        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
-            raise TypeError(f"index: expected int, got {type(index).__name__} ({index!r})")
-        batch = state.agent_position.shape[0]
-        if not 0 <= index < batch:
-            raise ValueError(f"index: expected a world in [0, {batch}), got {index}")
-        return int(index)
+        return checks.integer(index, "index", low=0, high=state.agent_position.shape[0] - 1)
 
     def _update_history(self, index: int, world: SimpleNamespace) -> list[_EatMark]:
         """Remember world ``index`` as drawn now; return its eat marks still showing, new eats included."""
@@ -621,13 +608,7 @@ def _one_world(state: Any, index: int) -> SimpleNamespace:
 
 
 def _check_episode(episode: int | None) -> int | None:
-    if episode is None:
-        return None
-    if isinstance(episode, bool) or not isinstance(episode, (int, np.integer)):
-        raise TypeError(f"episode: expected int or None, got {type(episode).__name__} ({episode!r})")
-    if episode < 0:
-        raise ValueError(f"episode: expected an int >= 0, got {episode}")
-    return int(episode)
+    return None if episode is None else checks.integer(episode, "episode", low=0)
 
 
 def _check_trail(trail: Any) -> np.ndarray | None:

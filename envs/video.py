@@ -12,6 +12,8 @@ from typing import Sequence
 import imageio.v3 as iio
 import numpy as np
 
+from treeworld import checks
+
 FORMATS = ("gif", "mp4")
 
 
@@ -20,10 +22,7 @@ def encode_video(frames: Sequence[np.ndarray], fps: int, format: str) -> bytes:
     ``fps`` frames per second; ``format``: "gif" or "mp4". Returns the encoded file's bytes."""
     if format not in FORMATS:
         raise ValueError(f"format: expected one of {FORMATS}, got {format!r}")
-    if isinstance(fps, bool) or not isinstance(fps, (int, np.integer)):
-        raise TypeError(f"fps: expected int, got {type(fps).__name__} ({fps!r})")
-    if fps < 1:
-        raise ValueError(f"fps: expected an int >= 1, got {fps}")
+    fps = checks.integer(fps, "fps", low=1)
     video = _stack(frames)  # (N, H, W, 3)
     if format == "gif":
         return iio.imwrite("<bytes>", video, extension=".gif", duration=1000.0 / fps, loop=0)

@@ -13,6 +13,7 @@ from typing import Union
 
 import numpy as np
 
+from treeworld import checks
 from treeworld.backend import to_numpy
 
 Color = tuple[int, int, int]
@@ -36,7 +37,7 @@ class Point:
     def __post_init__(self) -> None:
         _set(self, "xy", _xy(self.xy, "xy"))
         _set(self, "color", _color(self.color))
-        _set(self, "radius_px", _positive_int(self.radius_px, "radius_px"))
+        _set(self, "radius_px", checks.count(self.radius_px, "radius_px"))
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,9 @@ class Circle:
 
     def __post_init__(self) -> None:
         _set(self, "center", _xy(self.center, "center"))
-        _set(self, "radius", _positive_float(self.radius, "radius"))
+        _set(self, "radius", checks.positive(self.radius, "radius"))
         _set(self, "color", _color(self.color))
-        _set(self, "width_px", _positive_int(self.width_px, "width_px"))
+        _set(self, "width_px", checks.count(self.width_px, "width_px"))
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class Segment:
         _set(self, "start", _xy(self.start, "start"))
         _set(self, "end", _xy(self.end, "end"))
         _set(self, "color", _color(self.color))
-        _set(self, "width_px", _positive_int(self.width_px, "width_px"))
+        _set(self, "width_px", checks.count(self.width_px, "width_px"))
 
 
 @dataclass(frozen=True)
@@ -120,15 +121,12 @@ class HeatMap:
         if not all(math.isfinite(v) for v in (xmin, xmax, ymin, ymax)) or xmin >= xmax or ymin >= ymax:
             raise ValueError(f"extent: expected finite xmin < xmax and ymin < ymax, got {self.extent!r}")
         _set(self, "extent", (xmin, xmax, ymin, ymax))
-        alpha = _float(self.alpha, "alpha")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha: expected a number in [0, 1], got {self.alpha}")
-        _set(self, "alpha", alpha)
+        _set(self, "alpha", checks.real(self.alpha, "alpha", low=0.0, high=1.0))
         if self.colormap not in COLORMAPS:
             raise ValueError(f"colormap: expected one of {sorted(COLORMAPS)}, got {self.colormap!r}")
         for name in ("vmin", "vmax"):
             if getattr(self, name) is not None:
-                _set(self, name, _float(getattr(self, name), name))
+                _set(self, name, checks.real(getattr(self, name), name))
         if self.vmin is not None and self.vmax is not None and self.vmin >= self.vmax:
             raise ValueError(f"vmin: expected vmin < vmax, got vmin={self.vmin}, vmax={self.vmax}")
 
@@ -153,27 +151,6 @@ def _set(obj: object, name: str, value: object) -> None:
     object.__setattr__(obj, name, value)  # normalize a field of a frozen dataclass in __post_init__
 
 
-def _float(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
-        raise TypeError(f"{name}: expected a number, got {type(value).__name__} ({value!r})")
-    if not math.isfinite(value):
-        raise ValueError(f"{name}: expected a finite number, got {value}")
-    return float(value)
-
-
-def _positive_float(value: object, name: str) -> float:
-    result = _float(value, name)
-    if result <= 0:
-        raise ValueError(f"{name}: expected a number > 0, got {value}")
-    return result
-
-
-def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name}: expected int, got {type(value).__name__} ({value!r})")
-    if value < 1:
-        raise ValueError(f"{name}: expected an int >= 1, got {value}")
-    return int(value)
 
 
 def _xy(value: object, name: str) -> tuple[float, float]:
