@@ -14,11 +14,10 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
-from treeworld import checks
+from treeworld import checks, tasks
 from treeworld.backend import from_numpy, to_numpy
 from treeworld.config import WorldConfig
 from treeworld.kernels import CompiledPhysics
-from treeworld import tasks
 from treeworld.sensors import PerceptTables, observation_layout, observe, odometry
 from treeworld.tasks import GoalEvents
 from treeworld.vocabulary import Vocabulary
