@@ -1,0 +1,406 @@
+"""Planner: where to go and when to eat, from the agent's beliefs (batched over B agents).
+
+Inputs are beliefs, never the world: the believed position ``(B, 2)``, remembered trees (believed
+positions ``(B, M, 2)``, a validity mask ``(B, M)``, valence mean and std ``(B, M)`` from
+:class:`~treeworld.agents.valence.ValenceReadout`, the fruit seen at the last sight ``(B, M)`` and
+the step of that sight ``(B, M)``), what is in sight now, health and the step.
+
+The rules (constants in :class:`PlannerConfig`):
+
+- Kinds. From a valence mean ``m`` in (-1, 1) and its std ``s``: *poisonous* when
+  ``m < -poison_threshold`` and ``s <= known_std`` (never targeted, never eaten, whatever else
+  holds); *edible* when ``m > 0`` and ``s <= known_std``; anything else is *unknown* (a first
+  bite is a risk of ``fruit_health``): allowed only when ``health >= risk_reserve * fruit_health``.
+- Expected fruit. The world regrows one fruit on every tree on a global clock (steps that are
+  multiples of ``regrow_every``), so the fruit now of a tree seen with ``f`` at step ``t`` is
+  ``min(max_fruit, f + floor(now / R) - floor(t / R))`` (exact when nobody ate it since).
+- Score of a remembered tree: ``P(edible) * expected_fruit / (distance + distance_offset)`` with
+  ``P(edible) = (1 + m) / 2`` (the valence mean is ``E[2 Phi(f) - 1]``), times
+  ``unknown_discount`` for unknown kinds; ``-inf`` for poisonous kinds, invalid slots and
+  unaffordable unknowns; trees with no expected fruit score 0 and are never chosen.
+- Hysteresis. The current target is kept unless another scores more than ``hysteresis`` times
+  its score (or it no longer scores above 0).
+- Eating. Eat when the tree in sight is within ``eat_radius``, shows fruit, and is edible (or
+  unknown and the risk affordable); never when it is poisonous. Caveat: the world feeds on the
+  nearest tree in reach, which may be another tree than the one in sight (behind the agent).
+- Exploring. Head away from the density of given places (visited places, map units, remembered
+  trees: repulsion ``sum (p - v) / |p - v| * exp(-|p - v| / explore_scale)``), bent inward over the
+  last ``wall_margin`` before the arena wall, turning at most ``max_turn`` radians per step (plus
+  ``explore_jitter`` radians of noise), at full speed.
+- :meth:`Planner.act` combines them: a homing goal place (rows with ``goal_mask``) -> straight
+  there, stopping on it; else a target -> to it, slowing to stop ``stop_fraction * eat_radius``
+  short (and nudging toward it once there, so the heading, hence sight, faces it); else explore.
+  Eating follows :meth:`Planner.eat_decision` in every mode.
+
+Everything is a pure function of its arguments (the light state, the current target and heading,
+is passed in and returned), so a batch equals its rows run one by one, except for the random
+draws of exploration (``explore_jitter``, and a random heading when none is known).
+Bad shapes or non-finite values raise ValueError naming the argument; wrong types TypeError.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, NamedTuple
+
+import torch
+
+from treeworld import checks
+
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    """Named constants of the planner (world ones default to :class:`treeworld.WorldConfig`'s)."""
+
+    max_step: float = 5.0  # world units moved per step at |displacement action| = 1
+    eat_radius: float = 10.0  # a tree is in reach within this distance (world units)
+    arena_radius: float | None = 500.0  # disc arena radius (None: open plane, no wall bias)
+    regrow_every: int = 100  # steps between the world's regrowth ticks (one fruit per tree)
+    max_fruit: int = 5  # most fruit a tree carries
+    fruit_health: float = 25.0  # health gained (edible) or lost (poison) per bite
+    poison_threshold: float = 0.3  # valence mean below -this (with a known std) = believed poisonous
+    known_std: float = 0.5  # valence std at or below this = the kind is known; above = unknown
+    unknown_discount: float = 0.5  # value of an unknown kind's fruit, relative to a sure one
+    risk_reserve: float = 4.0  # a first bite needs health >= risk_reserve * fruit_health (100)
+    distance_offset: float = 20.0  # added to the distance: score = value / (distance + offset)
+    hysteresis: float = 1.5  # switch targets only to one scoring > hysteresis * current score
+    stop_fraction: float = 0.5  # stop this fraction of eat_radius short of a target tree
+    nudge: float = 0.1  # step (world units) toward a target already within the stop distance
+    explore_scale: float = 50.0  # length scale (world units) of the repulsion from known places
+    wall_margin: float = 100.0  # start bending inward this far from the arena wall
+    max_turn: float = 0.3  # largest heading change per exploring step (radians)
+    explore_jitter: float = 0.05  # std of the random heading noise per exploring step (radians)
+
+    def __post_init__(self):
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("regrow_every", "max_fruit"):
+                checks.integer(value, f.name, low=1 if f.name == "regrow_every" else 0)
+            elif f.name == "arena_radius":
+                if value is not None:
+                    checks.positive(value, f.name)
+            elif f.name in ("hysteresis",):
+                checks.real(value, f.name, low=1.0)
+            elif f.name in ("stop_fraction", "unknown_discount"):
+                checks.real(value, f.name, low=0.0, high=1.0)
+            elif f.name in ("poison_threshold", "known_std"):
+                checks.real(value, f.name, low=0.0, high=1.0)
+            elif f.name in ("max_step", "eat_radius", "explore_scale", "max_turn"):
+                checks.positive(value, f.name)
+            else:
+                checks.positive(value, f.name, strict=False)
+
+
+class Plan(NamedTuple):
+    action: torch.Tensor  # (B, 3) float32 in [-1, 1]: (dx, dy) / max_step, eat (> 0) or not
+    target: torch.Tensor  # (B,) int64 remembered tree targeted, -1 for none
+    heading: torch.Tensor  # (B, 2) unit direction of this step's move (the previous one if no move)
+    mode: torch.Tensor  # (B,) int64: 0 explore, 1 go to a target tree, 2 homing
+
+
+EXPLORE, FORAGE, HOMING = 0, 1, 2
+
+
+# ---------------------------------------------------------------------------------------- checks
+def _float(x: Any, name: str, shape: tuple[int, ...], allow_inf: bool = False) -> torch.Tensor:
+    checks.float_tensor(x, name)
+    if tuple(x.shape) != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {tuple(x.shape)}")
+    if allow_inf:
+        if bool(torch.isnan(x).any()):
+            raise ValueError(f"{name}: expected no NaN, got {int(torch.isnan(x).sum())} NaN of {x.numel()}")
+    else:
+        checks.finite_tensor(x, name)
+    return x
+
+
+def _bool(x: Any, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    if x.dtype != torch.bool:
+        raise TypeError(f"{name}: expected a bool tensor, got {x.dtype}")
+    if tuple(x.shape) != shape:
+        raise ValueError(f"{name}: expected shape {shape}, got {tuple(x.shape)}")
+    return x
+
+
+def _batch(position: Any) -> int:
+    checks.last_dim(position, 2, "position", "2")
+    if position.ndim != 2:
+        raise ValueError(f"position: expected shape (B, 2), got {tuple(position.shape)}")
+    checks.finite_tensor(position, "position")
+    return position.shape[0]
+
+
+def _steps(x: Any, name: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A step count: a number or a tensor broadcastable to ``shape``, as float64."""
+    if isinstance(x, torch.Tensor):
+        if x.dtype == torch.bool:
+            raise TypeError(f"{name}: expected a number or a numeric tensor, got {x.dtype}")
+        t = x.to(torch.float64)
+        try:
+            t = torch.broadcast_to(t, shape)
+        except RuntimeError:
+            raise ValueError(f"{name}: expected a shape broadcastable to {shape}, got {tuple(x.shape)}") from None
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: expected finite values")
+        return t.to(like.device)
+    return torch.full(shape, checks.real(x, name), dtype=torch.float64, device=like.device)
+
+
+def _health(health: Any, batch: int, like: torch.Tensor) -> torch.Tensor:
+    if isinstance(health, torch.Tensor):
+        return _float(health, "health", (batch,)).to(like.device, torch.float64)
+    return torch.full((batch,), checks.real(health, "health"), dtype=torch.float64, device=like.device)
+
+
+def _unit(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    norm = v.norm(dim=-1, keepdim=True)
+    return v / norm.clamp_min(_EPS), norm[..., 0]
+
+
+# -------------------------------------------------------------------------------------- planner
+class Planner:
+    """The planner of a TEM agent (stateless: state goes in and comes back in :class:`Plan`)."""
+
+    def __init__(self, config: PlannerConfig | None = None):
+        self.config = PlannerConfig() if config is None else checks.instance(config, PlannerConfig, "config")
+
+    # -------------------------------------------------------------------------------- beliefs
+    def kinds(self, valence_mean: torch.Tensor, valence_std: torch.Tensor, health: torch.Tensor):
+        """Boolean masks (poisonous, edible, unknown-and-affordable) of valence beliefs; ``health``
+        broadcasts against the last axis (pass it as ``(B, 1)`` for ``(B, M)`` beliefs)."""
+        c = self.config
+        known = valence_std <= c.known_std
+        poisonous = known & (valence_mean < -c.poison_threshold)
+        edible = known & (valence_mean > 0)
+        affordable = health >= c.risk_reserve * c.fruit_health
+        risky = ~poisonous & ~edible & affordable
+        return poisonous, edible, risky
+
+    def expected_fruit(self, fruit_estimate: torch.Tensor, last_seen: Any, now: Any,
+                       regrow_every: int | None = None, max_fruit: int | None = None) -> torch.Tensor:
+        """Fruit expected now on each remembered tree: the fruit at its last sight plus the world's
+        regrowth ticks since, ``floor(now / R) - floor(last_seen / R)``, capped at ``max_fruit``."""
+        return expected_fruit(fruit_estimate, last_seen, now,
+                              self.config.regrow_every if regrow_every is None else regrow_every,
+                              self.config.max_fruit if max_fruit is None else max_fruit)
+
+    def scores(self, position, tree_positions, valid, valence_mean, valence_std, fruit_estimate,
+               last_seen, now, health) -> torch.Tensor:
+        """(B, M) float64 score of every remembered tree (see the module doc); -inf = never."""
+        batch = _batch(position)
+        checks.float_tensor(tree_positions, "tree_positions")
+        if tree_positions.ndim != 3 or tree_positions.shape[0] != batch or tree_positions.shape[2] != 2:
+            raise ValueError(f"tree_positions: expected shape ({batch}, M, 2), got {tuple(tree_positions.shape)}")
+        checks.finite_tensor(tree_positions, "tree_positions")
+        shape = tuple(tree_positions.shape[:2])
+        valid = _bool(valid, "valid", shape)
+        valence_mean = _float(valence_mean, "valence_mean", shape)
+        valence_std = _float(valence_std, "valence_std", shape)
+        if bool((valence_mean.abs() > 1).any()):
+            raise ValueError("valence_mean: expected values in [-1, 1]")
+        if bool((valence_std < 0).any()):
+            raise ValueError("valence_std: expected values >= 0")
+        _float(fruit_estimate, "fruit_estimate", shape)
+        health = _health(health, batch, position)
+        fruit = self.expected_fruit(fruit_estimate, last_seen, now)
+        c = self.config
+        mean, std = valence_mean.double(), valence_std.double()
+        poisonous, edible, risky = self.kinds(mean, std, health[:, None])
+        value = (1 + mean) / 2 * fruit * torch.where(edible, 1.0, c.unknown_discount)
+        distance = (tree_positions.double() - position.double()[:, None]).norm(dim=-1)
+        score = value / (distance + c.distance_offset)
+        allowed = valid & ~poisonous & (edible | risky)
+        return torch.where(allowed, score, -math.inf)
+
+    def choose_targets(self, position, tree_positions, valid, valence_mean, valence_std, fruit_estimate,
+                       last_seen, now, health, current: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) int64 index of the remembered tree to go to (-1 for none): the best score above 0,
+        keeping ``current`` (``(B,)`` int64, -1 for none) unless the best beats it by ``hysteresis``."""
+        score = self.scores(position, tree_positions, valid, valence_mean, valence_std, fruit_estimate,
+                            last_seen, now, health)
+        batch, m = score.shape
+        if current is None:
+            current = torch.full((batch,), -1, dtype=torch.int64, device=score.device)
+        if not isinstance(current, torch.Tensor) or current.dtype not in (torch.int64, torch.int32):
+            raise TypeError(f"current: expected an int64 tensor, got "
+                            f"{current.dtype if isinstance(current, torch.Tensor) else type(current).__name__}")
+        if tuple(current.shape) != (batch,):
+            raise ValueError(f"current: expected shape ({batch},), got {tuple(current.shape)}")
+        if bool(((current < -1) | (current >= m)).any()):
+            raise ValueError(f"current: expected indices in [-1, {m}), got {current.tolist()}")
+        current = current.to(score.device, torch.int64)
+        if m == 0:
+            return torch.full((batch,), -1, dtype=torch.int64, device=score.device)
+        best_score, best = score.max(dim=1)
+        best = torch.where(best_score > 0, best, -1)
+        held = score.gather(1, current.clamp_min(0)[:, None])[:, 0]
+        keep = (current >= 0) & (held > 0) & ~(best_score > self.config.hysteresis * held)
+        return torch.where(keep, current, best)
+
+    # ------------------------------------------------------------------------------------ eating
+    def eat_decision(self, sight_valence_mean, sight_valence_std, sight_distance, fruit_in_sight,
+                     health) -> torch.Tensor:
+        """(B,) bool: eat now. The tree in sight (``sight_distance`` +inf when none) must be within
+        ``eat_radius``, show fruit (``fruit_in_sight > 0``) and be edible, or unknown with the risk
+        affordable; a kind believed poisonous is never eaten."""
+        checks.float_tensor(sight_valence_mean, "sight_valence_mean")
+        if sight_valence_mean.ndim != 1:
+            raise ValueError(f"sight_valence_mean: expected shape (B,), got {tuple(sight_valence_mean.shape)}")
+        batch = sight_valence_mean.shape[0]
+        mean = _float(sight_valence_mean, "sight_valence_mean", (batch,)).double()
+        std = _float(sight_valence_std, "sight_valence_std", (batch,)).double()
+        if bool((mean.abs() > 1).any()):
+            raise ValueError("sight_valence_mean: expected values in [-1, 1]")
+        if bool((std < 0).any()):
+            raise ValueError("sight_valence_std: expected values >= 0")
+        distance = _float(sight_distance, "sight_distance", (batch,), allow_inf=True).to(mean.device)
+        if bool((distance < 0).any()):
+            raise ValueError("sight_distance: expected values >= 0 (+inf for no tree in sight)")
+        if not isinstance(fruit_in_sight, torch.Tensor) or fruit_in_sight.dtype == torch.bool:
+            raise TypeError("fruit_in_sight: expected a numeric torch.Tensor")
+        if tuple(fruit_in_sight.shape) != (batch,):
+            raise ValueError(f"fruit_in_sight: expected shape ({batch},), got {tuple(fruit_in_sight.shape)}")
+        if fruit_in_sight.is_floating_point():
+            checks.finite_tensor(fruit_in_sight, "fruit_in_sight")
+        health = _health(health, batch, mean)
+        poisonous, edible, risky = self.kinds(mean, std, health)
+        return (distance <= self.config.eat_radius) & (fruit_in_sight.to(mean.device) > 0) & ~poisonous & (edible | risky)
+
+    # --------------------------------------------------------------------------------- exploring
+    def explore_direction(self, position, places, heading, places_mask: torch.Tensor | None = None,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B, 2) unit direction to explore: away from ``places`` ``(B, N, 2)`` (visited places, map
+        units, remembered trees; ``places_mask`` ``(B, N)`` bool marks the real ones), bent inward
+        near the wall, turning at most ``max_turn`` from ``heading`` ``(B, 2)`` (zero rows: no
+        heading yet, any direction)."""
+        batch = _batch(position)
+        checks.float_tensor(places, "places")
+        if places.ndim != 3 or places.shape[0] != batch or places.shape[2] != 2:
+            raise ValueError(f"places: expected shape ({batch}, N, 2), got {tuple(places.shape)}")
+        checks.finite_tensor(places, "places")
+        heading = _float(heading, "heading", (batch, 2))
+        n = places.shape[1]
+        mask = torch.ones(batch, n, dtype=torch.bool, device=position.device) if places_mask is None \
+            else _bool(places_mask, "places_mask", (batch, n))
+        generator = checks.generator(generator)
+        c = self.config
+        p = position.double()
+        away, dist = _unit(p[:, None] - places.double().to(p.device))  # (B, N, 2), (B, N)
+        weight = torch.exp(-dist / c.explore_scale) * mask
+        push = (away * weight[..., None]).sum(1)  # (B, 2)
+        head, head_norm = _unit(heading.double())
+        has_heading = head_norm > _EPS
+        want, push_norm = _unit(push)
+        # no push: keep going; the push only matters next to what the agent knows (relative to 1 place)
+        strength = (push_norm / (push_norm + math.exp(-1.0))).clamp(0, 1)[:, None]
+        want = _unit(want * strength + head * (1 - strength))[0]
+        if c.arena_radius is not None:
+            out, radius = _unit(p)
+            excess = ((radius - (c.arena_radius - c.wall_margin)) / c.wall_margin).clamp(0, 1)[:, None]
+            want = _unit(want * (1 - excess) - out * (2 * excess))[0]
+        want_angle = torch.atan2(want[:, 1], want[:, 0])
+        head_angle = torch.atan2(head[:, 1], head[:, 0])
+        turn = torch.remainder(want_angle - head_angle + math.pi, 2 * math.pi) - math.pi
+        angle = head_angle + turn.clamp(-c.max_turn, c.max_turn)
+        noise = torch.randn(batch, generator=generator, dtype=torch.float64).to(p.device)
+        random_angle = torch.rand(batch, generator=generator, dtype=torch.float64).to(p.device) * 2 * math.pi
+        angle = angle + c.explore_jitter * noise
+        no_want = want.norm(dim=-1) <= _EPS
+        start = torch.where(no_want, random_angle, want_angle)
+        angle = torch.where(has_heading, angle, start)
+        return torch.stack([torch.cos(angle), torch.sin(angle)], dim=-1).to(position.dtype)
+
+    # ------------------------------------------------------------------------------------- acting
+    def act(self, position, heading, health, now, *,
+            tree_positions=None, valid=None, valence_mean=None, valence_std=None, fruit_estimate=None,
+            last_seen=None, current=None,
+            sight_valence_mean=None, sight_valence_std=None, sight_distance=None, fruit_in_sight=None,
+            goal=None, goal_mask=None, places=None, places_mask=None,
+            generator: torch.Generator | None = None) -> Plan:
+        """One step for B agents: homing goal -> go there; else target tree -> go to it; else explore.
+
+        Remembered trees (``tree_positions`` ... ``last_seen``) may be omitted together (no trees
+        known), as may the sight arguments (nothing in sight), ``goal``/``goal_mask`` (no homing:
+        ``goal`` (B, 2), ``goal_mask`` (B,) bool, rows with a goal place) and ``places`` (nothing
+        to explore away from: the remembered trees are used if given)."""
+        batch = _batch(position)
+        heading = _float(heading, "heading", (batch, 2))
+        health_t = _health(health, batch, position)
+        c = self.config
+        p = position.double()
+        device = position.device
+        target = torch.full((batch,), -1, dtype=torch.int64, device=device)
+        tree_xy = None
+        if tree_positions is not None:
+            if any(x is None for x in (valid, valence_mean, valence_std, fruit_estimate, last_seen)):
+                raise ValueError("valid: tree_positions, valid, valence_mean, valence_std, fruit_estimate and "
+                                 "last_seen go together")
+            target = self.choose_targets(position, tree_positions, valid, valence_mean, valence_std,
+                                         fruit_estimate, last_seen, now, health_t, current)
+            tree_xy = tree_positions.double()
+        homing = torch.zeros(batch, dtype=torch.bool, device=device)
+        if goal is not None or goal_mask is not None:
+            goal = _float(goal, "goal", (batch, 2)).double()
+            homing = _bool(goal_mask, "goal_mask", (batch,))
+        # exploring
+        if places is None:
+            if tree_xy is not None:
+                places, places_mask = tree_positions, valid
+            else:
+                places = position.new_zeros(batch, 0, 2)
+                places_mask = None
+        explore = self.explore_direction(position, places, heading, places_mask, generator).double()
+        move = explore * c.max_step
+        mode = torch.full((batch,), EXPLORE, dtype=torch.int64, device=device)
+        # a target tree
+        if tree_xy is not None:
+            aim = tree_xy.gather(1, target.clamp_min(0)[:, None, None].expand(batch, 1, 2))[:, 0]
+            towards, dist = _unit(aim - p)
+            stop = c.stop_fraction * c.eat_radius
+            step = torch.where(dist > stop, (dist - stop).clamp(max=c.max_step),
+                               torch.where(dist > 1e-3, torch.full_like(dist, c.nudge), torch.zeros_like(dist)))
+            step = torch.minimum(step, dist)
+            go = target >= 0
+            move = torch.where(go[:, None], towards * step[:, None], move)
+            mode = torch.where(go, FORAGE, mode)
+        # homing
+        if bool(homing.any()):
+            towards, dist = _unit(goal - p)
+            step = dist.clamp(max=c.max_step)
+            move = torch.where(homing[:, None], towards * step[:, None], move)
+            mode = torch.where(homing, HOMING, mode)
+        # eating
+        if sight_valence_mean is not None:
+            eat = self.eat_decision(sight_valence_mean, sight_valence_std, sight_distance, fruit_in_sight, health_t)
+        else:
+            eat = torch.zeros(batch, dtype=torch.bool, device=device)
+        moved = move.norm(dim=-1, keepdim=True)
+        new_heading = torch.where(moved > 0, move / moved.clamp_min(_EPS), heading.double())
+        action = torch.cat([(move / c.max_step).clamp(-1, 1),
+                            torch.where(eat, 1.0, -1.0)[:, None].to(move)], dim=-1)
+        return Plan(action.float(), target, new_heading.to(position.dtype), mode)
+
+
+def expected_fruit(fruit_estimate: torch.Tensor, last_seen: Any, now: Any, regrow_every: int = 100,
+                   max_fruit: int = 5) -> torch.Tensor:
+    """(B, M) float64 fruit expected now: ``min(max_fruit, fruit_estimate + floor(now / R) -
+    floor(last_seen / R))`` (the world's regrowth ticks on every multiple of ``R`` steps)."""
+    checks.float_tensor(fruit_estimate, "fruit_estimate")
+    if fruit_estimate.ndim != 2:
+        raise ValueError(f"fruit_estimate: expected shape (B, M), got {tuple(fruit_estimate.shape)}")
+    checks.finite_tensor(fruit_estimate, "fruit_estimate")
+    if bool((fruit_estimate < 0).any()):
+        raise ValueError("fruit_estimate: expected values >= 0")
+    shape = tuple(fruit_estimate.shape)
+    regrow_every = checks.integer(regrow_every, "regrow_every", low=1)
+    max_fruit = checks.integer(max_fruit, "max_fruit", low=0)
+    seen = _steps(last_seen, "last_seen", shape, fruit_estimate)
+    now_t = _steps(now, "now", shape, fruit_estimate)
+    if bool((seen > now_t).any()):
+        raise ValueError("last_seen: expected steps <= now")
+    ticks = torch.floor(now_t / regrow_every) - torch.floor(seen / regrow_every)
+    return (fruit_estimate.double() + ticks).clamp(max=float(max_fruit))

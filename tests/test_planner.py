@@ -1,0 +1,290 @@
+"""Planner: targets by expected edible fruit per distance, safe eating, exploring, homing."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from treeworld.agents.planner import EXPLORE, FORAGE, HOMING, Planner, PlannerConfig, expected_fruit
+
+torch.set_num_threads(1)
+
+CONFIG = PlannerConfig()
+EDIBLE = (0.9, 0.1)  # valence (mean, std) of a kind known edible
+POISON = (-0.9, 0.1)  # ... known poisonous
+UNKNOWN = (0.0, 0.8)  # ... never tasted
+
+
+def memory(positions, fruit, valence, last_seen=0.0):
+    """One agent's memory (batch 1) from lists."""
+    m = len(positions)
+    return dict(tree_positions=torch.tensor([positions], dtype=torch.float32).reshape(1, m, 2),
+                valid=torch.ones(1, m, dtype=torch.bool),
+                valence_mean=torch.tensor([[v[0] for v in valence]], dtype=torch.float32),
+                valence_std=torch.tensor([[v[1] for v in valence]], dtype=torch.float32),
+                fruit_estimate=torch.tensor([fruit], dtype=torch.float32),
+                last_seen=torch.full((1, m), float(last_seen)))
+
+
+def score(position, tree, fruit, mean, discount=1.0):
+    return (1 + mean) / 2 * fruit * discount / (np.linalg.norm(np.subtract(tree, position)) + CONFIG.distance_offset)
+
+
+# ------------------------------------------------------------------------------------ fruit
+def test_expected_fruit_follows_the_world_regrowth_clock():
+    fruit = torch.tensor([[1.0, 4.0, 0.0, 2.0]])
+    seen = torch.tensor([[150.0, 0.0, 420.0, 399.0]])
+    got = expected_fruit(fruit, seen, 420, regrow_every=100, max_fruit=5)
+    # ticks at 200, 300, 400 | capped at 5 | seen now | one tick at 400
+    torch.testing.assert_close(got, torch.tensor([[4.0, 5.0, 0.0, 3.0]], dtype=torch.float64))
+    # against a step-by-step count of the world's ticks (steps % R == 0)
+    gen = np.random.default_rng(0)
+    for _ in range(50):
+        t, f = int(gen.integers(0, 1000)), int(gen.integers(0, 6))
+        now = t + int(gen.integers(0, 700))
+        ticks = sum(1 for s in range(t + 1, now + 1) if s % 100 == 0)
+        got = expected_fruit(torch.tensor([[float(f)]]), torch.tensor([[float(t)]]), now)
+        assert got.item() == min(5, f + ticks)
+
+
+# ---------------------------------------------------------------------------------- targets
+def test_picks_best_expected_fruit_per_distance_among_edible_trees():
+    planner = Planner()
+    # hand case: 4 fruit at 100 (4 / 120) beats 1 fruit at 15 (1 / 35) and 2 at 200
+    mem = memory([(100, 0), (0, 15), (-200, 0)], [4, 1, 2], [EDIBLE] * 3)
+    assert planner.choose_targets(torch.zeros(1, 2), **mem, now=0, health=500.0).item() == 0
+    mem = memory([(100, 0), (0, 15)], [2, 1], [EDIBLE] * 2)  # 2 / 120 < 1 / 35
+    assert planner.choose_targets(torch.zeros(1, 2), **mem, now=0, health=500.0).item() == 1
+    # regrowth counts: tree 0 seen bare long ago has 3 fruit now (3 / 80 > 1 / 35)
+    mem = memory([(60, 0), (0, 15)], [0, 1], [EDIBLE] * 2, last_seen=0)
+    mem["last_seen"][0, 1] = 300.0
+    assert planner.choose_targets(torch.zeros(1, 2), **mem, now=300, health=500.0).item() == 0
+    # random batches against a brute-force argmax
+    gen = torch.Generator().manual_seed(1)
+    B, M = 64, 12
+    pos = torch.rand(B, 2, generator=gen) * 400 - 200
+    trees = torch.rand(B, M, 2, generator=gen) * 600 - 300
+    fruit = torch.randint(0, 6, (B, M), generator=gen).float()
+    mean = torch.rand(B, M, generator=gen) * 0.9 + 0.05
+    std = torch.rand(B, M, generator=gen) * 0.4
+    valid = torch.rand(B, M, generator=gen) > 0.2
+    got = planner.choose_targets(pos, trees, valid, mean, std, fruit, torch.zeros(B, M), 0, 500.0)
+    for b in range(B):
+        s = [score(pos[b].numpy(), trees[b, m].numpy(), fruit[b, m].item(), mean[b, m].item())
+             if valid[b, m] and fruit[b, m] > 0 else -1 for m in range(M)]
+        want = int(np.argmax(s)) if max(s) > 0 else -1
+        assert got[b].item() == want
+
+
+def test_never_targets_or_eats_a_kind_believed_poisonous():
+    planner = Planner()
+    gen = torch.Generator().manual_seed(2)
+    B, M = 256, 10
+    for trial in range(5):
+        pos = torch.rand(B, 2, generator=gen) * 200 - 100
+        trees = pos[:, None] + torch.randn(B, M, 2, generator=gen) * 60
+        mean = torch.rand(B, M, generator=gen) * 2 - 1
+        std = torch.rand(B, M, generator=gen)
+        fruit = torch.randint(0, 6, (B, M), generator=gen).float()
+        health = torch.rand(B, generator=gen) * 1000
+        poisonous = (mean < -CONFIG.poison_threshold) & (std <= CONFIG.known_std)
+        assert poisonous.any(1).float().mean() > 0.5  # the cases do test something
+        current = torch.randint(-1, M, (B,), generator=gen)  # even a poisonous current target is dropped
+        target = planner.choose_targets(pos, trees, torch.ones(B, M, dtype=torch.bool), mean, std, fruit,
+                                        torch.zeros(B, M), 0, health, current)
+        chosen = target >= 0
+        assert chosen.any()
+        assert not poisonous[chosen, target[chosen]].any()
+        # eating: a poisonous kind in reach, with fruit, at any health: never
+        sight = torch.rand(B, generator=gen) * 2 * CONFIG.eat_radius
+        eat = planner.eat_decision(mean[:, 0], std[:, 0], sight, fruit[:, 0], health)
+        assert eat.any()
+        assert not (eat & poisonous[:, 0]).any()
+        assert not (eat & (sight > CONFIG.eat_radius)).any() and not (eat & (fruit[:, 0] == 0)).any()
+    # all trees poisonous: no target, explore, no eating, even at full health and in reach
+    mem = memory([(8, 0), (30, 0)], [5, 5], [POISON, (-0.5, 0.4)])
+    plan = planner.act(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]), 1000.0, 0, **mem,
+                       sight_valence_mean=torch.tensor([-0.5]), sight_valence_std=torch.tensor([0.4]),
+                       sight_distance=torch.tensor([8.0]), fruit_in_sight=torch.tensor([5]))
+    assert plan.target.item() == -1 and plan.mode.item() == EXPLORE and plan.action[0, 2] < 0
+
+
+def test_unknown_kinds_are_tried_only_when_health_affords_the_risk():
+    planner = Planner()
+    mem = memory([(50, 0)], [3], [UNKNOWN])
+    sight = dict(sight_valence_mean=torch.tensor([0.0]), sight_valence_std=torch.tensor([0.8]),
+                 sight_distance=torch.tensor([6.0]), fruit_in_sight=torch.tensor([3.0]))
+    low, high = 2 * CONFIG.fruit_health, 10 * CONFIG.fruit_health
+    assert planner.choose_targets(torch.zeros(1, 2), **mem, now=0, health=low).item() == -1
+    assert planner.choose_targets(torch.zeros(1, 2), **mem, now=0, health=high).item() == 0
+    assert not planner.eat_decision(**sight, health=low).item()
+    assert planner.eat_decision(**sight, health=high).item()
+    # a known edible tree is eaten at any health; an unknown one is worth less than a sure one
+    assert planner.eat_decision(torch.tensor([0.9]), torch.tensor([0.1]), torch.tensor([6.0]),
+                                torch.tensor([1]), health=1.0).item()
+    mem = memory([(50, 0), (70, 0)], [3, 3], [UNKNOWN, EDIBLE])
+    assert planner.choose_targets(torch.zeros(1, 2), **mem, now=0, health=high).item() == 1
+
+
+def test_hysteresis_keeps_the_target_against_a_marginally_better_one():
+    planner = Planner()
+    position = torch.zeros(1, 2)
+    # tree 0 (current): 2 fruit at 80; tree 1: 2 fruit at 60 (score ratio 100 / 80 = 1.25 < 1.5)
+    mem = memory([(80, 0), (0, 60)], [2, 2], [EDIBLE] * 2)
+    assert planner.choose_targets(position, **mem, now=0, health=500.0).item() == 1
+    assert planner.choose_targets(position, **mem, now=0, health=500.0, current=torch.tensor([0])).item() == 0
+    # tree 1 with 5 fruit: ratio 2.5 * 1.25 > 1.5 -> switch
+    mem = memory([(80, 0), (0, 60)], [2, 5], [EDIBLE] * 2)
+    assert planner.choose_targets(position, **mem, now=0, health=500.0, current=torch.tensor([0])).item() == 1
+    # the current target eaten bare -> switch to anything that scores
+    mem = memory([(80, 0), (0, 300)], [0, 1], [EDIBLE] * 2)
+    assert planner.choose_targets(position, **mem, now=0, health=500.0, current=torch.tensor([0])).item() == 1
+
+
+def test_goes_to_the_target_and_stops_in_reach_facing_it():
+    planner = Planner()
+    mem = memory([(60, -45)], [3], [EDIBLE])
+    position, heading, target = torch.zeros(1, 2), torch.tensor([[-1.0, 0.0]]), torch.tensor([-1])
+    for _ in range(30):
+        plan = planner.act(position, heading, 500.0, 0, **mem, current=target)
+        assert plan.mode.item() == FORAGE and plan.target.item() == 0
+        position, heading, target = position + plan.action[:, :2] * CONFIG.max_step, plan.heading, plan.target
+    offset = torch.tensor([[60.0, -45.0]]) - position
+    assert offset.norm() <= CONFIG.eat_radius
+    assert (offset / offset.norm() * heading).sum() >= 0.9  # the tree is in the sight cone
+
+
+# --------------------------------------------------------------------------------- exploring
+def _coverage(path, cell=25.0):
+    return len({(math.floor(x / cell), math.floor(y / cell)) for x, y in path})
+
+
+def _inside(position, radius=500.0):
+    norm = position.norm(dim=-1, keepdim=True)
+    return torch.where(norm > radius, position * radius / norm, position)
+
+
+def test_explores_with_no_trees_and_covers_much_more_than_a_random_walk():
+    planner = Planner()
+    gen = torch.Generator().manual_seed(3)
+    position, heading = torch.zeros(1, 2), torch.zeros(1, 2)
+    places, path = [], []
+    for step in range(2000):
+        if step % 5 == 0:
+            places.append(position[0].clone())
+        plan = planner.act(position, heading, 500.0, step,
+                           places=torch.stack(places)[None], generator=gen)
+        assert plan.mode.item() == EXPLORE and plan.target.item() == -1
+        assert plan.action[0, :2].norm() == pytest.approx(1.0, abs=1e-5)
+        if step > 0:  # smooth: bounded turn (jitter is 0.05 rad std)
+            assert (plan.heading * heading).sum() >= math.cos(CONFIG.max_turn + 0.3)
+        position, heading = _inside(position + plan.action[:, :2] * CONFIG.max_step), plan.heading
+        path.append(position[0].tolist())
+        assert position.norm() <= 500.0 + 1e-3
+    random_position, random_path = torch.zeros(1, 2), []
+    for _ in range(2000):
+        step = torch.rand(1, 2, generator=gen) * 2 - 1
+        random_position = _inside(random_position + step * CONFIG.max_step)
+        random_path.append(random_position[0].tolist())
+    explored, walked = _coverage(path), _coverage(random_path)
+    assert explored > 4 * walked, (explored, walked)
+    assert explored > 250  # 2000 steps * 5 units / 25-unit cells = 400 at most on a straight line
+
+
+def test_explore_turns_inward_at_the_wall():
+    planner = Planner(PlannerConfig(explore_jitter=0.0))
+    position, heading = torch.tensor([[490.0, 0.0]]), torch.tensor([[1.0, 0.0]])
+    for _ in range(20):
+        direction = planner.explore_direction(position, torch.zeros(1, 0, 2), heading)
+        assert (direction * heading).sum() >= math.cos(CONFIG.max_turn) - 1e-5
+        heading = direction
+    assert heading[0, 0] < 0  # turned back inside
+
+
+# ----------------------------------------------------------------------------------- homing
+def test_homing_goes_straight_to_the_goal_place():
+    planner = Planner()
+    gen = torch.Generator().manual_seed(4)
+    position = torch.tensor([[120.0, -40.0]])
+    goal = torch.tensor([[-180.0, 230.0]])
+    distance = (goal - position).norm().item()
+    mem = memory([(130, -40)], [5], [EDIBLE])  # a tempting tree next to the start
+    heading = torch.tensor([[0.0, 1.0]])
+    for step in range(int(math.ceil(distance / CONFIG.max_step)) + 2):
+        plan = planner.act(position, heading, 500.0, step, **mem, goal=goal,
+                           goal_mask=torch.tensor([True]), generator=gen)
+        assert plan.mode.item() == HOMING
+        position, heading = position + plan.action[:, :2] * CONFIG.max_step, plan.heading
+        if (goal - position).norm() < 1e-3:
+            break
+    assert (goal - position).norm() < 1e-3
+    assert step + 1 <= math.ceil(distance / CONFIG.max_step) + 2
+
+
+# ---------------------------------------------------------------------------- batch, inputs
+def _scenario(B, seed):
+    gen = torch.Generator().manual_seed(seed)
+    M = 7
+    pos = torch.rand(B, 2, generator=gen) * 300 - 150
+    return dict(
+        position=pos, heading=torch.nn.functional.normalize(torch.randn(B, 2, generator=gen), dim=-1),
+        health=torch.rand(B, generator=gen) * 400, now=350,
+        tree_positions=pos[:, None] + torch.randn(B, M, 2, generator=gen) * 80,
+        valid=torch.rand(B, M, generator=gen) > 0.3,
+        valence_mean=torch.rand(B, M, generator=gen) * 2 - 1, valence_std=torch.rand(B, M, generator=gen),
+        fruit_estimate=torch.randint(0, 3, (B, M), generator=gen).float(),
+        last_seen=torch.randint(0, 350, (B, M), generator=gen).float(),
+        current=torch.randint(-1, M, (B,), generator=gen),
+        sight_valence_mean=torch.rand(B, generator=gen) * 2 - 1, sight_valence_std=torch.rand(B, generator=gen),
+        sight_distance=torch.where(torch.rand(B, generator=gen) > 0.2, torch.rand(B, generator=gen) * 20,
+                                   torch.tensor(math.inf)),
+        fruit_in_sight=torch.randint(0, 3, (B,), generator=gen),
+        goal=torch.randn(B, 2, generator=gen) * 100, goal_mask=torch.rand(B, generator=gen) > 0.7,
+        places=torch.randn(B, 30, 2, generator=gen) * 100)
+
+
+def test_batch_equals_singles():
+    planner = Planner(PlannerConfig(explore_jitter=0.0))
+    B = 24
+    args = _scenario(B, 5)
+    args["valid"][:4] = False  # some rows explore
+    args["goal_mask"][:4] = False
+    batch = planner.act(**{k: v for k, v in args.items() if k != "now"}, now=args["now"])
+    modes = set(batch.mode.tolist())
+    assert modes == {EXPLORE, FORAGE, HOMING}
+    assert batch.action.dtype == torch.float32 and batch.action.shape == (B, 3)
+    assert batch.action.abs().max() <= 1.0
+    for b in range(B):
+        row = {k: (v[b:b + 1] if isinstance(v, torch.Tensor) else v) for k, v in args.items()}
+        single = planner.act(**row)
+        torch.testing.assert_close(single.action, batch.action[b:b + 1], rtol=1e-5, atol=1e-5)
+        assert single.target.item() == batch.target[b].item() and single.mode.item() == batch.mode[b].item()
+
+
+def test_bad_inputs_raise_value_error_naming_the_argument():
+    planner = Planner()
+    args = _scenario(3, 6)
+    cases = {
+        "position": torch.zeros(3, 3),
+        "heading": torch.zeros(2, 2),
+        "tree_positions": torch.zeros(3, 7, 3),
+        "valid": torch.ones(3, 6, dtype=torch.bool),
+        "valence_mean": torch.full((3, 7), 2.0),
+        "valence_std": torch.full((3, 7), math.nan),
+        "fruit_estimate": torch.full((3, 7), -1.0),
+        "last_seen": torch.full((3, 7), 1000.0),  # after now
+        "current": torch.tensor([0, 9, -1]),
+        "sight_distance": torch.tensor([math.nan, 1.0, 2.0]),
+        "goal": torch.full((3, 2), math.inf),
+        "places": torch.zeros(3, 4, 1),
+        "health": torch.zeros(4),
+    }
+    for name, bad in cases.items():
+        with pytest.raises(ValueError, match=f"^{name}"):
+            planner.act(**{**args, name: bad})
+    with pytest.raises(ValueError, match="^regrow_every"):
+        expected_fruit(torch.zeros(1, 1), 0, 1, regrow_every=0)
+    with pytest.raises(ValueError, match="^hysteresis"):
+        PlannerConfig(hysteresis=0.5)
+    with pytest.raises(TypeError, match="^valid"):
+        planner.act(**{**args, "valid": torch.ones(3, 7)})
