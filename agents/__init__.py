@@ -6,10 +6,11 @@ from treeworld.agents.memory import MapUnits, SpatialMemory
 from treeworld.agents.protocol import Agent, BatchAgent, Batched, Single, run_batch
 from treeworld.agents.path_integration import Belief, ExactPathIntegration, LearnedPathIntegration, PathIntegrator
 from treeworld.agents.pseudometric import LowRankGaussian, PseudoMetric
+from treeworld.agents.tem import TEMAgent
 from treeworld.agents.topography import Topography
 from treeworld.agents.valence import ValenceReadout
 
 __all__ = ["Agent", "BatchAgent", "Batched", "Single", "run_batch", "Forager", "RandomWalker",
            "FourierCodeDistribution", "FourierMetric", "MapUnits",
            "SpatialMemory", "Belief", "ExactPathIntegration", "LearnedPathIntegration", "PathIntegrator",
-           "LowRankGaussian", "PseudoMetric", "Topography", "ValenceReadout"]
+           "LowRankGaussian", "PseudoMetric", "TEMAgent", "Topography", "ValenceReadout"]

@@ -1,0 +1,366 @@
+"""The TEM agent: path integration, landmarks with loop closure, learned valence, a map layer and
+the planner, composed into one :class:`~treeworld.agents.protocol.BatchAgent`.
+
+Per step and per row (env) of a batch, from the observations only (never ``info``, never the
+vocabulary):
+
+1. Path integration: ``Belief.step(obs["motion"])`` (exact or learned integrator).
+2. Valence learning: if the agent tried to eat on the previous step, the health change
+   ``(health - previous) * max_health`` tells the outcome of the bite: above ``+fruit_health / 2``
+   edible (+1), below ``-fruit_health / 2`` poison (-1), anything else unclear (ignored for the
+   readout; the tree in sight is then marked as bare: fruit estimate 0 until the next regrowth).
+   The percept learned from is the sight percept of the step the eat was attempted on. Caveat:
+   the world feeds on the nearest tree in reach, which may not be the one in sight.
+3. Landmarks: ``LandmarkMap.observe`` with sight, sight distance and heading (valence from the
+   readout; the fruit count is unknown: ``None``), which stores trees by object-vector coding and
+   closes loops into the belief.
+4. Every ``consolidate_every`` steps of a row, its memory is consolidated into the map layer
+   (``SpatialMemory.consolidate`` over a shared ``Topography``); the map units' decoded places are
+   extra places the explorer moves away from.
+5. Homing: where ``obs["goal"]`` is non-zero, ``recall_location(goal, 1)`` gives the remembered
+   place with the most similar look; its decoded position is the planner's goal.
+6. ``Planner.act`` on the remembered trees (positions decoded from their codes, valence from the
+   readout on their stored percepts, so it is always the current belief) -> actions and eat flags.
+
+The frame is the agent's own: at ``reset`` the belief is the origin code with zero variance.
+The valence readout and the learned path-integration parameters are shared knowledge and persist
+across ``reset``; memory, landmarks, map and belief are reset per row.
+
+Randomness: the planner's exploration noise uses one generator for the batch (seeded with
+``seed``); consolidation uses one generator per row (``seed + row``). With
+``explore_jitter = 0`` a batch of B equals B single agents seeded ``seed + row``.
+
+``save(path)`` / ``TEMAgent.load(path)``: a ``torch.save`` of ``{"format", "config",
+"state_dict", "generators"}``; the state includes the episode state (belief, targets, counters),
+so a loaded agent acts exactly as the saved one would have. A file that is not such a checkpoint,
+or one of other shapes, raises ValueError.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from treeworld import checks
+from treeworld.agents.belief_overlays import belief_overlays
+from treeworld.agents.landmarks import LandmarkMap
+from treeworld.agents.memory import SpatialMemory
+from treeworld.agents.path_integration import (Belief, ExactPathIntegration, LearnedPathIntegration,
+                                               default_metric, odometry_step_variance)
+from treeworld.agents.planner import HOMING, Planner, PlannerConfig
+from treeworld.agents.protocol import _check_batch, _check_rows
+from treeworld.agents.pseudometric import PseudoMetric
+from treeworld.agents.topography import Topography
+from treeworld.agents.valence import ValenceReadout
+
+FORMAT = "treeworld.TEMAgent/1"
+
+
+def _euclidean(P: int) -> PseudoMetric:
+    metric = PseudoMetric(P, P, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        metric.embedding.copy_(torch.eye(P))
+    return metric
+
+
+class TEMAgent(nn.Module):
+    """A batched TEM agent (``BatchAgent``): see the module docstring.
+
+    Args:
+        num_agents: rows B.
+        percept_dim: sight / goal percept size (384).
+        capacity: memory slots per row.
+        place_radius, percept_radius: the memory's novelty gates (world units, Euclidean percept units).
+        motion_noise, motion_gain: the odometry's noise std per axis and gain (belief variance per step).
+        learned_pi: use ``LearnedPathIntegration`` (initialised exact) instead of the exact one.
+        sight_range, cone_cos: the world's sight distance and cone.
+        max_health, fruit_health: the world's health scale and health per bite.
+        consolidate_every: steps between consolidations (0: never); map_height, map_width, map_epochs.
+        planner: keyword overrides of ``PlannerConfig``.
+        prior_var: the valence readout's prior variance.
+    """
+
+    def __init__(self, num_agents: int = 1, *, percept_dim: int = 384, capacity: int = 256,
+                 place_radius: float = 20.0, percept_radius: float = 0.7, motion_noise: float = 0.5,
+                 motion_gain: float = 1.0, learned_pi: bool = False, sight_range: float = 100.0,
+                 cone_cos: float = 0.9, max_health: float = 1000.0, fruit_health: float = 25.0,
+                 consolidate_every: int = 200, map_height: int = 4, map_width: int = 4, map_epochs: int = 2,
+                 planner: Mapping[str, Any] | None = None, prior_var: float = 16.0) -> None:
+        super().__init__()
+        self.config = dict(num_agents=checks.count(num_agents, "num_agents"),
+                           percept_dim=checks.count(percept_dim, "percept_dim"),
+                           capacity=checks.count(capacity, "capacity"), place_radius=float(place_radius),
+                           percept_radius=float(percept_radius), motion_noise=float(motion_noise),
+                           motion_gain=float(motion_gain), learned_pi=bool(learned_pi),
+                           sight_range=float(sight_range), cone_cos=float(cone_cos),
+                           max_health=checks.positive(max_health, "max_health"),
+                           fruit_health=checks.positive(fruit_health, "fruit_health"),
+                           consolidate_every=checks.integer(consolidate_every, "consolidate_every", low=0),
+                           map_height=checks.count(map_height, "map_height"),
+                           map_width=checks.count(map_width, "map_width"),
+                           map_epochs=checks.count(map_epochs, "map_epochs"),
+                           planner=dict(planner or {}), prior_var=float(prior_var))
+        c = self.config
+        B, P = c["num_agents"], c["percept_dim"]
+        self.num_agents = B
+        metric = default_metric()
+        integrator = (LearnedPathIntegration if c["learned_pi"] else ExactPathIntegration)(metric)
+        self.belief = Belief(integrator, B, step_variance=odometry_step_variance(c["motion_noise"], c["motion_gain"]))
+        memory = SpatialMemory(metric, _euclidean(P), c["capacity"], B, place_radius=c["place_radius"],
+                               percept_radius=c["percept_radius"])
+        self.readout = ValenceReadout(P, prior_var=c["prior_var"])
+        self.landmarks = LandmarkMap(memory, sight_range=c["sight_range"], cone_cos=c["cone_cos"],
+                                     valence_readout=self.readout)
+        planner_config = {"fruit_health": c["fruit_health"], "known_std": 0.8, **c["planner"]}
+        self.planner = Planner(PlannerConfig(**planner_config))
+        # Episode state (persistent buffers: saved, so a loaded agent continues exactly).
+        self.register_buffer("code", self.belief.code.clone())
+        self.register_buffer("variance", self.belief.variance.clone())
+        self.register_buffer("steps", torch.zeros(B, dtype=torch.long))
+        self.register_buffer("heading", torch.zeros(B, 2))
+        self.register_buffer("target", torch.full((B,), -1, dtype=torch.long))
+        self.register_buffer("previous_health", torch.full((B,), math.nan))
+        self.register_buffer("ate", torch.zeros(B, dtype=torch.bool))
+        self.register_buffer("eaten_percept", torch.zeros(B, P))
+        self.register_buffer("goal_position", torch.full((B, 2), math.nan))
+        self._last_mode = torch.zeros(B, dtype=torch.long)  # the planner's mode of the last step (0/1/2)
+        self.generator = torch.Generator().manual_seed(0)
+        self.row_generators = [torch.Generator().manual_seed(row) for row in range(B)]
+        self._sync_belief_out()
+
+    # ------------------------------------------------------------------------------ helpers
+    @property
+    def memory(self) -> SpatialMemory:
+        return self.landmarks.memory
+
+    @property
+    def metric(self):
+        return self.belief.metric
+
+    def _sync_belief_out(self) -> None:
+        self.code.copy_(self.belief.code.detach())
+        self.variance.copy_(self.belief.variance.detach())
+
+    def _sync_belief_in(self) -> None:
+        self.belief.code = self.code.clone()
+        self.belief.variance = self.variance.clone()
+
+    def _tree_positions(self) -> torch.Tensor:
+        """(B, C, 2) decoded positions of every memory slot (0 for empty slots)."""
+        xy = self.metric.decode(self.memory.codes)[1]
+        xy = torch.nan_to_num(xy, nan=0.0, posinf=0.0, neginf=0.0)
+        return torch.where(self.memory.valid[..., None], xy, torch.zeros_like(xy))
+
+    def _map_places(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(B, U, 2) decoded map units and (B, U) mask of the rows with a map, or None."""
+        memory = self.memory
+        if memory.map_ready is None or not bool(memory.map_ready.any()):
+            return None
+        L = memory.location_dim
+        xy = self.metric.decode(memory.map_weights[..., :L].contiguous())[1]
+        xy = torch.nan_to_num(xy, nan=0.0, posinf=0.0, neginf=0.0)
+        mask = memory.map_ready[:, None].expand(xy.shape[:2])
+        return torch.where(mask[..., None], xy, torch.zeros_like(xy)), mask.clone()
+
+    # ------------------------------------------------------------------------------ protocol
+    @torch.no_grad()
+    def reset(self, rows: Sequence[int] | None = None, seed: int | None = None) -> None:
+        """Start episodes in ``rows`` (all when None): belief at the origin with variance 0,
+        memory / landmarks / map of those rows forgotten; the readout and learned PI persist.
+        ``seed``: the planner's generator gets ``seed``, row ``i``'s consolidation ``seed + i``."""
+        chosen = _check_rows(rows, self.num_agents)
+        if seed is not None:
+            seed = checks.integer(seed, "seed", low=0)
+            self.generator.manual_seed(seed)
+            for row in chosen:
+                self.row_generators[row].manual_seed(seed + row)
+        if not chosen:
+            return
+        self._sync_belief_in()
+        self.belief.reset(chosen)
+        self._sync_belief_out()
+        self.landmarks.reset(chosen)
+        self.steps[chosen] = 0
+        self.heading[chosen] = 0.0
+        self.target[chosen] = -1
+        self.previous_health[chosen] = math.nan
+        self.ate[chosen] = False
+        self.eaten_percept[chosen] = 0.0
+        self.goal_position[chosen] = math.nan
+        self._last_mode[chosen] = 0
+
+    @torch.no_grad()
+    def act(self, observations: Mapping[str, np.ndarray]) -> np.ndarray:
+        """(B, 3) float32 actions in [-1, 1] for a dict of (B, ...) observation arrays."""
+        c = self.config
+        arrays = _check_batch(observations, self.num_agents)
+        for key in ("sight", "sight_distance", "motion", "heading", "health"):
+            if key not in arrays:
+                raise ValueError(f"observations: expected key {key!r}, got {sorted(arrays)}")
+        B, P = self.num_agents, c["percept_dim"]
+        as_t = lambda key: torch.as_tensor(np.asarray(arrays[key], dtype=np.float32))  # noqa: E731
+        sight, motion, obs_heading = as_t("sight"), as_t("motion"), as_t("heading")
+        distance = as_t("sight_distance").reshape(B).clamp(0.0, 1.0)
+        health = as_t("health").reshape(B).to(torch.float64)
+        seen = distance > 0
+
+        # 1. path integration
+        self._sync_belief_in()
+        self.belief.step(motion)
+
+        # 2. valence from the outcome of last step's eat
+        delta = (health - self.previous_health.double()) * c["max_health"]
+        tried = self.ate & torch.isfinite(delta)
+        half = 0.5 * c["fruit_health"]
+        edible, poison = tried & (delta > half), tried & (delta < -half)
+        learned = edible | poison
+        if bool(learned.any()):
+            outcomes = torch.where(edible, 1.0, -1.0)[learned]
+            self.readout.update(self.eaten_percept[learned], outcomes)
+        bare = tried & ~learned & (delta.abs() < 0.2 * c["fruit_health"]) \
+            & (health < 1.0 - c["fruit_health"] / c["max_health"])
+
+        # 3. landmarks (valence of the sight and of every stored tree in one readout call)
+        C = self.memory.capacity
+        stored = self.memory.valid.clone()
+        valence = self.readout.predict(torch.cat([sight, self.memory.percepts[stored]], dim=0))
+        sight_mean, sight_std = valence.mean[:B], valence.std[:B]
+        tree_mean = torch.zeros(B, C, dtype=valence.mean.dtype)
+        tree_std = torch.ones(B, C, dtype=valence.std.dtype)
+        tree_mean[stored], tree_std[stored] = valence.mean[B:], valence.std[B:]
+        heading_in = torch.where(seen[:, None], obs_heading, torch.ones_like(obs_heading))
+        result = self.landmarks.observe(self.belief, sight, distance, heading_in, self.steps.clone(),
+                                        valence=sight_mean.double())
+        sighted = torch.where(result["slot"] >= 0, result["slot"], result["written"])  # (B,)
+        rows = torch.arange(B)
+        mark = bare & seen & (sighted >= 0)
+        if bool(mark.any()):
+            self.landmarks.fruit[rows[mark], sighted[mark]] = 0.0
+            self.landmarks.last_seen[rows[mark], sighted[mark]] = self.steps[mark]
+        self._sync_belief_out()
+
+        # 4. consolidation into the map layer
+        every = c["consolidate_every"]
+        if every:
+            due = (self.steps > 0) & (self.steps % every == 0) & self.memory.valid.any(-1)
+            for row in torch.nonzero(due).flatten().tolist():
+                topography = self.memory.topography
+                if topography is None:
+                    topography = Topography(self.memory.location_dim + P, c["map_height"], c["map_width"],
+                                            generator=torch.Generator().manual_seed(0))
+                self.memory.consolidate(topography, agent=row, epochs=c["map_epochs"], batch_size=64,
+                                        generator=self.row_generators[row])
+
+        # 5. homing goal
+        goal = goal_mask = None
+        self.goal_position.fill_(math.nan)
+        if "goal" in arrays:
+            goal_percept = as_t("goal")
+            wants = goal_percept.abs().sum(-1) > 0
+            if bool(wants.any()) and bool(self.memory.valid.any()):
+                codes, weights = self.memory.recall_location(goal_percept, 1)  # (B, 1, L), (B, 1)
+                goal = torch.nan_to_num(self.metric.decode(codes[:, 0])[1], nan=0.0, posinf=0.0, neginf=0.0)
+                goal_mask = wants & (weights[:, 0] > 0)
+                self.goal_position.copy_(torch.where(goal_mask[:, None], goal, torch.full_like(goal, math.nan)))
+
+        # 6. plan
+        position = self.belief.position().float()
+        trees = self._tree_positions().float()
+        valid = self.memory.valid.clone()
+        fruit = torch.nan_to_num(self.landmarks.fruit.double(), nan=1.0).clamp_min(0.0)
+        last_seen = self.landmarks.last_seen.clamp_min(0).clamp(max=self.steps[:, None])
+        places, places_mask = trees, valid
+        mapped = self._map_places()
+        if mapped is not None:
+            places = torch.cat([trees, mapped[0].float()], dim=1)
+            places_mask = torch.cat([valid, mapped[1]], dim=1)
+        heading = torch.where((self.heading.norm(dim=-1) > 0)[:, None], self.heading, obs_heading)
+        expected = self.planner.expected_fruit(fruit, last_seen, self.steps[:, None])
+        in_sight = torch.where(seen & (sighted >= 0), expected[rows, sighted.clamp_min(0)],
+                               torch.ones(B, dtype=torch.float64))
+        plan = self.planner.act(
+            position, heading, health * c["max_health"], self.steps[:, None],
+            tree_positions=trees, valid=valid, valence_mean=tree_mean.float(),
+            valence_std=tree_std.float(), fruit_estimate=fruit.float(),
+            last_seen=last_seen, current=self.target.clone(),
+            sight_valence_mean=sight_mean.float(), sight_valence_std=sight_std.float(),
+            sight_distance=torch.where(seen, distance.double() * c["sight_range"],
+                                       torch.full((B,), math.inf, dtype=torch.float64)).float(),
+            fruit_in_sight=in_sight.float(), goal=goal, goal_mask=goal_mask,
+            places=places, places_mask=places_mask, generator=self.generator)
+        action = plan.action.clone()
+        eat = (action[:, 2] > 0) & seen
+        action[:, 2] = torch.where(eat, 1.0, -1.0)
+        self.target.copy_(plan.target)
+        self.heading.copy_(plan.heading.float())
+        self.ate.copy_(eat)
+        self.eaten_percept.copy_(torch.where(eat[:, None], sight, torch.zeros_like(sight)))
+        self.previous_health.copy_(health.float())
+        self.steps += 1
+        self._last_mode = plan.mode
+        return action.numpy().astype(np.float32)
+
+    # ------------------------------------------------------------------------------ overlays
+    @property
+    @torch.no_grad()
+    def overlays(self) -> list:
+        """Belief overlays of row 0 (the env a vector env renders)."""
+        position = self.metric.decode(self.code[:1])[1][0]
+        sigma = float(self.variance[0].clamp_min(0.0).sqrt())
+        trees = self.landmarks.landmarks(0)
+        valence = self.readout.predict(trees["percept"]) if len(trees["slot"]) else None
+        units = None
+        mapped = self._map_places()
+        if mapped is not None and bool(mapped[1][0].any()):
+            units = mapped[0][0]
+        target = None
+        t = int(self.target[0])
+        if t >= 0 and bool(self.memory.valid[0, t]):
+            target = self.metric.decode(self.memory.codes[0, t])[1]
+        goal = self.goal_position[0]
+        goal = goal if bool(torch.isfinite(goal).all()) else None
+        return belief_overlays(position, sigma, trees["position"],
+                               None if valence is None else valence.mean.clamp(-1, 1),
+                               None if valence is None else valence.std, map_units=units, target=target, goal=goal)
+
+    # ------------------------------------------------------------------------------ saving
+    def save(self, path) -> None:
+        """Write the agent (config, learned parts, memory and episode state) to ``path``."""
+        torch.save({"format": FORMAT, "config": self.config, "state_dict": self.state_dict(),
+                    "generators": [self.generator.get_state()] + [g.get_state() for g in self.row_generators]},
+                   path)
+
+    @classmethod
+    def load(cls, path) -> "TEMAgent":
+        """An agent saved by :meth:`save`; ValueError for a corrupted file or another format."""
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # corrupted / not a torch file
+            raise ValueError(f"path: {path!s} is not a readable TEMAgent checkpoint ({type(error).__name__}: "
+                             f"{error})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            got = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"path: expected a TEMAgent checkpoint of format {FORMAT!r}, got {got!r}")
+        for key in ("config", "state_dict", "generators"):
+            if key not in data:
+                raise ValueError(f"path: TEMAgent checkpoint lacks {key!r}")
+        try:
+            agent = cls(**data["config"])
+        except Exception as error:
+            raise ValueError(f"path: bad TEMAgent config in checkpoint ({error})") from None
+        try:
+            agent.load_state_dict(data["state_dict"])
+            generators = data["generators"]
+            if len(generators) != 1 + agent.num_agents:
+                raise ValueError(f"expected {1 + agent.num_agents} generator states, got {len(generators)}")
+            agent.generator.set_state(generators[0])
+            for g, state in zip(agent.row_generators, generators[1:]):
+                g.set_state(state)
+        except Exception as error:
+            raise ValueError(f"path: TEMAgent checkpoint does not fit its config ({type(error).__name__}: "
+                             f"{error})") from None
+        agent._sync_belief_in()
+        return agent

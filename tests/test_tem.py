@@ -1,0 +1,190 @@
+"""The TEM agent composed (agents/tem.py): runs in the vector envs, batch = singles, never eats a
+kind learned poisonous, save/load round trip, reset of rows."""
+import numpy as np
+import pytest
+import torch
+
+import gymnasium as gym
+
+import treeworld.envs  # noqa: F401  (registers the ids)
+from treeworld.agents.protocol import BatchAgent
+from treeworld.agents.planner import HOMING
+from treeworld.agents.tem import TEMAgent
+
+torch.set_num_threads(1)
+P = 384
+
+
+def _run(env_id, steps, seed=0, agent=None, **env_kwargs):
+    envs = gym.make_vec(env_id, num_envs=2, vectorization_mode="vector_entry_point", **env_kwargs)
+    agent = TEMAgent(2, consolidate_every=100) if agent is None else agent
+    agent.reset(seed=seed)
+    observations, _ = envs.reset(seed=seed)
+    restart = np.zeros(2, dtype=bool)
+    agent.modes = []
+    for _ in range(steps):
+        actions = agent.act(observations)
+        assert actions.shape == (2, 3) and actions.dtype == np.float32
+        assert envs.single_action_space.contains(actions[0]) and envs.single_action_space.contains(actions[1])
+        agent.modes.append(agent._last_mode.numpy().copy())
+        observations, _, terminated, truncated, _ = envs.step(actions)
+        if restart.any():
+            agent.reset(np.flatnonzero(restart).tolist())
+        restart = terminated | truncated
+    envs.close()
+    return agent
+
+
+@pytest.mark.parametrize("env_id,kwargs", [("treeworld/TreeWorld-v0", {}), ("treeworld/TreeWorldNoisy-v0", {}),
+                                           ("treeworld/TreeWorldHoming-v0", {"explore_steps": 50})])
+def test_runs_in_vector_envs(env_id, kwargs):
+    agent = _run(env_id, 300, **kwargs)
+    assert isinstance(agent, BatchAgent)
+    assert bool(agent.memory.valid.any())
+    assert torch.isfinite(agent.code).all() and torch.isfinite(agent.variance).all()
+    overlays = agent.overlays
+    assert isinstance(overlays, list) and overlays
+    if "Homing" in env_id:  # a goal is set after 50 steps; the agent recalls its place and heads there
+        assert (np.array(agent.modes) == HOMING).any()
+
+
+def _obs(B, rng, sight=None, distance=0.0, goal=False):
+    if sight is None:
+        sight = np.zeros((B, P), np.float32)
+    heading = rng.normal(size=(B, 2)).astype(np.float32)
+    heading /= np.linalg.norm(heading, axis=1, keepdims=True)
+    obs = {"smell": np.zeros((B, P), np.float32), "sight": np.asarray(sight, np.float32),
+           "sight_distance": np.full((B, 1), distance, np.float32),
+           "motion": rng.uniform(-3, 3, size=(B, 2)).astype(np.float32), "heading": heading,
+           "health": np.full((B, 1), 0.9, np.float32)}
+    if goal:
+        obs["goal"] = np.zeros((B, P), np.float32)
+    return obs
+
+
+def _percept(rng):
+    v = rng.normal(size=P).astype(np.float32)
+    return v / np.linalg.norm(v)
+
+
+def test_batch_equals_single_agents():
+    rng = np.random.default_rng(0)
+    trees = [_percept(rng) for _ in range(4)]
+    batch = TEMAgent(2, planner={"explore_jitter": 0.0}, consolidate_every=20)
+    singles = [TEMAgent(1, planner={"explore_jitter": 0.0}, consolidate_every=20) for _ in range(2)]
+    batch.reset(seed=3)
+    for i, s in enumerate(singles):
+        s.reset(seed=3 + i)
+    for t in range(60):
+        sight = np.stack([trees[(t // 7 + row) % 4] for row in range(2)])
+        seen = (t % 3) != 0
+        obs = _obs(2, rng, sight * seen, 0.3 if seen else 0.0)
+        out = batch.act(obs)
+        for row, s in enumerate(singles):
+            one = s.act({k: v[row:row + 1] for k, v in obs.items()})
+            np.testing.assert_allclose(out[row], one[0], atol=1e-4)
+
+
+def test_never_eats_a_kind_learned_poisonous():
+    rng = np.random.default_rng(1)
+    poison = _percept(rng)
+    agent = TEMAgent(2)
+    agent.reset(seed=0)
+    # before learning: an unknown kind in reach at good health is tried
+    first = agent.act(_obs(2, rng, np.stack([poison, poison]), 0.05))
+    assert (first[:, 2] > 0).all()
+    # the bite is poison: health drops by 25 / 1000 -> learned from the health change
+    obs = _obs(2, rng, np.stack([poison, poison]), 0.05)
+    obs["health"] = np.full((2, 1), 0.9 - 0.025, np.float32)
+    agent.act(obs)
+    assert int(agent.readout.eats) == 2
+    agent.readout.update(torch.as_tensor(np.stack([poison] * 4)), -torch.ones(4))
+    mean, std = agent.readout.predict(torch.as_tensor(poison)[None])
+    assert float(mean) < -0.3
+    for _ in range(30):
+        noisy = poison + rng.normal(scale=0.02, size=(2, P)).astype(np.float32)
+        out = agent.act(_obs(2, rng, noisy, rng.uniform(0.01, 0.09)))
+        assert (out[:, 2] <= 0).all()
+
+
+def test_learns_edible_from_health_jump():
+    rng = np.random.default_rng(2)
+    fruit = _percept(rng)
+    agent = TEMAgent(1)
+    agent.reset(seed=0)
+    assert agent.act(_obs(1, rng, fruit[None], 0.05))[0, 2] > 0
+    obs = _obs(1, rng, fruit[None], 0.05)
+    obs["health"] = np.full((1, 1), 0.9 + 0.025, np.float32)
+    agent.act(obs)
+    assert int(agent.readout.eats) == 1
+    assert float(agent.readout.predict(torch.as_tensor(fruit)[None]).mean) > 0
+
+
+def test_save_load_round_trip(tmp_path):
+    agent = _run("treeworld/TreeWorldHoming-v0", 120, explore_steps=50,
+                 agent=TEMAgent(2, consolidate_every=50, learned_pi=True))
+    agent.readout.update(torch.as_tensor(_percept(np.random.default_rng(5)))[None], torch.ones(1))
+    path = tmp_path / "tem.pt"
+    agent.save(path)
+    loaded = TEMAgent.load(path)
+    assert loaded.memory.map_ready is not None
+    for key, value in agent.state_dict().items():
+        other = loaded.state_dict()[key]
+        if not isinstance(value, torch.Tensor):
+            assert value == other, key
+            continue
+        assert torch.equal(torch.nan_to_num(value.float(), nan=-7.0), torch.nan_to_num(other.float(), nan=-7.0)), key
+    rng = np.random.default_rng(3)
+    percept = agent.memory.percepts[0, agent.memory.valid[0]][0].numpy()
+    for t in range(15):
+        obs = _obs(2, rng, np.stack([percept, np.zeros(P, np.float32)]), 0.2 if t % 2 else 0.0, goal=True)
+        obs["goal"][0] = percept
+        np.testing.assert_array_equal(agent.act(obs), loaded.act(obs))
+
+
+def test_corrupted_or_foreign_file(tmp_path):
+    agent = TEMAgent(1, capacity=16)
+    path = tmp_path / "tem.pt"
+    agent.save(path)
+    data = path.read_bytes()
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="TEMAgent"):
+        TEMAgent.load(bad)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ValueError, match="TEMAgent"):
+        TEMAgent.load(garbage)
+    other = tmp_path / "other.pt"
+    torch.save({"format": "something else"}, other)
+    with pytest.raises(ValueError, match="format"):
+        TEMAgent.load(other)
+    reshaped = tmp_path / "reshaped.pt"
+    blob = torch.load(path, weights_only=True)
+    blob["config"]["capacity"] = 32
+    torch.save(blob, reshaped)
+    with pytest.raises(ValueError, match="does not fit"):
+        TEMAgent.load(reshaped)
+
+
+def test_reset_rows_only():
+    rng = np.random.default_rng(4)
+    trees = [_percept(rng) for _ in range(2)]
+    agent = TEMAgent(2)
+    agent.reset(seed=0)
+    for t in range(20):
+        agent.act(_obs(2, rng, np.stack(trees), 0.4))
+    agent.readout.update(torch.as_tensor(trees[0])[None], torch.ones(1))
+    before = {k: v.clone() for k, v in agent.state_dict().items() if isinstance(v, torch.Tensor)}
+    agent.reset([1])
+    after = agent.state_dict()
+    assert torch.equal(after["code"][0], before["code"][0]) and after["variance"][0] == before["variance"][0]
+    assert torch.equal(after["landmarks.memory.valid"][0], before["landmarks.memory.valid"][0])
+    assert not after["landmarks.memory.valid"][1].any()
+    assert int(after["steps"][0]) == 20 and int(after["steps"][1]) == 0
+    assert float(after["variance"][1]) == 0.0
+    origin = agent.metric.encode(torch.zeros(1, 2))[0]
+    assert torch.allclose(after["code"][1], origin)
+    assert torch.equal(after["readout.precision"], before["readout.precision"])  # learned parts persist
+    with pytest.raises(ValueError):
+        agent.reset([2])
