@@ -271,16 +271,17 @@ class FourierMetric(nn.Module):
         over directions, which is no displacement (the ``k_i`` sum to zero).
         """
         work = u_to.dtype
-        wavelengths = (_TWO_PI / self.alphas.to(torch.float64)).tolist()
-        directions, pinv = self.directions.to(work), self.directions_pinv.to(work)  # (dim+1, dim), (dim, dim+1)
+        lengths = _TWO_PI / self.alphas.to(torch.float64)
+        wavelengths = lengths.tolist()
+        directions = self.directions.to(work)  # (dim+1, dim)
+        steps = (lengths[:, None, None] * self.directions_pinv.to(torch.float64)).to(work)  # (J, dim, dim+1)
         d = None  # in-place steps below touch only tensors autograd does not save
         for j, wavelength in enumerate(wavelengths):
             residual = (u_to[j] - u_from[j]).reshape(len(directions), -1)  # (dim+1, N) cycles
             if d is not None:
                 residual.addmm_(directions, d, alpha=-1.0 / wavelength)  # minus the prediction
             residual.sub_(residual.round())  # each direction wraps on its own
-            step = wavelength * pinv
-            d = step @ residual if d is None else torch.addmm(d, step, residual)  # (dim, N)
+            d = steps[j] @ residual if d is None else torch.addmm(d, steps[j], residual)  # (dim, N)
             yield d
 
     @staticmethod

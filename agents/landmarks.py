@@ -73,16 +73,13 @@ into it (a ``touch(slots)`` method would be the small API that needs).
 Side tensors (buffers, ``(B, C)`` indexed by the memory's slots; ``C = memory.capacity``):
 ``valence`` and ``fruit`` (the latest estimates given for the tree, NaN where none was given),
 ``last_seen`` (step, -1 for an empty slot), ``stored_at`` (step of the last write or merge),
-``shared`` ``c``, ``cov`` ``(B, C, 2, 2)``, and ``last_closure`` ``(B,)`` (step of each agent's
-last loop closure, -1 for none). A slot follows ``memory.write``'s return value: a
+``shared`` ``c``, ``cov`` ``(B, C, 2, 2)``, ``position`` ``(B, C, 2)`` (the slot's code decoded,
+refreshed whenever ``observe`` changes the code, so readers need not decode every step), and
+``last_closure`` ``(B,)`` (step of each agent's last loop closure, -1 for none). A slot follows ``memory.write``'s return value: a
 new entry (the slot's ``counts`` is 1 after the write, also when it evicted an older entry)
 resets them; a merge of ``n = counts`` items folds the new sighting in as the memory folds the
 place (running mean of ``n`` items: ``cov <- ((n-1)^2 cov + 2 (n-1) c I + P I + Sigma_t) / n^2``,
 ``c <- ((n-1) c + P) / n``).
-
-Slots of proposals. ``recall_location`` returns codes and weights, not slots; the slot of each
-proposal is found as the valid slot whose stored code equals the returned code exactly (it is a
-gathered copy). A ``return_slots`` flag on ``recall_location`` would be the cleaner API.
 
 Arguments. ``sight`` ``(B, P)``, ``sight_distance`` ``(B,)`` or ``(B, 1)`` in ``[0, 1]`` (the
 observation: distance / ``sight_range``; 0 means nothing in sight unless ``seen`` says otherwise),
@@ -168,6 +165,7 @@ class LandmarkMap(nn.Module):
         self.register_buffer("shared", torch.zeros(B, C, dtype=dtype, device=device))
         self.register_buffer("cov", torch.zeros(B, C, 2, 2, dtype=dtype, device=device))
         self.register_buffer("last_closure", torch.full((B,), -1, dtype=torch.long, device=device))
+        self.register_buffer("position", torch.zeros(B, C, 2, dtype=dtype, device=device))
 
     def extra_repr(self) -> str:
         return (f"sight_range={self.sight_range}, cone_cos={self.cone_cos}, k={self.k}, "
@@ -253,13 +251,6 @@ class LandmarkMap(nn.Module):
             + (r.square() * self.var_across)[:, None, None] * across[:, :, None] * across[:, None, :]
         return offset, cov
 
-    def _slots_of(self, codes: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-        """The slot each recalled code was gathered from, -1 where none.  (B, k, L), (B, k) -> (B, k)"""
-        stored = self.memory.codes  # (B, C, L)
-        equal = (codes[:, :, None, :] == stored[:, None, :, :]).all(-1) & self.memory.valid[:, None, :]  # (B, k, C)
-        found = equal.any(-1) & (weights > 0)
-        return torch.where(found, equal.to(torch.uint8).argmax(-1), torch.full_like(found, -1, dtype=torch.long))
-
     # -------------------------------------------------------------------------------- observe
     @torch.no_grad()
     def observe(self, belief: Belief, sight: torch.Tensor, sight_distance: torch.Tensor, heading: torch.Tensor,
@@ -298,9 +289,8 @@ class LandmarkMap(nn.Module):
         tracked = torch.zeros(B, dtype=torch.bool, device=device)
         gain = torch.zeros(B, dtype=torch.float64, device=device)
         if bool(seen.any()) and bool(memory.valid.any()):
-            codes, weights = memory.recall_location(sight, k)  # (B, k, L), (B, k)
-            slots = self._slots_of(codes, weights)  # (B, k)
-            usable = seen[:, None] & (slots >= 0) & (weights >= self.min_weight)
+            codes, weights, slots = memory.recall_location(sight, k, return_slots=True)  # (B, k, L), (B, k), (B, k)
+            usable = seen[:, None] & memory.valid.gather(1, slots) & (weights >= self.min_weight)
             if bool(usable.any()):
                 safe = slots.clamp_min(0)
                 predicted = metric.apply_displacement(codes, (-offset)[:, None, :].to(codes.dtype))  # (B, k, L)
@@ -354,6 +344,7 @@ class LandmarkMap(nn.Module):
                     cov_new = 0.5 * (cov_new + cov_new.transpose(-1, -2))
                     c_new = c_b + (Db[:, None, None] * S_inv_b @ E).diagonal(dim1=-2, dim2=-1).sum(-1) / 2.0
                     memory.codes[a, s] = metric.apply_displacement(memory.codes[a, s], shift.to(memory.codes.dtype))
+                    self._locate(a, s)
                     self.cov[a, s] = cov_new[closed].to(self.cov.dtype)
                     # The correction replaced a fraction k of the belief error: the other landmarks share less.
                     decay = torch.where(closed, 1.0 - gain, torch.ones_like(gain))
@@ -374,6 +365,7 @@ class LandmarkMap(nn.Module):
             written = memory.write(tree.to(memory.codes.dtype), sight, mask=write)
             w = rows[write]
             s = written[write]
+            self._locate(w, s)
             n = memory.counts[w, s].to(torch.float64)  # items in the entry now
             old = n - 1.0
             fresh = n == 1
@@ -400,6 +392,11 @@ class LandmarkMap(nn.Module):
                 "innovation": innovation.to(code.dtype),
                 "chi2": chi2, "gain": gain, "slot": slot, "written": written}
 
+    def _locate(self, agents: torch.Tensor, slots: torch.Tensor) -> None:
+        """Decode the codes of (agents[i], slots[i]) into ``position`` (after they changed)."""
+        decoded = self.metric.decode(self.memory.codes[agents, slots])[1]
+        self.position[agents, slots] = decoded.to(self.position.dtype)
+
     # ------------------------------------------------------------------------------ access
     @torch.no_grad()
     def reset(self, agents: list[int] | None = None) -> None:
@@ -413,6 +410,7 @@ class LandmarkMap(nn.Module):
         self.shared[chosen] = 0.0
         self.cov[chosen] = 0.0
         self.last_closure[chosen] = -1
+        self.position[chosen] = 0.0
 
     @torch.no_grad()
     def landmarks(self, agent: int = 0) -> dict[str, torch.Tensor]:
@@ -421,8 +419,7 @@ class LandmarkMap(nn.Module):
         landmark's position covariance)."""
         agent = self.memory._check_agent(agent)
         slots = self.memory.valid[agent].nonzero().squeeze(-1)
-        codes = self.memory.codes[agent, slots]
-        return {"slot": slots, "position": self.metric.decode(codes)[1], "percept": self.memory.percepts[agent, slots],
+        return {"slot": slots, "position": self.position[agent, slots], "percept": self.memory.percepts[agent, slots],
                 "valence": self.valence[agent, slots], "fruit": self.fruit[agent, slots],
                 "last_seen": self.last_seen[agent, slots],
                 "cov": self.cov[agent, slots]}

@@ -135,6 +135,10 @@ class SpatialMemory(nn.Module):
         self.percept_weight = 1.0
         self.register_buffer("map_weights", None)  # (B, U, L + P)
         self.register_buffer("map_ready", None)  # (B,) bool
+        # recall_location's shortlist keys, kept in step with the percepts (see _percept_keys).
+        self.register_buffer("_keys", None, persistent=False)  # (B, C, M) embedded percepts
+        self.register_buffer("_keys_sq", None, persistent=False)  # (B, C) their squared norms
+        self._keys_tag = None
 
     def extra_repr(self) -> str:
         return (f"batch_size={self.batch_size}, capacity={self.capacity}, location_dim={self.location_dim}, "
@@ -252,12 +256,12 @@ class SpatialMemory(nn.Module):
         confidence = best.exp()
         return (percepts.squeeze(1), confidence.squeeze(1)) if single else (percepts, confidence)
 
-    def recall_location(self, percepts: torch.Tensor, k: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    def recall_location(self, percepts: torch.Tensor, k: int = 4, return_slots: bool = False):
         """The ``k`` stored places whose percepts are nearest under the percept pseudometric.
 
         percepts (B, P) or (B, Q, P) -> codes (B, [Q,] k, L), weights (B, [Q,] k): kernel values
         ``exp(-d^2 / (2 percept_scale^2))`` nearest first, 0 for empty slots (normalize them to
-        average the places).
+        average the places); with ``return_slots`` also the slots (B, [Q,] k) they are stored in.
         """
         k = checks.count(k, "k")
         if k > self.capacity:
@@ -265,18 +269,54 @@ class SpatialMemory(nn.Module):
         single = percepts.ndim == 2
         percepts = self._check(percepts, "percepts", self.percept_dim, "percept_dim")
         with torch.no_grad():  # shortlist by 2 <E x, E y> - ||E y||^2 = ||E x||^2 - ||E (x - y)||^2
-            embedding = self.percept_metric.embedding.detach()  # (M, P)
-            ey = (self.percepts @ embedding.T).transpose(1, 2)  # (B, M, C)
+            keys, keys_sq = self._percept_keys()
             wide = max(k, min(self.candidates, self.capacity))
-            slots = self._top_slots(2.0 * percepts @ embedding.T, ey, -ey.square().sum(1, keepdim=True), wide)
-        dist_sq = self.percept_metric.pseudo_distance(percepts.unsqueeze(2), self._gather(self.percepts, slots),
-                                                      squared=True)
+            queries = percepts @ self.percept_metric.embedding.detach().T  # (B, Q, M)
+            slots = self._top_slots(2.0 * queries, keys.transpose(1, 2), -keys_sq[:, None, :], wide)
+        dist_sq = self._percept_distances(percepts, queries, slots)
         dist_sq = dist_sq.masked_fill(~self._gather(self.valid, slots), _INF)
         nearest, order = dist_sq.topk(k, dim=-1, largest=False)  # (B, Q, k), exact
         slots = slots.gather(-1, order)
         weights = torch.exp(-nearest / (2.0 * self.percept_scale ** 2))
         codes = self._gather(self.codes, slots)  # (B, Q, k, L)
-        return (codes.squeeze(1), weights.squeeze(1)) if single else (codes, weights)
+        out = (codes, weights, slots) if return_slots else (codes, weights)
+        return tuple(x.squeeze(1) for x in out) if single else out
+
+    def _percept_distances(self, percepts: torch.Tensor, queries: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Squared percept pseudo-distances from percepts (B, Q, P), embedded as queries (B, Q, M),
+        to the stored slots (B, Q, k) -> (B, Q, k). Without autograd, from the cached keys
+        (``||E x - E y||``: no product with E per pair); with it, through the pseudometric, so
+        gradients reach the percepts and the embedding."""
+        if torch.is_grad_enabled() and (percepts.requires_grad or self.percept_metric.embedding.requires_grad):
+            return self.percept_metric.pseudo_distance(percepts.unsqueeze(2), self._gather(self.percepts, slots),
+                                                       squared=True)
+        keys, _ = self._percept_keys()
+        return (queries.detach().unsqueeze(2) - self._gather(keys, slots)).square().sum(-1)
+
+    def _keys_version(self) -> tuple:
+        """Identity and in-place version of the percepts and the embedding the keys derive from."""
+        embedding = self.percept_metric.embedding
+        return (self.percepts.data_ptr(), self.percepts._version, embedding.data_ptr(), embedding._version)
+
+    def _percept_keys(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stored percepts through the pseudometric's embedding (B, C, M) and their squared norms
+        (B, C): the shortlist keys of recall_location. Kept in step by the memory's own writes
+        (only the changed slots are re-embedded) and recomputed whenever the percepts or the
+        embedding changed otherwise (an optimizer step, a load)."""
+        if self._keys_tag != self._keys_version():
+            self._keys = self.percepts @ self.percept_metric.embedding.detach().T
+            self._keys_sq = self._keys.square().sum(-1)
+            self._keys_tag = self._keys_version()
+        return self._keys, self._keys_sq
+
+    def _rekey(self, fresh: bool, agents: torch.Tensor, slots: torch.Tensor) -> None:
+        """After the memory changed the percepts of (agents[i], slots[i]): re-embed those slots if
+        the keys were ``fresh`` before the change (else they are recomputed on the next recall)."""
+        if fresh:
+            keys = self.percepts[agents, slots] @ self.percept_metric.embedding.detach().T
+            self._keys[agents, slots] = keys
+            self._keys_sq[agents, slots] = keys.square().sum(-1)
+            self._keys_tag = self._keys_version()
 
     # -------------------------------------------------------------------------------- write
     @torch.no_grad()
@@ -303,13 +343,13 @@ class SpatialMemory(nn.Module):
             raise ValueError(f"mask: expected a bool tensor of shape {(B,) if single else (B, K)}, got {got}")
         mask = mask.reshape(B, K)
         codes, percepts = codes.to(self.codes.dtype), percepts.to(self.percepts.dtype)
+        fresh_keys = self._keys_tag == self._keys_version()
         self.clock += mask.any(-1)
         rows = torch.arange(B, device=codes.device)[:, None].expand(B, K)  # (B, K)
 
         # Novelty gate: the nearest shortlisted entry close in place and in percept.
         slots, place_sq = self._shortlist(codes)  # (B, K, k)
-        percept_sq = self.percept_metric.pseudo_distance(percepts.unsqueeze(2), self._gather(self.percepts, slots),
-                                                         squared=True)
+        percept_sq = self._percept_distances(percepts, percepts @ self.percept_metric.embedding.detach().T, slots)
         match = (place_sq <= self.place_radius ** 2) & (percept_sq <= self.percept_radius ** 2)
         nearest = place_sq.masked_fill(~match, _INF).argmin(-1, keepdim=True)
         target = slots.gather(-1, nearest).squeeze(-1)  # (B, K)
@@ -333,6 +373,7 @@ class SpatialMemory(nn.Module):
             self.counts[b, s] = 1
             self.refreshed[b, s] = self.clock[b]
         target = target.masked_fill(~mask, -1)
+        self._rekey(fresh_keys, rows[mask], target[mask])
         return target.squeeze(1) if single else target
 
     def _merge(self, agents: torch.Tensor, slots: torch.Tensor, codes: torch.Tensor, percepts: torch.Tensor) -> None:
@@ -373,8 +414,12 @@ class SpatialMemory(nn.Module):
     def reset(self, agents: list[int] | None = None) -> None:
         """Forget everything (``agents=None``) or the listed agents' entries and maps."""
         chosen = list(range(self.batch_size)) if agents is None else [self._check_agent(a, "agents") for a in agents]
+        fresh_keys = self._keys_tag == self._keys_version()
         for name in ("codes", "percepts", "valid", "counts", "refreshed", "clock"):
             getattr(self, name)[chosen] = 0
+        if fresh_keys:  # zero percepts embed to zero keys
+            self._keys[chosen], self._keys_sq[chosen] = 0.0, 0.0
+            self._keys_tag = self._keys_version()
         if self.map_ready is not None:
             self.map_ready[chosen] = False
 

@@ -18,6 +18,9 @@ The rules (constants in :class:`PlannerConfig`):
   ``P(edible) = (1 + m) / 2`` (the valence mean is ``E[2 Phi(f) - 1]``), times
   ``unknown_discount`` for unknown kinds; ``-inf`` for poisonous kinds, invalid slots and
   unaffordable unknowns; trees with no expected fruit score 0 and are never chosen.
+- Worth a trip: expected fruit ``>= min_fruit``, or any when ``health < hungry_health``; other
+  trees score 0 (not chosen), so a sated agent explores to find more trees instead of circling
+  the few it knows as each regrows one fruit.
 - Hysteresis. The current target is kept unless another scores more than ``hysteresis`` times
   its score (or it no longer scores above 0).
 - Eating. Eat when the tree in sight is within ``eat_radius``, shows fruit, and is edible (or
@@ -26,10 +29,16 @@ The rules (constants in :class:`PlannerConfig`):
 - Exploring. Head away from the density of given places (visited places, map units, remembered
   trees: repulsion ``sum (p - v) / |p - v| * exp(-|p - v| / explore_scale)``), bent inward over the
   last ``wall_margin`` before the arena wall, turning at most ``max_turn`` radians per step (plus
-  ``explore_jitter`` radians of noise), at full speed.
+  ``explore_jitter`` radians of noise), at full speed; and every ``explore_scan_every`` steps of
+  the clock, a full turn in place (``scan_turn`` per step): sight is a narrow cone, and a straight
+  walk past trees 30 units to the side never sees them.
 - :meth:`Planner.act` combines them: a homing goal place (rows with ``goal_mask``) -> straight
   there, stopping on it; else a target -> to it, slowing to stop ``stop_fraction * eat_radius``
-  short (and nudging toward it once there, so the heading, hence sight, faces it); else explore.
+  short; else explore. A target in sight (``sighted``, the slot the sight was recognised as, is
+  the target) is approached straight along the heading, the freshest estimate of where it is
+  (it is in the cone ahead), to ``stop_fraction * eat_radius``; a target not in sight once its
+  remembered place is reached is looked for: the heading turns ``scan_turn`` per step in place
+  (mode ``SCAN``; a full turn that does not find it tells the caller the memory was wrong).
   Eating follows :meth:`Planner.eat_decision` in every mode.
 
 Everything is a pure function of its arguments (the light state, the current target and heading,
@@ -65,18 +74,22 @@ class PlannerConfig:
     unknown_discount: float = 0.5  # value of an unknown kind's fruit, relative to a sure one
     risk_reserve: float = 4.0  # a first bite needs health >= risk_reserve * fruit_health (100)
     distance_offset: float = 20.0  # added to the distance: score = value / (distance + offset)
+    min_fruit: float = 2.0  # a tree is worth a trip with at least this much expected fruit ...
+    hungry_health: float = 500.0  # ... or with any, below this health (else explore: find more trees)
     hysteresis: float = 1.5  # switch targets only to one scoring > hysteresis * current score
     stop_fraction: float = 0.5  # stop this fraction of eat_radius short of a target tree
     nudge: float = 0.1  # step (world units) toward a target already within the stop distance
     explore_scale: float = 50.0  # length scale (world units) of the repulsion from known places
     wall_margin: float = 100.0  # start bending inward this far from the arena wall
     max_turn: float = 0.3  # largest heading change per exploring step (radians)
+    scan_turn: float = 0.8  # heading change per scanning step (radians; the sight cone is 0.9 wide)
+    explore_scan_every: int = 30  # exploring, turn a full circle in place every this many steps (0: never)
     explore_jitter: float = 0.05  # std of the random heading noise per exploring step (radians)
 
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("regrow_every", "max_fruit"):
+            if f.name in ("regrow_every", "max_fruit", "explore_scan_every"):
                 checks.integer(value, f.name, low=1 if f.name == "regrow_every" else 0)
             elif f.name == "arena_radius":
                 if value is not None:
@@ -87,7 +100,7 @@ class PlannerConfig:
                 checks.real(value, f.name, low=0.0, high=1.0)
             elif f.name in ("poison_threshold", "known_std"):
                 checks.real(value, f.name, low=0.0, high=1.0)
-            elif f.name in ("max_step", "eat_radius", "explore_scale", "max_turn"):
+            elif f.name in ("max_step", "eat_radius", "explore_scale", "max_turn", "scan_turn"):
                 checks.positive(value, f.name)
             else:
                 checks.positive(value, f.name, strict=False)
@@ -97,10 +110,10 @@ class Plan(NamedTuple):
     action: torch.Tensor  # (B, 3) float32 in [-1, 1]: (dx, dy) / max_step, eat (> 0) or not
     target: torch.Tensor  # (B,) int64 remembered tree targeted, -1 for none
     heading: torch.Tensor  # (B, 2) unit direction of this step's move (the previous one if no move)
-    mode: torch.Tensor  # (B,) int64: 0 explore, 1 go to a target tree, 2 homing
+    mode: torch.Tensor  # (B,) int64: 0 explore, 1 go to a target tree, 2 homing, 3 scan for the target
 
 
-EXPLORE, FORAGE, HOMING = 0, 1, 2
+EXPLORE, FORAGE, HOMING, SCAN = 0, 1, 2, 3
 
 
 # ---------------------------------------------------------------------------------------- checks
@@ -213,8 +226,9 @@ class Planner:
         value = (1 + mean) / 2 * fruit * torch.where(edible, 1.0, c.unknown_discount)
         distance = (tree_positions.double() - position.double()[:, None]).norm(dim=-1)
         score = value / (distance + c.distance_offset)
+        worth = (fruit >= c.min_fruit) | (health[:, None] < c.hungry_health)
         allowed = valid & ~poisonous & (edible | risky)
-        return torch.where(allowed, score, -math.inf)
+        return torch.where(allowed, torch.where(worth, score, 0.0), -math.inf)
 
     def choose_targets(self, position, tree_positions, valid, valence_mean, valence_std, fruit_estimate,
                        last_seen, now, health, current: torch.Tensor | None = None) -> torch.Tensor:
@@ -314,17 +328,24 @@ class Planner:
         angle = torch.where(has_heading, angle, start)
         return torch.stack([torch.cos(angle), torch.sin(angle)], dim=-1).to(position.dtype)
 
+    def _turned(self, heading: torch.Tensor) -> torch.Tensor:
+        """(B, 2) float64 unit headings turned by ``scan_turn`` (counter-clockwise)."""
+        head = _unit(heading.double())[0]
+        cos, sin = math.cos(self.config.scan_turn), math.sin(self.config.scan_turn)
+        return torch.stack([head[:, 0] * cos - head[:, 1] * sin, head[:, 0] * sin + head[:, 1] * cos], -1)
+
     # ------------------------------------------------------------------------------------- acting
     def act(self, position, heading, health, now, *,
             tree_positions=None, valid=None, valence_mean=None, valence_std=None, fruit_estimate=None,
             last_seen=None, current=None,
             sight_valence_mean=None, sight_valence_std=None, sight_distance=None, fruit_in_sight=None,
-            goal=None, goal_mask=None, places=None, places_mask=None,
+            sighted=None, goal=None, goal_mask=None, places=None, places_mask=None,
             generator: torch.Generator | None = None) -> Plan:
         """One step for B agents: homing goal -> go there; else target tree -> go to it; else explore.
 
         Remembered trees (``tree_positions`` ... ``last_seen``) may be omitted together (no trees
-        known), as may the sight arguments (nothing in sight), ``goal``/``goal_mask`` (no homing:
+        known), as may the sight arguments (nothing in sight; ``sighted`` (B,) int64 is the
+        remembered tree the sight was recognised as, -1 for none), ``goal``/``goal_mask`` (no homing:
         ``goal`` (B, 2), ``goal_mask`` (B,) bool, rows with a goal place) and ``places`` (nothing
         to explore away from: the remembered trees are used if given)."""
         batch = _batch(position)
@@ -356,17 +377,34 @@ class Planner:
         explore = self.explore_direction(position, places, heading, places_mask, generator).double()
         move = explore * c.max_step
         mode = torch.full((batch,), EXPLORE, dtype=torch.int64, device=device)
+        if c.explore_scan_every:  # look around: a full turn in place every explore_scan_every steps
+            clock = _steps(now, "now", (batch, 1), p)[:, 0]
+            look = torch.remainder(clock, c.explore_scan_every) < math.ceil(2 * math.pi / c.scan_turn)
+            move = torch.where(look[:, None], self._turned(heading) * c.nudge, move)
         # a target tree
         if tree_xy is not None:
             aim = tree_xy.gather(1, target.clamp_min(0)[:, None, None].expand(batch, 1, 2))[:, 0]
             towards, dist = _unit(aim - p)
             stop = c.stop_fraction * c.eat_radius
-            step = torch.where(dist > stop, (dist - stop).clamp(max=c.max_step),
-                               torch.where(dist > 1e-3, torch.full_like(dist, c.nudge), torch.zeros_like(dist)))
-            step = torch.minimum(step, dist)
             go = target >= 0
+            seen = torch.zeros_like(go)
+            if sighted is not None:
+                sighted = _steps(sighted, "sighted", (batch,), p).to(torch.int64)
+                if sight_distance is None:
+                    raise ValueError("sighted: needs sight_distance")
+                seen_at = _float(sight_distance, "sight_distance", (batch,), allow_inf=True).double()
+                seen = go & (sighted == target) & torch.isfinite(seen_at)
+                head = _unit(heading.double())[0]
+                ahead = head * (seen_at - stop).clamp(0.0, c.max_step).nan_to_num(0.0, 0.0, 0.0)[:, None]
+            step = (dist - stop).clamp(0.0, c.max_step)
             move = torch.where(go[:, None], towards * step[:, None], move)
             mode = torch.where(go, FORAGE, mode)
+            if sighted is not None:
+                move = torch.where(seen[:, None], ahead, move)
+                # arrived, target not in sight: turn in place to look for it
+                scan = go & ~seen & (dist <= stop + c.max_step / 2)  # (a tolerance: the float tail of the approach)
+                move = torch.where(scan[:, None], self._turned(heading) * c.nudge, move)
+                mode = torch.where(scan, SCAN, mode)
         # homing
         if bool(homing.any()):
             towards, dist = _unit(goal - p)

@@ -45,12 +45,13 @@ import torch
 from torch import nn
 
 from treeworld import checks
+from treeworld.config import WorldConfig
 from treeworld.agents.belief_overlays import belief_overlays
 from treeworld.agents.landmarks import LandmarkMap
 from treeworld.agents.memory import SpatialMemory
 from treeworld.agents.path_integration import (Belief, ExactPathIntegration, LearnedPathIntegration,
                                                default_metric, odometry_step_variance)
-from treeworld.agents.planner import HOMING, Planner, PlannerConfig
+from treeworld.agents.planner import SCAN, Planner, PlannerConfig
 from treeworld.agents.protocol import _check_batch, _check_rows
 from treeworld.agents.pseudometric import PseudoMetric
 from treeworld.agents.topography import Topography
@@ -79,6 +80,7 @@ class TEMAgent(nn.Module):
         sight_range, cone_cos: the world's sight distance and cone.
         max_health, fruit_health: the world's health scale and health per bite.
         consolidate_every: steps between consolidations (0: never); map_height, map_width, map_epochs.
+        valence_every: calls between refreshes of the remembered trees' valence after the readout learned.
         planner: keyword overrides of ``PlannerConfig``.
         prior_var: the valence readout's prior variance.
     """
@@ -87,7 +89,7 @@ class TEMAgent(nn.Module):
                  place_radius: float = 20.0, percept_radius: float = 0.7, motion_noise: float = 0.5,
                  motion_gain: float = 1.0, learned_pi: bool = False, sight_range: float = 100.0,
                  cone_cos: float = 0.9, max_health: float = 1000.0, fruit_health: float = 25.0,
-                 consolidate_every: int = 200, map_height: int = 4, map_width: int = 4, map_epochs: int = 2,
+                 consolidate_every: int = 200, valence_every: int = 10, map_height: int = 4, map_width: int = 4, map_epochs: int = 2,
                  planner: Mapping[str, Any] | None = None, prior_var: float = 16.0) -> None:
         super().__init__()
         self.config = dict(num_agents=checks.count(num_agents, "num_agents"),
@@ -99,6 +101,7 @@ class TEMAgent(nn.Module):
                            max_health=checks.positive(max_health, "max_health"),
                            fruit_health=checks.positive(fruit_health, "fruit_health"),
                            consolidate_every=checks.integer(consolidate_every, "consolidate_every", low=0),
+                           valence_every=checks.count(valence_every, "valence_every"),
                            map_height=checks.count(map_height, "map_height"),
                            map_width=checks.count(map_width, "map_width"),
                            map_epochs=checks.count(map_epochs, "map_epochs"),
@@ -122,14 +125,44 @@ class TEMAgent(nn.Module):
         self.register_buffer("steps", torch.zeros(B, dtype=torch.long))
         self.register_buffer("heading", torch.zeros(B, 2))
         self.register_buffer("target", torch.full((B,), -1, dtype=torch.long))
+        self.register_buffer("scan_steps", torch.zeros(B, dtype=torch.long))  # consecutive scanning steps
+        # step of each slot's fruit estimate (stored: 1 fruit; marked bare: 0), for the regrowth count
+        self.register_buffer("fruit_since", torch.zeros(B, c["capacity"], dtype=torch.long))
         self.register_buffer("previous_health", torch.full((B,), math.nan))
         self.register_buffer("ate", torch.zeros(B, dtype=torch.bool))
         self.register_buffer("eaten_percept", torch.zeros(B, P))
         self.register_buffer("goal_position", torch.full((B, 2), math.nan))
+        C, U = c["capacity"], c["map_height"] * c["map_width"]
+        self.register_buffer("tree_valence", torch.zeros(B, C))  # readout mean per memory slot
+        self.register_buffer("tree_valence_std", torch.ones(B, C))  # and its std
+        self.register_buffer("valence_refreshed", torch.zeros((), dtype=torch.long))  # readout eats then
+        self.register_buffer("clock", torch.zeros((), dtype=torch.long))  # act() calls
+        self.register_buffer("map_position", torch.zeros(B, U, 2))  # decoded map units per row
         self._last_mode = torch.zeros(B, dtype=torch.long)  # the planner's mode of the last step (0/1/2)
         self.generator = torch.Generator().manual_seed(0)
         self.row_generators = [torch.Generator().manual_seed(row) for row in range(B)]
         self._sync_belief_out()
+
+    @classmethod
+    def for_config(cls, config, num_agents: int = 1, **overrides) -> "TEMAgent":
+        """An agent whose sensor and body constants match a ``WorldConfig`` (sight range and cone,
+        health scale, fruit health, odometry noise and gain), with keyword ``overrides``."""
+        checks.instance(config, WorldConfig, "config")
+        matched = dict(percept_dim=config.percept_dim, sight_range=config.sight_distance,
+                       cone_cos=config.sight_cos, max_health=config.max_health,
+                       fruit_health=config.fruit_health, motion_noise=config.motion_noise,
+                       motion_gain=config.motion_gain)
+        return cls(num_agents, **{**matched, **overrides})
+
+    @torch.no_grad()
+    def position(self) -> torch.Tensor:
+        """(B, 2) believed positions (decoded belief codes), in the agent's frame (origin = start)."""
+        return self.metric.decode(self.code)[1]
+
+    @torch.no_grad()
+    def sigma(self) -> torch.Tensor:
+        """(B,) believed position std per axis (world units)."""
+        return self.variance.clamp_min(0.0).sqrt()
 
     # ------------------------------------------------------------------------------ helpers
     @property
@@ -148,22 +181,29 @@ class TEMAgent(nn.Module):
         self.belief.code = self.code.clone()
         self.belief.variance = self.variance.clone()
 
-    def _tree_positions(self) -> torch.Tensor:
-        """(B, C, 2) decoded positions of every memory slot (0 for empty slots)."""
-        xy = self.metric.decode(self.memory.codes)[1]
-        xy = torch.nan_to_num(xy, nan=0.0, posinf=0.0, neginf=0.0)
-        return torch.where(self.memory.valid[..., None], xy, torch.zeros_like(xy))
-
     def _map_places(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(B, U, 2) decoded map units and (B, U) mask of the rows with a map, or None."""
-        memory = self.memory
-        if memory.map_ready is None or not bool(memory.map_ready.any()):
+        ready = self.memory.map_ready
+        if ready is None or not bool(ready.any()):
             return None
-        L = memory.location_dim
-        xy = self.metric.decode(memory.map_weights[..., :L].contiguous())[1]
-        xy = torch.nan_to_num(xy, nan=0.0, posinf=0.0, neginf=0.0)
-        mask = memory.map_ready[:, None].expand(xy.shape[:2])
-        return torch.where(mask[..., None], xy, torch.zeros_like(xy)), mask.clone()
+        return self.map_position, ready[:, None].expand(self.map_position.shape[:2])
+
+    def _refresh_valence(self, written: torch.Tensor) -> None:
+        """Refresh the per-slot valence cache: the slots ``written`` (B,) this step (-1: none)
+        always; every stored slot when the readout has learned since the last full refresh, at
+        most every ``valence_every`` calls (a cached valence is at most that stale; the sight's,
+        which decides every bite, is always current)."""
+        rows = torch.arange(self.num_agents)
+        full = (int(self.readout.eats) != int(self.valence_refreshed)
+                and int(self.clock) % self.config["valence_every"] == 0)
+        slots = self.memory.valid.clone() if full else torch.zeros_like(self.memory.valid)
+        changed = written >= 0
+        slots[rows[changed], written[changed]] = True
+        if full:
+            self.valence_refreshed.copy_(self.readout.eats)
+        if bool(slots.any()):
+            valence = self.readout.predict(self.memory.percepts[slots])
+            self.tree_valence[slots], self.tree_valence_std[slots] = valence.mean, valence.std
 
     # ------------------------------------------------------------------------------ protocol
     @torch.no_grad()
@@ -186,6 +226,8 @@ class TEMAgent(nn.Module):
         self.steps[chosen] = 0
         self.heading[chosen] = 0.0
         self.target[chosen] = -1
+        self.scan_steps[chosen] = 0
+        self.fruit_since[chosen] = 0
         self.previous_health[chosen] = math.nan
         self.ate[chosen] = False
         self.eaten_percept[chosen] = 0.0
@@ -223,23 +265,23 @@ class TEMAgent(nn.Module):
         bare = tried & ~learned & (delta.abs() < 0.2 * c["fruit_health"]) \
             & (health < 1.0 - c["fruit_health"] / c["max_health"])
 
-        # 3. landmarks (valence of the sight and of every stored tree in one readout call)
-        C = self.memory.capacity
-        stored = self.memory.valid.clone()
-        valence = self.readout.predict(torch.cat([sight, self.memory.percepts[stored]], dim=0))
-        sight_mean, sight_std = valence.mean[:B], valence.std[:B]
-        tree_mean = torch.zeros(B, C, dtype=valence.mean.dtype)
-        tree_std = torch.ones(B, C, dtype=valence.std.dtype)
-        tree_mean[stored], tree_std[stored] = valence.mean[B:], valence.std[B:]
+        # 3. landmarks, then the valence of the sight and of the changed or stale slots
+        if bool(seen.any()):
+            self.readout.adapt(sight[seen])
+        sight_mean, sight_std = self.readout.predict(sight)
         heading_in = torch.where(seen[:, None], obs_heading, torch.ones_like(obs_heading))
         result = self.landmarks.observe(self.belief, sight, distance, heading_in, self.steps.clone(),
                                         valence=sight_mean.double())
+        self._refresh_valence(result["written"])
         sighted = torch.where(result["slot"] >= 0, result["slot"], result["written"])  # (B,)
         rows = torch.arange(B)
         mark = bare & seen & (sighted >= 0)
         if bool(mark.any()):
             self.landmarks.fruit[rows[mark], sighted[mark]] = 0.0
-            self.landmarks.last_seen[rows[mark], sighted[mark]] = self.steps[mark]
+            self.fruit_since[rows[mark], sighted[mark]] = self.steps[mark]
+        written = result["written"]
+        new = (written >= 0) & (self.memory.counts[rows, written.clamp_min(0)] == 1)
+        self.fruit_since[rows[new], written[new]] = self.steps[new]
         self._sync_belief_out()
 
         # 4. consolidation into the map layer
@@ -253,6 +295,9 @@ class TEMAgent(nn.Module):
                                             generator=torch.Generator().manual_seed(0))
                 self.memory.consolidate(topography, agent=row, epochs=c["map_epochs"], batch_size=64,
                                         generator=self.row_generators[row])
+                units = self.memory.map_weights[row, :, :self.memory.location_dim]
+                self.map_position[row] = torch.nan_to_num(self.metric.decode(units)[1], nan=0.0, posinf=0.0,
+                                                          neginf=0.0)
 
         # 5. homing goal
         goal = goal_mask = None
@@ -268,14 +313,14 @@ class TEMAgent(nn.Module):
 
         # 6. plan
         position = self.belief.position().float()
-        trees = self._tree_positions().float()
+        trees = self.landmarks.position.float()
         valid = self.memory.valid.clone()
         fruit = torch.nan_to_num(self.landmarks.fruit.double(), nan=1.0).clamp_min(0.0)
-        last_seen = self.landmarks.last_seen.clamp_min(0).clamp(max=self.steps[:, None])
+        last_seen = self.fruit_since.clamp(max=self.steps[:, None])  # when each fruit estimate was made
         places, places_mask = trees, valid
         mapped = self._map_places()
         if mapped is not None:
-            places = torch.cat([trees, mapped[0].float()], dim=1)
+            places = torch.cat([trees, mapped[0]], dim=1)
             places_mask = torch.cat([valid, mapped[1]], dim=1)
         heading = torch.where((self.heading.norm(dim=-1) > 0)[:, None], self.heading, obs_heading)
         expected = self.planner.expected_fruit(fruit, last_seen, self.steps[:, None])
@@ -283,23 +328,36 @@ class TEMAgent(nn.Module):
                                torch.ones(B, dtype=torch.float64))
         plan = self.planner.act(
             position, heading, health * c["max_health"], self.steps[:, None],
-            tree_positions=trees, valid=valid, valence_mean=tree_mean.float(),
-            valence_std=tree_std.float(), fruit_estimate=fruit.float(),
+            tree_positions=trees, valid=valid, valence_mean=self.tree_valence,
+            valence_std=self.tree_valence_std, fruit_estimate=fruit.float(),
             last_seen=last_seen, current=self.target.clone(),
             sight_valence_mean=sight_mean.float(), sight_valence_std=sight_std.float(),
             sight_distance=torch.where(seen, distance.double() * c["sight_range"],
                                        torch.full((B,), math.inf, dtype=torch.float64)).float(),
-            fruit_in_sight=in_sight.float(), goal=goal, goal_mask=goal_mask,
+            fruit_in_sight=in_sight.float(), sighted=torch.where(seen, sighted, -1), goal=goal, goal_mask=goal_mask,
             places=places, places_mask=places_mask, generator=self.generator)
         action = plan.action.clone()
         eat = (action[:, 2] > 0) & seen
         action[:, 2] = torch.where(eat, 1.0, -1.0)
+        # A full turn at a remembered tree's place without seeing it: the memory was wrong there;
+        # count it bare (no expected fruit until the next regrowth tick) so the target moves on.
+        # Likewise a target in sight and in reach that the eat rule declines (its look now says no
+        # fruit, or not edible): nothing to be had there now.
+        self.scan_steps.copy_(torch.where(plan.mode == SCAN, self.scan_steps + 1, 0))
+        lost = self.scan_steps > math.ceil(2 * math.pi / self.planner.config.scan_turn)
+        lost |= (plan.target >= 0) & seen & (sighted == plan.target) & ~eat \
+            & (distance * c["sight_range"] <= self.planner.config.eat_radius)
+        if bool(lost.any()):
+            self.landmarks.fruit[rows[lost], plan.target[lost]] = 0.0
+            self.fruit_since[rows[lost], plan.target[lost]] = self.steps[lost]
+            self.scan_steps[lost] = 0
         self.target.copy_(plan.target)
         self.heading.copy_(plan.heading.float())
         self.ate.copy_(eat)
         self.eaten_percept.copy_(torch.where(eat[:, None], sight, torch.zeros_like(sight)))
         self.previous_health.copy_(health.float())
         self.steps += 1
+        self.clock += 1
         self._last_mode = plan.mode
         return action.numpy().astype(np.float32)
 

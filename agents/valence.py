@@ -18,6 +18,19 @@ current posterior of ``f`` (``N(mu, s)``) is a Gaussian site of precision
 terms to the precision, so it stays symmetric positive definite over any number of updates, and
 the result does not depend on a learning rate.
 
+Sensory adaptation. Sentence embeddings share a large common direction (any two MiniLM percepts
+have a cosine well above 0), so on raw unit percepts one poisonous bite lowers the valence of every
+tree, and six edible bites of other kinds then pull a tasted poisonous kind back above 0 (measured:
++0.29). The features are therefore the unit percept minus the running mean of the unit percepts
+the readout was shown by ``adapt`` (the agent shows it every sight: statistics of its own
+experience, nothing of the vocabulary), renormalized: ``phi(x) = (u - c) / ||u - c||`` with
+``u = x / ||x||`` and ``c = sum(u) / (count + 1)`` (0 before anything was seen, so an unadapted
+readout is the plain one). With it the same bites leave the poisonous kind at -0.6 and untasted
+kinds near 0 with a wide std. The centre keeps moving slowly as experience grows; the posterior is
+not recomputed for it (its early eats were scored against an earlier centre). Limit: a readout
+shown only one look centres it to nearly 0, so that look's noise decides its valence until other
+looks have been seen (in the world the agent sees many trees from the first steps).
+
 Why linear on the unit percept generalizes across fruit counts and names. A sight percept is
 ``normalize(e_kind + e_name + e_phrase)``: the kind, the tree's name and its fruit phrase add up.
 A linear score is the sum of their scores. Phrases and names occur with both outcomes (every
@@ -48,7 +61,8 @@ One shared readout. Edibility is a property of the kind, the same for every agen
 world, so the readout is shared knowledge: one model, updated with the eats of all B agents of a
 batch (``update`` takes any number of rows, e.g. the agents that ate this step, flattened), and
 never reset between episodes: a poisonous kind learned in one world stays poisonous in the next.
-It is saved with the agent (``state_dict``: ``precision``, ``shift`` and the ``eats`` counter;
+It is saved with the agent (``state_dict``: ``precision``, ``shift``, the ``eats`` counter and the
+adaptation's ``seen_sum`` and ``seen_count``;
 exact round trip). The
 rows of one ``update`` call are moment-matched against the same current posterior and added
 together (the parallel form of the filter; with one row it is the sequential filter exactly), so
@@ -58,8 +72,11 @@ Inputs and dtypes. Percepts must be finite with last dimension ``percept_dim``; 
 exactly -1 or +1 (ValueError naming the argument, raised before anything changes). A zero
 percept ("nothing seen") keeps a zero percept feature. Floating inputs of any dtype are cast to
 the module's dtype (float32 unless built otherwise, or ``.double()``), and results come back in
-it; the posterior is solved in float64 internally (one (D+1)^2 Cholesky per call, ~1 ms at
-D = 384), so the stored state stays the only state (no cache to go stale after ``load_state_dict``).
+it; the posterior is solved in float64 internally: the mean weights and the
+covariance are kept in a cache keyed on the identity and in-place version of ``precision`` and
+``shift``, solved by Cholesky on the first prediction after a change (an update, a
+``load_state_dict``, an outside edit; a few ms at D = 384), so equal states predict equally and
+the cache cannot go stale; a percept then costs two (D+1)-products.
 """
 from __future__ import annotations
 
@@ -108,23 +125,51 @@ class ValenceReadout(nn.Module):
         self.register_buffer("precision", torch.diag(diag).to(dtype=dtype, device=device))
         self.register_buffer("shift", torch.zeros(self.percept_dim + 1, dtype=dtype, device=device))
         self.register_buffer("eats", torch.zeros((), dtype=torch.int64, device=device))
+        # Sensory adaptation: the sum and count of the unit percepts shown to adapt() (float64).
+        self.register_buffer("seen_sum", torch.zeros(self.percept_dim, dtype=torch.float64, device=device))
+        self.register_buffer("seen_count", torch.zeros((), dtype=torch.int64, device=device))
+        self._posterior_cache: tuple | None = None  # (key, mean (D+1,), covariance (D+1, D+1))
 
     # ----------------------------------------------------------------------------------- helpers
     def _features(self, percepts, name: str) -> torch.Tensor:
-        """(..., D) percepts -> (n, D + 1) float64 features (unit percept, 1)."""
-        checks.last_dim(percepts, self.percept_dim, name, "percept_dim")
-        checks.finite_tensor(percepts, name)
-        x = percepts.detach().to(device=self.precision.device, dtype=self.precision.dtype)
-        x = x.reshape(-1, self.percept_dim).double()
+        """(..., D) percepts -> (n, D + 1) float64 features (adapted unit percept, 1)."""
+        x = self._unit(percepts, name) - self.center()
         x = x / x.norm(dim=-1, keepdim=True).clamp_min(_EPS)
         return torch.cat([x, torch.ones_like(x[:, :1])], dim=-1)
 
+    def _unit(self, percepts, name: str) -> torch.Tensor:
+        """(..., D) percepts -> (n, D) float64 unit rows (zero rows stay zero)."""
+        checks.last_dim(percepts, self.percept_dim, name, "percept_dim")
+        checks.finite_tensor(percepts, name)
+        x = percepts.detach().to(device=self.precision.device, dtype=torch.float64).reshape(-1, self.percept_dim)
+        return x / x.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+
+    def center(self) -> torch.Tensor:
+        """(D,) float64 the adaptation centre: ``sum / (count + 1)`` of the unit percepts seen (0 before any)."""
+        return self.seen_sum / (self.seen_count.double() + 1.0)
+
+    @torch.no_grad()
+    def adapt(self, percepts: torch.Tensor) -> None:
+        """Sensory adaptation: fold ``(..., D)`` percepts (e.g. every sight) into the centre."""
+        x = self._unit(percepts, "percepts")
+        self.seen_sum.add_(x.sum(0))
+        self.seen_count.add_(len(x))
+
+    def _posterior_key(self) -> tuple:
+        return tuple((t.data_ptr(), t._version) for t in (self.precision, self.shift))
+
+    def _posterior(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean ``(D+1,)`` and covariance ``(D+1, D+1)`` of the weights, float64, cached."""
+        if self._posterior_cache is None or self._posterior_cache[0] != self._posterior_key():
+            chol = torch.linalg.cholesky(self.precision.double())
+            mean = torch.cholesky_solve(self.shift.double()[:, None], chol)[:, 0]
+            self._posterior_cache = (self._posterior_key(), mean, torch.cholesky_inverse(chol))
+        return self._posterior_cache[1:]
+
     def _latent(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Posterior mean and variance of the latent score of each feature row (float64)."""
-        chol = torch.linalg.cholesky(self.precision.double())
-        mean = torch.cholesky_solve(self.shift.double()[:, None], chol)[:, 0]
-        half = torch.linalg.solve_triangular(chol, features.T, upper=False)  # L^-1 phi
-        return features @ mean, (half * half).sum(0)
+        mean, covariance = self._posterior()
+        return features @ mean, ((features @ covariance) * features).sum(-1)
 
     # -------------------------------------------------------------------------------------- API
     def predict(self, percepts: torch.Tensor) -> Valence:

@@ -37,7 +37,7 @@ from treeworld.envs import NOISY, TASKS
 from treeworld.tasks import spl
 from treeworld.vocabulary import FRUIT_PHRASES
 
-from reporting import emit_json
+from reporting import emit_json, mean_ci
 
 AGENTS = ("nothing", "random", "forager")
 DRIFT_AT = (100, 500, 1000, 2000)
@@ -60,15 +60,6 @@ def make_agent(name: str, env: gym.Env, seed: int):
     if name == "random":
         return RandomWalker(env.action_space, seed=seed, config=config)
     return Forager(config=config, seed=seed)
-
-
-def mean_ci(values) -> dict:
-    """Mean and the half-width of its 95% confidence interval (normal approximation); None if empty."""
-    values = np.asarray(values, dtype=np.float64)
-    if len(values) == 0:
-        return {"mean": None, "ci95": None, "n": 0}
-    half = 1.96 * values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else None
-    return {"mean": float(values.mean()), "ci95": half, "n": len(values)}
 
 
 def episode(task: str, agent_name: str, seed: int, steps: int) -> dict:

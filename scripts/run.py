@@ -6,6 +6,8 @@ Examples:
     python scripts/run.py --agent random --render human --set num_trees=40 --set name_pool=64
     python scripts/run.py --agent forager --world-seed 7 --episodes 5 --json out/metrics.json
     python scripts/run.py --agent forager --task noisy --episodes 4
+    python scripts/run.py --agent tem --task noisy --max-steps 500 --record out/tem.gif   # draws its beliefs
+    python scripts/run.py --agent tem --agent-file out/tem.pt     # a saved TEMAgent (TEMAgent.save)
 
 Episode i is seeded with --seed + i (the env and the agent); --world-seed keeps one tree layout
 across episodes. At the end a per-episode metrics table and its mean row are printed.
@@ -26,7 +28,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # the agents' per-step produ
 from treeworld.config import WorldConfig  # noqa: E402
 from treeworld.envs import TASKS  # noqa: E402
 
-AGENTS = ("random", "forager")
+AGENTS = ("random", "forager", "tem")
 RENDER_MODES = ("human", "rgb_array", "none")
 MAX_RECORDED_FRAMES = 300  # the default --frame-every keeps recordings about this long
 COLUMNS = (  # (metrics key, table header, row format, mean format)
@@ -79,13 +81,25 @@ def _parse_value(key: str, text: str, type_name: str) -> Any:
     return text
 
 
-def make_agent(name: str, env: Any, config: WorldConfig, seed: int) -> Any:
-    """The baseline agent called ``name`` for ``env`` (its world ``config``), seeded with ``seed``."""
+def make_agent(name: str, env: Any, config: WorldConfig, seed: int, agent_file: pathlib.Path | None = None) -> Any:
+    """The agent called ``name`` for ``env`` (its world ``config``), seeded with ``seed``; for "tem",
+    a one-row TEMAgent as a single-env agent, loaded from ``agent_file`` when given."""
     from treeworld.agents.baselines import Forager, RandomWalker
 
     if name == "random":
         return RandomWalker(env.action_space, seed=seed, config=config)
-    return Forager(config=config, seed=seed)
+    if name == "forager":
+        return Forager(config=config, seed=seed)
+    from treeworld.agents.protocol import Single
+    from treeworld.agents.tem import TEMAgent
+
+    if agent_file is None:
+        return Single(TEMAgent.for_config(config, 1))
+    agent = TEMAgent.load(agent_file)
+    if agent.config["percept_dim"] != config.percept_dim:
+        raise ValueError(f"{agent_file} holds an agent for {agent.config['percept_dim']}-d percepts, "
+                         f"the world's are {config.percept_dim}-d")
+    return Single(agent)
 
 
 def run_episode(env: Any, agent: Any, seed: int, world_seed: int | None, frames: list | None, frame_every: int,
@@ -121,6 +135,8 @@ def run_episode(env: Any, agent: Any, seed: int, world_seed: int | None, frames:
 
 
 def _copy_overlays(env: Any, agent: Any) -> None:
+    if env.render_mode is None:  # nothing draws them (and an agent may build them at a cost)
+        return
     overlays = getattr(agent, "overlays", None)
     if overlays is not None:
         env.unwrapped.overlays = list(overlays)
@@ -148,8 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__, epilog=f"config keys for --set (value none for an optional field):\n{config_help}",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--agent", choices=AGENTS, default="forager",
-                        help="random: correlated random walk; forager: maps trees by smell, eats edible fruit "
-                             "(default: forager)")
+                        help="random: correlated random walk; forager: maps trees by smell, eats edible fruit; "
+                             "tem: the TEM agent, its beliefs drawn (default: forager)")
+    parser.add_argument("--agent-file", type=pathlib.Path, default=None, metavar="PATH",
+                        help="with --agent tem: load a saved TEMAgent (TEMAgent.save) of one row")
     parser.add_argument("--task", choices=tuple(TASKS), default="forage",
                         help="forage: the default world; noisy: motion and percept noise; homing: reach goal trees "
                              "seen before (default: forage)")
@@ -186,6 +204,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         parser.error(f"--world-seed: expected a non-negative int, got {args.world_seed}")
     if args.seed < 0:
         parser.error(f"--seed: expected a non-negative int, got {args.seed}")
+    if args.agent_file is not None and args.agent != "tem":
+        parser.error(f"--agent-file loads a TEMAgent: use it with --agent tem, got --agent {args.agent}")
     render = args.render or ("rgb_array" if args.record is not None else "none")
     if args.record is not None:
         if render != "rgb_array":
@@ -211,7 +231,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rows = []
     try:
         try:
-            agent = make_agent(args.agent, env, config, args.seed)
+            agent = make_agent(args.agent, env, config, args.seed, args.agent_file)
         except (TypeError, ValueError) as e:
             parser.error(f"--agent {args.agent}: {e}")
         for episode in range(args.episodes):
@@ -231,7 +251,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         args.record.write_bytes(data)
         print(f"recorded {len(frames)} frames (every {frame_every} steps) to {args.record} ({len(data) / 1e6:.1f} MB)")
     if args.json is not None:
-        report = {"agent": args.agent, "task": args.task, "world_seed": args.world_seed, "config": dataclasses.asdict(config),
+        report = {"agent": args.agent, "agent_file": None if args.agent_file is None else str(args.agent_file),
+                  "task": args.task, "world_seed": args.world_seed, "config": dataclasses.asdict(config),
                   "episodes": rows, "mean": mean_metrics(rows)}
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -515,3 +515,43 @@ def test_loading_a_state_of_another_shape_fails_naming_the_key_and_changes_nothi
             assert torch.equal(saved[name], value) if isinstance(value, torch.Tensor) else saved[name] == value
     memory.load_state_dict(source.state_dict())  # the intact state still loads, exactly
     assert all(torch.equal(x, y) for x, y in zip(memory.map_units(0), source.map_units(0)))
+
+
+def brute_recall_location(memory: SpatialMemory, percepts: torch.Tensor, k: int):
+    """recall_location over every slot, no shortlist, no cached keys: (B, Q, k) distances and slots."""
+    dist_sq = memory.percept_metric.cross_distance(percepts, memory.percepts, squared=True)  # (B, Q, C)
+    dist_sq = dist_sq.masked_fill(~memory.valid[:, None, :], float("inf"))
+    return dist_sq.topk(k, dim=-1, largest=False)
+
+
+def test_cached_percept_keys_follow_writes_merges_resets_and_embedding_changes():
+    memory = filled_memory(3)
+    g = gen(4)
+    optimizer = torch.optim.SGD(memory.percept_metric.parameters(), lr=0.5)
+
+    def check():
+        queries = memory.percepts[:, :5] + 0.01 * torch.randn(2, 5, LandmarkField.dim, generator=g)
+        with torch.no_grad():
+            codes, weights, slots = memory.recall_location(queries, 3, return_slots=True)
+        nearest, expected = brute_recall_location(memory, queries.detach(), 3)
+        assert torch.equal(slots, expected)
+        torch.testing.assert_close(weights, torch.exp(-nearest / (2 * memory.percept_scale ** 2)),
+                                   rtol=1e-4, atol=1e-5)
+        assert torch.equal(codes, memory.codes[torch.arange(2)[:, None, None], slots])
+
+    check()
+    places = memory.location_metric.decode(memory.codes[:, :4])[1]  # revisits: merges
+    memory.write(memory.location_metric.encode(places), memory.percepts[:, :4] + 0.01)
+    check()
+    memory.write(memory.location_metric.encode(10 + torch.rand(2, 3, 2, generator=g)),
+                 unit_percepts(2, 3, generator=g))  # new entries
+    check()
+    memory.reset([1])
+    memory.write(memory.location_metric.encode(torch.rand(2, 6, 2, generator=g)), unit_percepts(2, 6, generator=g))
+    check()
+    loss = memory.percept_metric.pseudo_distance(memory.percepts[0, :3], memory.percepts[0, 3:6]).sum()
+    loss.backward()
+    optimizer.step()  # the embedding changes in place: the keys must follow
+    check()
+    memory.percepts[0, 0] = unit_percepts(1, generator=g)[0]  # an outside edit
+    check()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from treeworld.agents.planner import EXPLORE, FORAGE, HOMING, Planner, PlannerConfig, expected_fruit
+from treeworld.agents.planner import EXPLORE, FORAGE, HOMING, SCAN, Planner, PlannerConfig, expected_fruit
 
 torch.set_num_threads(1)
 
@@ -13,6 +13,7 @@ CONFIG = PlannerConfig()
 EDIBLE = (0.9, 0.1)  # valence (mean, std) of a kind known edible
 POISON = (-0.9, 0.1)  # ... known poisonous
 UNKNOWN = (0.0, 0.8)  # ... never tasted
+HUNGRY, SATED = CONFIG.hungry_health - 100.0, CONFIG.hungry_health + 100.0
 
 
 def memory(positions, fruit, valence, last_seen=0.0):
@@ -49,16 +50,16 @@ def test_expected_fruit_follows_the_world_regrowth_clock():
 
 # ---------------------------------------------------------------------------------- targets
 def test_picks_best_expected_fruit_per_distance_among_edible_trees():
-    planner = Planner()
+    planner = Planner()  # hungry: every expected fruit is worth a trip
     # hand case: 4 fruit at 100 (4 / 120) beats 1 fruit at 15 (1 / 35) and 2 at 200
     mem = memory([(100, 0), (0, 15), (-200, 0)], [4, 1, 2], [EDIBLE] * 3)
-    assert planner.choose_targets(torch.zeros(1, 2), **mem, now=0, health=500.0).item() == 0
+    assert planner.choose_targets(torch.zeros(1, 2), **mem, now=0, health=HUNGRY).item() == 0
     mem = memory([(100, 0), (0, 15)], [2, 1], [EDIBLE] * 2)  # 2 / 120 < 1 / 35
-    assert planner.choose_targets(torch.zeros(1, 2), **mem, now=0, health=500.0).item() == 1
+    assert planner.choose_targets(torch.zeros(1, 2), **mem, now=0, health=HUNGRY).item() == 1
     # regrowth counts: tree 0 seen bare long ago has 3 fruit now (3 / 80 > 1 / 35)
     mem = memory([(60, 0), (0, 15)], [0, 1], [EDIBLE] * 2, last_seen=0)
     mem["last_seen"][0, 1] = 300.0
-    assert planner.choose_targets(torch.zeros(1, 2), **mem, now=300, health=500.0).item() == 0
+    assert planner.choose_targets(torch.zeros(1, 2), **mem, now=300, health=HUNGRY).item() == 0
     # random batches against a brute-force argmax
     gen = torch.Generator().manual_seed(1)
     B, M = 64, 12
@@ -68,12 +69,21 @@ def test_picks_best_expected_fruit_per_distance_among_edible_trees():
     mean = torch.rand(B, M, generator=gen) * 0.9 + 0.05
     std = torch.rand(B, M, generator=gen) * 0.4
     valid = torch.rand(B, M, generator=gen) > 0.2
-    got = planner.choose_targets(pos, trees, valid, mean, std, fruit, torch.zeros(B, M), 0, 500.0)
+    got = planner.choose_targets(pos, trees, valid, mean, std, fruit, torch.zeros(B, M), 0, HUNGRY)
     for b in range(B):
         s = [score(pos[b].numpy(), trees[b, m].numpy(), fruit[b, m].item(), mean[b, m].item())
              if valid[b, m] and fruit[b, m] > 0 else -1 for m in range(M)]
         want = int(np.argmax(s)) if max(s) > 0 else -1
         assert got[b].item() == want
+
+
+def test_a_sated_agent_skips_trees_with_less_than_min_fruit():
+    planner = Planner()
+    mem = memory([(0, 15), (300, 0)], [1, 2], [EDIBLE] * 2)
+    assert planner.choose_targets(torch.zeros(1, 2), **mem, now=0, health=SATED).item() == 1
+    assert planner.choose_targets(torch.zeros(1, 2), **mem, now=0, health=HUNGRY).item() == 0
+    mem = memory([(0, 15)], [1], [EDIBLE])
+    assert planner.choose_targets(torch.zeros(1, 2), **mem, now=0, health=SATED).item() == -1  # explore
 
 
 def test_never_targets_or_eats_a_kind_believed_poisonous():
@@ -131,14 +141,14 @@ def test_hysteresis_keeps_the_target_against_a_marginally_better_one():
     position = torch.zeros(1, 2)
     # tree 0 (current): 2 fruit at 80; tree 1: 2 fruit at 60 (score ratio 100 / 80 = 1.25 < 1.5)
     mem = memory([(80, 0), (0, 60)], [2, 2], [EDIBLE] * 2)
-    assert planner.choose_targets(position, **mem, now=0, health=500.0).item() == 1
-    assert planner.choose_targets(position, **mem, now=0, health=500.0, current=torch.tensor([0])).item() == 0
+    assert planner.choose_targets(position, **mem, now=0, health=HUNGRY).item() == 1
+    assert planner.choose_targets(position, **mem, now=0, health=HUNGRY, current=torch.tensor([0])).item() == 0
     # tree 1 with 5 fruit: ratio 2.5 * 1.25 > 1.5 -> switch
     mem = memory([(80, 0), (0, 60)], [2, 5], [EDIBLE] * 2)
-    assert planner.choose_targets(position, **mem, now=0, health=500.0, current=torch.tensor([0])).item() == 1
+    assert planner.choose_targets(position, **mem, now=0, health=HUNGRY, current=torch.tensor([0])).item() == 1
     # the current target eaten bare -> switch to anything that scores
     mem = memory([(80, 0), (0, 300)], [0, 1], [EDIBLE] * 2)
-    assert planner.choose_targets(position, **mem, now=0, health=500.0, current=torch.tensor([0])).item() == 1
+    assert planner.choose_targets(position, **mem, now=0, health=HUNGRY, current=torch.tensor([0])).item() == 1
 
 
 def test_goes_to_the_target_and_stops_in_reach_facing_it():
@@ -152,6 +162,42 @@ def test_goes_to_the_target_and_stops_in_reach_facing_it():
     offset = torch.tensor([[60.0, -45.0]]) - position
     assert offset.norm() <= CONFIG.eat_radius
     assert (offset / offset.norm() * heading).sum() >= 0.9  # the tree is in the sight cone
+
+
+def sight_args(sighted: int, distance: float):
+    return dict(sight_valence_mean=torch.tensor([0.9]), sight_valence_std=torch.tensor([0.1]),
+                sight_distance=torch.tensor([distance]), fruit_in_sight=torch.tensor([3.0]),
+                sighted=torch.tensor([sighted]))
+
+
+def test_at_a_remembered_tree_not_in_sight_the_agent_turns_in_place_to_find_it():
+    planner = Planner()
+    mem = memory([(2, 1)], [3], [EDIBLE])
+    position, heading = torch.zeros(1, 2), torch.tensor([[1.0, 0.0]])
+    angles = []
+    for _ in range(8):
+        plan = planner.act(position, heading, 500.0, 0, **mem, current=torch.tensor([0]),
+                           **sight_args(-1, math.inf))
+        assert plan.mode.item() == SCAN and plan.target.item() == 0
+        step = plan.action[0, :2] * CONFIG.max_step
+        assert step.norm() == pytest.approx(CONFIG.nudge, rel=1e-5)  # turning, not walking off
+        position, heading = position + step, plan.heading
+        angles.append(math.atan2(heading[0, 1], heading[0, 0]))
+    turns = np.diff(np.unwrap([0.0] + angles))
+    np.testing.assert_allclose(turns, CONFIG.scan_turn, rtol=1e-5)  # 8 x 0.8 rad: every bearing swept
+
+
+def test_a_target_in_sight_is_approached_straight_along_the_heading():
+    planner = Planner()
+    mem = memory([(30, 30)], [3], [EDIBLE])  # remembered off to the side; sight says: 40 ahead
+    heading = torch.tensor([[0.0, 1.0]])
+    plan = planner.act(torch.zeros(1, 2), heading, 500.0, 0, **mem, current=torch.tensor([0]),
+                       **sight_args(0, 40.0))
+    assert plan.mode.item() == FORAGE
+    torch.testing.assert_close(plan.action[0, :2], torch.tensor([0.0, 1.0]))
+    plan = planner.act(torch.zeros(1, 2), heading, 500.0, 0, **mem, current=torch.tensor([0]),
+                       **sight_args(0, 7.0))  # in reach: stop short, eat
+    torch.testing.assert_close(plan.action[0], torch.tensor([0.0, 2.0 / CONFIG.max_step, 1.0]))
 
 
 # --------------------------------------------------------------------------------- exploring

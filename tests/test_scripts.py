@@ -45,7 +45,7 @@ def run_script(*args, cwd=None):
 def test_help():
     result = run_script("--help")
     assert result.returncode == 0, result.stderr
-    for text in ("--agent", "{random,forager}", "--world-seed", "--record", "--frame-every", "--set", "--json",
+    for text in ("--agent", "{random,forager,tem}", "--agent-file", "--world-seed", "--record", "--frame-every", "--set", "--json",
                  "num_trees (default 25): trees per world"):
         assert text in result.stdout
 
@@ -152,7 +152,7 @@ def test_bench_runs_every_suite_at_a_tiny_budget(tmp_path):
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
-    assert {"env", "fourier", "topography", "memory"} <= report.keys()
+    assert {"env", "fourier", "topography", "memory", "agent"} <= report.keys()
     assert report["env"]["single"]["treeworld"] > 0 and report["env"]["single"]["cartpole"] > 0
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--suites", "nope"],
                          capture_output=True, text=True)
@@ -187,3 +187,104 @@ def test_build_vocabulary_regenerates_the_shipped_table(tmp_path):
     rebuilt = np.load(out)
     assert tuple(rebuilt["words"].tolist()) == WORDS
     np.testing.assert_allclose(rebuilt["table"], Vocabulary.minilm().table, atol=1e-4)
+
+
+def test_run_tem_agent_records_gif_with_its_beliefs(tmp_path):
+    gif = tmp_path / "tem.gif"
+    result = run_script("--agent", "tem", "--task", "noisy", "--episodes", "1", "--max-steps", "20", "--record", str(gif))
+    assert result.returncode == 0, result.stderr
+    assert iio.imread(gif, index=None).shape == (21, 600, 600, 3)  # every step and the last
+    env = gym.make("treeworld/TreeWorld-v0", render_mode="rgb_array", max_episode_steps=3)
+    agent = run.make_agent("tem", env, env.unwrapped.config, seed=0)
+    run.run_episode(env, agent, seed=0, world_seed=None, frames=[], frame_every=1)
+    assert env.unwrapped.overlays  # the belief overlays reach the renderer
+    env.close()
+
+
+def test_run_tem_agent_from_file(tmp_path):
+    from treeworld.agents.tem import TEMAgent
+    from treeworld.config import WorldConfig
+
+    path, metrics = tmp_path / "tem.pt", tmp_path / "metrics.json"
+    TEMAgent.for_config(WorldConfig(), 1).save(path)
+    result = run_script("--agent", "tem", "--agent-file", str(path), "--max-steps", "5", "--json", str(metrics))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(metrics.read_text())["agent_file"] == str(path)
+    TEMAgent.for_config(WorldConfig(), 2).save(path)
+    for argv, message in ((["--agent", "tem"], "expected num_agents 1, got 2"),
+                          (["--agent", "forager"], "--agent-file loads a TEMAgent: use it with --agent tem")):
+        bad = run_script(*argv, "--agent-file", str(path), "--max-steps", "5")
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr
+
+
+def measure_tem(*args):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "measure_tem.py"), *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_measure_tem_reports_belief_and_foraging(tmp_path):
+    out = tmp_path / "tem.json"
+    done = measure_tem("--worlds", "2", "--steps", "30", "--foraging-steps", "20", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(out.read_text())
+    belief = report["belief"]
+    assert belief["config_overrides"] == {"motion_noise": 0.5, "percept_noise": 0.02, "living_cost": 0.0,
+                                          "move_cost": 0.0}
+    assert set(belief["checkpoints"]) == {"30"}
+    for name in ("tem", "dead_reckoning"):
+        figures = belief["checkpoints"]["30"][name]
+        assert figures["worlds"] == 2 and 0 < figures["median"] <= figures["p90"] < np.inf
+    assert np.isfinite(belief["last_step"]["dead_reckoning_over_tem"])
+    assert set(belief["goals"]) == {"evaluated_at_steps", "note", "median_at_most_5_units",
+                                    "at_least_5x_below_dead_reckoning"}
+    foraging = report["foraging"]
+    assert set(foraging["tasks"]) == {"clean", "noisy"}
+    for task in foraging["tasks"].values():
+        assert set(task) == {"random", "forager", "tem"}
+        for figures in task.values():
+            assert set(figures) == {"survival", "steps", "fruit_per_1000_steps", "poison_per_1000_steps", "return"}
+            assert all(figure["n"] == 2 and np.isfinite(figure["mean"]) for figure in figures.values())
+            assert 1 <= figures["steps"]["mean"] <= 20
+    assert all(isinstance(goal, bool) for goal in foraging["goals"].values())
+
+
+def test_measure_tem_checkpoints_and_bad_arguments():
+    spec = importlib.util.spec_from_file_location("treeworld_scripts_measure_tem", ROOT / "scripts" / "measure_tem.py")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    assert module.checkpoints(10_000)[:5] == [100, 250, 500, 1000, 1500] and module.checkpoints(10_000)[-1] == 10_000
+    assert module.checkpoints(30) == [30] and 2000 in module.checkpoints(2400) and 2400 in module.checkpoints(2400)
+    errors = {"tem": np.array([[1.0, np.nan]]), "dead_reckoning": np.array([[10.0, np.nan]])}
+    report = module.belief_report(errors)
+    assert report["checkpoints"]["1"]["tem"] == {"median": 1.0, "p90": 1.0, "worlds": 1}
+    assert report["last_step"]["dead_reckoning_over_tem"] == 10.0
+    for argv, message in ((["--parts", "nope"], "--parts: expected a comma-separated subset"),
+                          (["--agents", "tem,nope"], "--agents: expected a comma-separated subset"),
+                          (["--worlds", "0"], "--worlds: expected an int >= 1"),
+                          (["--parts", "foraging", "--plot", "x.png"], "--plot draws the belief part")):
+        bad = measure_tem(*argv)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+
+
+def test_measure_tem_plots_the_belief_errors(tmp_path):
+    pytest.importorskip("matplotlib")
+    plot = tmp_path / "belief.png"
+    done = measure_tem("--parts", "belief", "--worlds", "2", "--steps", "10", "--plot", str(plot))
+    assert done.returncode == 0, done.stderr
+    assert iio.imread(plot).ndim == 3
+
+
+def test_bench_agent_suite_at_a_tiny_budget(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--suites", "agent", "--quick",
+                           "--repeats", "1", "--out", str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    batches = json.loads(out.read_text())["agent"]["batches"]
+    assert set(batches) == {"1", "8"}
+    for row in batches.values():
+        assert row["env_and_tem"] > 0 and row["env_only"] > 0 and row["timed_steps"] >= 1
+        assert row["ratio_env_and_tem_to_env"] == pytest.approx(row["env_and_tem"] / row["env_only"])

@@ -90,6 +90,8 @@ def test_never_eats_a_kind_learned_poisonous():
     poison = _percept(rng)
     agent = TEMAgent(2)
     agent.reset(seed=0)
+    # an agent that has looked around (its readout centres percepts on what it has seen)
+    agent.readout.adapt(torch.as_tensor(np.stack([_percept(rng) for _ in range(50)])))
     # before learning: an unknown kind in reach at good health is tried
     first = agent.act(_obs(2, rng, np.stack([poison, poison]), 0.05))
     assert (first[:, 2] > 0).all()

@@ -200,3 +200,53 @@ def test_bad_inputs_raise_naming_the_argument():
         ValenceReadout(384, bias_var=-1.0)
     with pytest.raises(ValueError, match="^percept_dim"):
         ValenceReadout(0)
+
+
+def poison_then_edible(readout, adapt: bool):
+    """One poisonous bite, then two bites of each of three edible kinds; with adaptation the
+    readout is first shown 200 sightings of random trees (its own experience, any kind)."""
+    poison = next(k for k in range(VOCAB.num_kinds) if POISONOUS[k])
+    edible = [k for k in range(VOCAB.num_kinds) if not POISONOUS[k]][:3]
+    if adapt:
+        rng = np.random.default_rng(9)
+        readout.adapt(torch.stack([sight(int(rng.integers(VOCAB.num_kinds)), int(rng.integers(POOL)),
+                                         int(rng.integers(6))) for _ in range(200)]))
+    readout.update(*eats([poison], 1, 0))
+    readout.update(*eats(edible, 2, 1))
+    return readout.predict(grid([poison])[0]).mean
+
+
+def test_adaptation_keeps_a_poisonous_kind_poisonous_after_edible_bites_of_other_kinds():
+    # Raw sentence embeddings share a large common direction: edible bites of other kinds pull
+    # the poisonous kind back up; centred on the percepts seen, they do not.
+    raw = poison_then_edible(ValenceReadout(SIGHT.shape[1]), adapt=False)
+    adapted = poison_then_edible(ValenceReadout(SIGHT.shape[1]), adapt=True)
+    assert raw.mean() > 0
+    assert adapted.mean() < -0.3 and (adapted < 0).float().mean() > 0.9
+
+
+def test_adaptation_centre_is_the_running_mean_of_unit_percepts_and_is_saved():
+    readout = ValenceReadout(SIGHT.shape[1])
+    shown = SIGHT[:50] * 3.0
+    readout.adapt(shown[:20])
+    readout.adapt(shown[20:])
+    unit = shown.double() / shown.double().norm(dim=-1, keepdim=True)
+    torch.testing.assert_close(readout.center(), unit.sum(0) / 51)
+    loaded = ValenceReadout(SIGHT.shape[1])
+    loaded.load_state_dict(readout.state_dict())
+    assert torch.equal(loaded.center(), readout.center())
+
+
+def test_cached_posterior_follows_updates_loads_and_outside_edits():
+    readout = trained(0)
+    percepts, _ = grid(UNTASTED[:2])
+    first = readout.predict(percepts)
+    readout.update(*eats(UNTASTED[:2], 2, 3))
+    fresh = ValenceReadout(SIGHT.shape[1])
+    fresh.load_state_dict(readout.state_dict())
+    second, expected = readout.predict(percepts), fresh.predict(percepts)
+    assert not torch.equal(first.mean, second.mean)
+    assert torch.equal(second.mean, expected.mean) and torch.equal(second.std, expected.std)
+    with torch.no_grad():
+        readout.shift.mul_(-1.0)  # an outside edit flips the posterior mean
+    torch.testing.assert_close(readout.predict(percepts).mean, -second.mean)
