@@ -18,7 +18,8 @@ The rules (constants in :class:`PlannerConfig`):
   ``P(edible) = (1 + m) / 2`` (the valence mean is ``E[2 Phi(f) - 1]``), times
   ``unknown_discount`` for unknown kinds; ``-inf`` for poisonous kinds, invalid slots and
   unaffordable unknowns; trees with no expected fruit score 0 and are never chosen.
-- Worth a trip: expected fruit ``>= min_fruit``, or any when ``health < hungry_health``; other
+- Worth a trip: expected fruit ``>= min_fruit`` (``>= max_fruit - 1`` while fewer than
+  ``explore_until`` trees worth eating are known), or any when ``health < hungry_health``; other
   trees score 0 (not chosen), so a sated agent explores to find more trees instead of circling
   the few it knows as each regrows one fruit.
 - Hysteresis. The current target is kept unless another scores more than ``hysteresis`` times
@@ -76,6 +77,7 @@ class PlannerConfig:
     distance_offset: float = 20.0  # added to the distance: score = value / (distance + offset)
     min_fruit: float = 2.0  # a tree is worth a trip with at least this much expected fruit ...
     hungry_health: float = 500.0  # ... or with any, below this health (else explore: find more trees)
+    explore_until: int = 6  # while fewer trees worth eating are known, a sated trip needs max_fruit - 1
     hysteresis: float = 1.5  # switch targets only to one scoring > hysteresis * current score
     stop_fraction: float = 0.5  # stop this fraction of eat_radius short of a target tree
     nudge: float = 0.1  # step (world units) toward a target already within the stop distance
@@ -89,7 +91,7 @@ class PlannerConfig:
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("regrow_every", "max_fruit", "explore_scan_every"):
+            if f.name in ("regrow_every", "max_fruit", "explore_scan_every", "explore_until"):
                 checks.integer(value, f.name, low=1 if f.name == "regrow_every" else 0)
             elif f.name == "arena_radius":
                 if value is not None:
@@ -226,8 +228,10 @@ class Planner:
         value = (1 + mean) / 2 * fruit * torch.where(edible, 1.0, c.unknown_discount)
         distance = (tree_positions.double() - position.double()[:, None]).norm(dim=-1)
         score = value / (distance + c.distance_offset)
-        worth = (fruit >= c.min_fruit) | (health[:, None] < c.hungry_health)
         allowed = valid & ~poisonous & (edible | risky)
+        few = allowed.sum(-1, keepdim=True) < c.explore_until  # knows too few trees: hold out for full ones
+        need = torch.where(few, float(max(c.max_fruit - 1, 1)), c.min_fruit)
+        worth = (fruit >= need) | (health[:, None] < c.hungry_health)
         return torch.where(allowed, torch.where(worth, score, 0.0), -math.inf)
 
     def choose_targets(self, position, tree_positions, valid, valence_mean, valence_std, fruit_estimate,
@@ -329,8 +333,9 @@ class Planner:
         return torch.stack([torch.cos(angle), torch.sin(angle)], dim=-1).to(position.dtype)
 
     def _turned(self, heading: torch.Tensor) -> torch.Tensor:
-        """(B, 2) float64 unit headings turned by ``scan_turn`` (counter-clockwise)."""
-        head = _unit(heading.double())[0]
+        """(B, 2) float64 unit headings turned by ``scan_turn`` (counter-clockwise; no heading: from +x)."""
+        head, norm = _unit(heading.double())
+        head = torch.where((norm > _EPS)[:, None], head, torch.tensor([1.0, 0.0], dtype=head.dtype, device=head.device))
         cos, sin = math.cos(self.config.scan_turn), math.sin(self.config.scan_turn)
         return torch.stack([head[:, 0] * cos - head[:, 1] * sin, head[:, 0] * sin + head[:, 1] * cos], -1)
 

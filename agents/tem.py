@@ -19,8 +19,14 @@ vocabulary):
    extra places the explorer moves away from.
 5. Homing: where ``obs["goal"]`` is non-zero, ``recall_location(goal, 1)`` gives the remembered
    place with the most similar look; its decoded position is the planner's goal.
-6. ``Planner.act`` on the remembered trees (positions decoded from their codes, valence from the
-   readout on their stored percepts, so it is always the current belief) -> actions and eat flags.
+6. ``Planner.act`` on the remembered trees (positions decoded from their codes, kept per slot by
+   the ``LandmarkMap``; valence from the readout on their stored percepts, cached per slot and
+   refreshed for changed slots every step and for all after the readout learned, at most every
+   ``valence_every`` steps; fruit: 1 when stored, 0 when marked bare, plus the world's regrowth
+   ticks since) -> actions and eat flags.
+7. Targets that disappoint: a full scan at a remembered tree's place that does not see it, or a
+   target in sight and in reach that the eat rule declines (its look says no fruit, or not edible),
+   marks the tree bare, so the planner moves on.
 
 The frame is the agent's own: at ``reset`` the belief is the origin code with zero variance.
 The valence readout and the learned path-integration parameters are shared knowledge and persist

@@ -46,6 +46,15 @@ def test_runs_in_vector_envs(env_id, kwargs):
     assert isinstance(overlays, list) and overlays
     if "Homing" in env_id:  # a goal is set after 50 steps; the agent recalls its place and heads there
         assert (np.array(agent.modes) == HOMING).any()
+    # the caches equal what they stand for: decoded slot codes, the readout on slot percepts
+    valid = agent.memory.valid
+    decoded = agent.metric.decode(agent.memory.codes[valid])[1]
+    torch.testing.assert_close(agent.landmarks.position[valid], decoded, rtol=0, atol=1e-3)
+    agent.valence_refreshed.fill_(-1)  # force a full refresh on the next act
+    agent.clock.zero_()
+    agent._refresh_valence(torch.full((2,), -1))
+    fresh = agent.readout.predict(agent.memory.percepts[valid])
+    assert torch.equal(agent.tree_valence[valid], fresh.mean) and torch.equal(agent.tree_valence_std[valid], fresh.std)
 
 
 def _obs(B, rng, sight=None, distance=0.0, goal=False):
