@@ -1,4 +1,4 @@
-"""Run tree-world episodes with a baseline agent; optionally watch, record a GIF/MP4 and save metrics.
+"""Run tree-world episodes with an agent; optionally watch, record a GIF/MP4 (or a PNG frame) and save metrics.
 
 Examples:
     python scripts/run.py --agent forager --episodes 3 --seed 1
@@ -7,6 +7,7 @@ Examples:
     python scripts/run.py --agent forager --world-seed 7 --episodes 5 --json out/metrics.json
     python scripts/run.py --agent forager --task noisy --episodes 4
     python scripts/run.py --agent tem --task noisy --max-steps 500 --record out/tem.gif   # draws its beliefs
+    python scripts/run.py --agent tem --max-steps 1200 --record out/tem.png    # just the last frame
     python scripts/run.py --agent tem --agent-file out/tem.pt     # a saved TEMAgent (TEMAgent.save)
 
 Episode i is seeded with --seed + i (the env and the agent); --world-seed keeps one tree layout
@@ -179,8 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--render", choices=RENDER_MODES, default=None,
                         help="human: a pygame window; rgb_array: offscreen frames (what --record stores, implied by it); "
                              "none: no drawing (default: none, or rgb_array with --record)")
-    parser.add_argument("--record", type=pathlib.Path, default=None, metavar="OUT.gif|OUT.mp4",
-                        help="write all episodes' frames as an animated GIF or an MP4 video")
+    parser.add_argument("--record", type=pathlib.Path, default=None, metavar="OUT.gif|OUT.mp4|OUT.png",
+                        help="write all episodes' frames as an animated GIF or an MP4 video, or the last frame "
+                             "as a PNG")
     parser.add_argument("--fps", type=int, default=30, help="frames per second of the recording (default: 30)")
     parser.add_argument("--frame-every", type=int, default=None, metavar="K",
                         help=f"record every K-th step (default: the smallest K giving at most "
@@ -210,8 +212,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     if args.record is not None:
         if render != "rgb_array":
             parser.error(f"--record needs rgb_array frames, got --render {render}")
-        if args.record.suffix.lower() not in (".gif", ".mp4"):
-            parser.error(f"--record: expected a path ending in .gif or .mp4, got {str(args.record)!r}")
+        if args.record.suffix.lower() not in (".gif", ".mp4", ".png"):
+            parser.error(f"--record: expected a path ending in .gif, .mp4 or .png, got {str(args.record)!r}")
     try:
         config = WorldConfig().replace(**{**TASKS[args.task], **parse_overrides(args.overrides)})
     except (TypeError, ValueError) as e:
@@ -243,7 +245,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         env.close()
 
     print(format_table(rows))
-    if args.record is not None:
+    if args.record is not None and args.record.suffix.lower() == ".png":
+        import imageio.v3 as iio
+
+        args.record.parent.mkdir(parents=True, exist_ok=True)
+        iio.imwrite(args.record, frames[-1])
+        print(f"wrote the last frame to {args.record}")
+    elif args.record is not None:
         from treeworld.envs.video import encode_video
 
         data = encode_video(frames, args.fps, args.record.suffix.lower().lstrip("."))

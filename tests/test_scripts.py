@@ -99,7 +99,7 @@ def test_parse_overrides_uses_field_types():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--record", "out.avi"], "--record: expected a path ending in .gif or .mp4"),
+    (["--record", "out.avi"], "--record: expected a path ending in .gif, .mp4 or .png"),
     (["--record", "out.gif", "--render", "none"], "--record needs rgb_array frames"),
     (["--episodes", "0"], "--episodes: expected an int >= 1"),
     (["--set", "num_trees=0"], "num_trees: expected >= 1"),
@@ -194,6 +194,10 @@ def test_run_tem_agent_records_gif_with_its_beliefs(tmp_path):
     result = run_script("--agent", "tem", "--task", "noisy", "--episodes", "1", "--max-steps", "20", "--record", str(gif))
     assert result.returncode == 0, result.stderr
     assert iio.imread(gif, index=None).shape == (21, 600, 600, 3)  # every step and the last
+    png = tmp_path / "tem.png"
+    result = run_script("--agent", "tem", "--episodes", "1", "--max-steps", "5", "--record", str(png))
+    assert result.returncode == 0, result.stderr
+    assert iio.imread(png).shape == (600, 600, 3)  # the last frame
     env = gym.make("treeworld/TreeWorld-v0", render_mode="rgb_array", max_episode_steps=3)
     agent = run.make_agent("tem", env, env.unwrapped.config, seed=0)
     run.run_episode(env, agent, seed=0, world_seed=None, frames=[], frame_every=1)

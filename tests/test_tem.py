@@ -199,3 +199,28 @@ def test_reset_rows_only():
     assert torch.equal(after["readout.precision"], before["readout.precision"])  # learned parts persist
     with pytest.raises(ValueError):
         agent.reset([2])
+
+
+def test_a_tree_not_found_at_its_remembered_place_is_given_up_after_one_full_scan():
+    rng = np.random.default_rng(4)
+    fruit = _percept(rng)
+    agent = TEMAgent(1, planner={"explore_jitter": 0.0, "hungry_health": 2000.0})  # hungry: any fruit is worth it
+    agent.reset(seed=0)
+    agent.readout.adapt(torch.as_tensor(np.stack([_percept(rng) for _ in range(50)])))
+    agent.readout.update(torch.as_tensor(np.stack([fruit] * 4)), torch.ones(4))  # known edible
+    heading, motion = np.array([[1.0, 0.0]], np.float32), np.zeros((1, 2), np.float32)
+    seen_once = False
+    scans, targets = [], []
+    for _ in range(40):  # the tree is seen once, 50 units ahead, then never again (it is not there)
+        obs = _obs(1, rng, fruit[None] if not seen_once else None, 0.5 if not seen_once else 0.0)
+        obs.update(heading=heading, motion=motion, health=np.full((1, 1), 0.5, np.float32))
+        seen_once = True
+        action = agent.act(obs)
+        motion = action[:, :2] * 5.0
+        moved = np.linalg.norm(motion)
+        heading = (motion / moved).astype(np.float32) if moved > 0 else heading
+        scans.append(int(agent.scan_steps[0]))
+        targets.append(int(agent.target[0]))
+    assert targets[0] == 0 and max(scans) >= 8  # went there and turned a full circle
+    assert float(agent.landmarks.fruit[0, 0]) == 0.0  # given up: counted bare ...
+    assert targets[-1] == -1  # ... so the agent moved on
