@@ -57,12 +57,16 @@ much of the belief error). When used, ``c`` is clamped to ``[0, sqrt(P lambda_mi
 joint covariance stays positive semi-definite).
 
 Tracking. A consistent proposal whose landmark was last seen at most ``min_gap`` steps ago (the
-agent is still looking at it, or just looked away) is *tracked*: recognised, its side tensors
-refreshed, nothing fused or written. Consecutive looks at one tree are not independent evidence
-(the map, the belief and the bearing errors of looks a step apart are correlated in ways the
-isotropic ``c`` does not capture); fusing every look made the filter overconfident and the error
-larger in the walk test (median 8.1 against 5.8 with ``min_gap = 10``). A loop closes on the first
-look after a gap: a revisit.
+agent is still looking at it, or just looked away) while the agent fused something within the last
+``min_gap`` steps is *tracked*: recognised, its side tensors refreshed, nothing fused or written.
+Consecutive looks at one tree are not independent evidence (the map, the belief and the bearing
+errors of looks a step apart are correlated in ways the isotropic ``c`` does not capture); fusing
+every look made the filter overconfident and the error larger in the walk test (median 8.1 against
+5.8 with ``min_gap = 10``). A loop closes on the first look after a gap (a revisit), and a
+landmark kept in view is fused again every ``min_gap`` steps: the odometry noise of those steps is
+new error the look can correct. Without that, an agent standing at a tree to eat drifted by the
+full odometry noise (0.5 per step on the noisy task) while staring at it: on 32 walks of 3,000
+steps the median belief error fell from 14.4 to 7.8 units (90th percentile 43 to 13) with it.
 
 Why a closed loop does not write the sighting. After a closure the corrected belief and the refined
 landmark hold the sighting's information; writing ``g_t (+) o`` as well would count it twice. The
@@ -311,7 +315,11 @@ class LandmarkMap(nn.Module):
                 has = usable.any(-1)
                 consistent = has & (best_stat <= self.chi2_gate)
                 gated = has & ~consistent
-                tracked = consistent & (step - self.last_seen[rows, slots[rows, best].clamp_min(0)] <= self.min_gap)
+                recent = step - self.last_seen[rows, slots[rows, best].clamp_min(0)] <= self.min_gap
+                # a landmark in view is fused again once min_gap steps of odometry passed since the
+                # agent's last fusion: that noise is new error, which the look can correct
+                fused_lately = (self.last_closure >= 0) & (step - self.last_closure <= self.min_gap)
+                tracked = consistent & recent & fused_lately
                 closed = consistent & ~tracked
                 chi2 = best_stat
                 innovation = torch.where(has[:, None], nu[rows, best], innovation)
