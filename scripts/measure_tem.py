@@ -41,18 +41,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from treeworld.agents.baselines import Forager, RandomWalker  # noqa: E402
-from treeworld.agents.protocol import Batched  # noqa: E402
+from treeworld.agents import registry  # noqa: E402
 from treeworld.agents.tem import TEMAgent  # noqa: E402
 from treeworld.config import WorldConfig  # noqa: E402
 from treeworld.envs import MAX_EPISODE_STEPS, TASKS  # noqa: E402
-from treeworld.vocabulary import Vocabulary  # noqa: E402
 
 from reporting import emit_json, mean_ci  # noqa: E402
 
 EVAL_SEED = 10_000  # held-out evaluation seeds start here; training and tuning use seeds below
 PARTS = ("belief", "foraging")
-AGENTS = ("random", "forager", "tem")
+AGENTS = ("random", "forager", "tem")  # the default comparison (any registered agent spec may be given)
 FORAGING_TASKS = {"clean": "treeworld/TreeWorld-v0", "noisy": "treeworld/TreeWorldNoisy-v0"}
 CHECKPOINTS = (100, 250, 500, 1000, 2000, 5000, 10_000)
 BELIEF_GOAL_STEPS, BELIEF_GOAL_MEDIAN, BELIEF_GOAL_RATIO = 10_000, 5.0, 5.0
@@ -147,16 +145,6 @@ def plot_belief(errors: dict[str, np.ndarray], path: pathlib.Path) -> None:
     plt.close(figure)
 
 
-def make_batch_agent(name: str, config: WorldConfig, worlds: int, action_space):
-    """Agent ``name`` for ``worlds`` envs of ``config``: baselines run row by row, TEM batched."""
-    if name == "tem":
-        return TEMAgent.for_config(config, worlds)
-    if name == "random":
-        return Batched([RandomWalker(action_space, config=config) for _ in range(worlds)])
-    vocabulary = Vocabulary.for_config(config)
-    return Batched([Forager(vocabulary, config=config) for _ in range(worlds)])
-
-
 def first_episodes(envs, agent, steps: int, seed: int, progress=None) -> dict[str, np.ndarray]:
     """Drive ``agent`` (row i seeded ``seed + i``, as env i) until the first episode of every env has
     ended, at most ``steps`` steps; per env: return, steps, fruit, poison, terminated. Episodes the
@@ -216,7 +204,7 @@ def foraging_report(agents: list[str], worlds: int, steps: int, seed: int) -> di
                 progress.set_postfix_str(f"{task}/{name}")
                 envs = gym.make_vec(env_id, num_envs=worlds, vectorization_mode="vector_entry_point",
                                     max_episode_steps=steps)
-                agent = make_batch_agent(name, envs.config, worlds, envs.single_action_space)
+                agent = registry.make_batch_agent(name, envs.config, worlds, envs.single_action_space, seed)
                 done_before = progress.n
                 episodes = first_episodes(envs, agent, steps, seed, progress)
                 progress.update(steps - (progress.n - done_before))  # the steps an early finish skipped
@@ -238,7 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS} (default: both)")
     parser.add_argument("--agents", default=",".join(AGENTS),
-                        help=f"foraging agents, a comma-separated subset of {AGENTS} (default: all)")
+                        help=f"foraging agents, comma-separated, each one of {', '.join(registry.kinds())} "
+                             f"(default: {','.join(AGENTS)})")
     parser.add_argument("--worlds", type=int, default=32, help="worlds (seeds) per figure, one vector env (default 32)")
     parser.add_argument("--seed", type=int, default=EVAL_SEED,
                         help=f"first world seed (default {EVAL_SEED}: the held-out evaluation seeds)")
@@ -251,7 +240,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", type=pathlib.Path, default=None, help="write the JSON here as well")
     args = parser.parse_args(argv)
     parts = parse_list(parser, "parts", args.parts, PARTS)
-    agents = parse_list(parser, "agents", args.agents, AGENTS)
+    agents = [name for name in args.agents.split(",") if name]
+    for name in agents:
+        try:
+            registry.parse(name)
+        except (TypeError, ValueError) as e:
+            parser.error(f"--agents: {e}")
+    if not agents:
+        parser.error("--agents: expected at least one agent")
     for name in ("worlds", "steps", "foraging_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}: expected an int >= 1, got {getattr(args, name)}")

@@ -8,7 +8,7 @@ Examples:
     python scripts/run.py --agent forager --task noisy --episodes 4
     python scripts/run.py --agent tem --task noisy --max-steps 500 --record out/tem.gif   # draws its beliefs
     python scripts/run.py --agent tem --max-steps 1200 --record out/tem.png    # just the last frame
-    python scripts/run.py --agent tem --agent-file out/tem.pt     # a saved TEMAgent (TEMAgent.save)
+    python scripts/run.py --agent tem:out/tem.pt                  # a saved TEMAgent (TEMAgent.save)
 
 Episode i is seeded with --seed + i (the env and the agent); --world-seed keeps one tree layout
 across episodes. At the end a per-episode metrics table and its mean row are printed.
@@ -26,10 +26,10 @@ from typing import Any
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # the agents' per-step products are tiny: a second thread only spins
 
+from treeworld.agents import registry  # noqa: E402
 from treeworld.config import WorldConfig  # noqa: E402
 from treeworld.envs import TASKS  # noqa: E402
 
-AGENTS = ("random", "forager", "tem")
 RENDER_MODES = ("human", "rgb_array", "none")
 MAX_RECORDED_FRAMES = 300  # the default --frame-every keeps recordings about this long
 COLUMNS = (  # (metrics key, table header, row format, mean format)
@@ -80,27 +80,6 @@ def _parse_value(key: str, text: str, type_name: str) -> Any:
     except ValueError:
         raise ValueError(f"{key}={text}: expected {type_name}") from None
     return text
-
-
-def make_agent(name: str, env: Any, config: WorldConfig, seed: int, agent_file: pathlib.Path | None = None) -> Any:
-    """The agent called ``name`` for ``env`` (its world ``config``), seeded with ``seed``; for "tem",
-    a one-row TEMAgent as a single-env agent, loaded from ``agent_file`` when given."""
-    from treeworld.agents.baselines import Forager, RandomWalker
-
-    if name == "random":
-        return RandomWalker(env.action_space, seed=seed, config=config)
-    if name == "forager":
-        return Forager(config=config, seed=seed)
-    from treeworld.agents.protocol import Single
-    from treeworld.agents.tem import TEMAgent
-
-    if agent_file is None:
-        return Single(TEMAgent.for_config(config, 1))
-    agent = TEMAgent.load(agent_file)
-    if agent.config["percept_dim"] != config.percept_dim:
-        raise ValueError(f"{agent_file} holds an agent for {agent.config['percept_dim']}-d percepts, "
-                         f"the world's are {config.percept_dim}-d")
-    return Single(agent)
 
 
 def run_episode(env: Any, agent: Any, seed: int, world_seed: int | None, frames: list | None, frame_every: int,
@@ -164,11 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, epilog=f"config keys for --set (value none for an optional field):\n{config_help}",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--agent", choices=AGENTS, default="forager",
-                        help="random: correlated random walk; forager: maps trees by smell, eats edible fruit; "
-                             "tem: the TEM agent, its beliefs drawn (default: forager)")
-    parser.add_argument("--agent-file", type=pathlib.Path, default=None, metavar="PATH",
-                        help="with --agent tem: load a saved TEMAgent (TEMAgent.save) of one row")
+    parser.add_argument("--agent", default="forager", metavar="AGENT",
+                        help=f"one of {', '.join(registry.kinds())}. random: correlated random walk; forager: "
+                             "maps trees by smell, eats edible fruit; tem: the TEM agent, its beliefs drawn; "
+                             "tem:PATH a saved one (TEMAgent.save) (default: forager)")
     parser.add_argument("--task", choices=tuple(TASKS), default="forage",
                         help="forage: the default world; noisy: motion and percept noise; homing: reach goal trees "
                              "seen before (default: forage)")
@@ -206,8 +184,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         parser.error(f"--world-seed: expected a non-negative int, got {args.world_seed}")
     if args.seed < 0:
         parser.error(f"--seed: expected a non-negative int, got {args.seed}")
-    if args.agent_file is not None and args.agent != "tem":
-        parser.error(f"--agent-file loads a TEMAgent: use it with --agent tem, got --agent {args.agent}")
+    try:
+        registry.parse(args.agent)
+    except (TypeError, ValueError) as e:
+        parser.error(f"--{e}")
     render = args.render or ("rgb_array" if args.record is not None else "none")
     if args.record is not None:
         if render != "rgb_array":
@@ -233,9 +213,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rows = []
     try:
         try:
-            agent = make_agent(args.agent, env, config, args.seed, args.agent_file)
+            agent = registry.make_agent(args.agent, config, env.action_space, args.seed)
         except (TypeError, ValueError) as e:
-            parser.error(f"--agent {args.agent}: {e}")
+            parser.error(f"--{e}")
         for episode in range(args.episodes):
             seed = args.seed + episode
             with tqdm(total=args.max_steps, desc=f"episode {episode}", unit="step", file=sys.stderr) as progress:
@@ -259,7 +239,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         args.record.write_bytes(data)
         print(f"recorded {len(frames)} frames (every {frame_every} steps) to {args.record} ({len(data) / 1e6:.1f} MB)")
     if args.json is not None:
-        report = {"agent": args.agent, "agent_file": None if args.agent_file is None else str(args.agent_file),
+        report = {"agent": args.agent,
                   "task": args.task, "world_seed": args.world_seed, "config": dataclasses.asdict(config),
                   "episodes": rows, "mean": mean_metrics(rows)}
         args.json.parent.mkdir(parents=True, exist_ok=True)

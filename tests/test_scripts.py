@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import treeworld.envs  # noqa: F401  (registers the environment ids)
+from treeworld.agents import registry
 from treeworld.overlay import Point
 from treeworld.vocabulary import WORDS, Vocabulary
 
@@ -45,7 +46,7 @@ def run_script(*args, cwd=None):
 def test_help():
     result = run_script("--help")
     assert result.returncode == 0, result.stderr
-    for text in ("--agent", "{random,forager,tem}", "--agent-file", "--world-seed", "--record", "--frame-every", "--set", "--json",
+    for text in ("--agent", "random, forager, tem[:PATH]", "--world-seed", "--record", "--frame-every", "--set", "--json",
                  "num_trees (default 25): trees per world"):
         assert text in result.stdout
 
@@ -199,7 +200,7 @@ def test_run_tem_agent_records_gif_with_its_beliefs(tmp_path):
     assert result.returncode == 0, result.stderr
     assert iio.imread(png).shape == (600, 600, 3)  # the last frame
     env = gym.make("treeworld/TreeWorld-v0", render_mode="rgb_array", max_episode_steps=3)
-    agent = run.make_agent("tem", env, env.unwrapped.config, seed=0)
+    agent = registry.make_agent("tem", env.unwrapped.config, env.action_space, seed=0)
     run.run_episode(env, agent, seed=0, world_seed=None, frames=[], frame_every=1)
     assert env.unwrapped.overlays  # the belief overlays reach the renderer
     env.close()
@@ -211,14 +212,16 @@ def test_run_tem_agent_from_file(tmp_path):
 
     path, metrics = tmp_path / "tem.pt", tmp_path / "metrics.json"
     TEMAgent.for_config(WorldConfig(), 1).save(path)
-    result = run_script("--agent", "tem", "--agent-file", str(path), "--max-steps", "5", "--json", str(metrics))
+    result = run_script("--agent", f"tem:{path}", "--max-steps", "5", "--json", str(metrics))
     assert result.returncode == 0, result.stderr
-    assert json.loads(metrics.read_text())["agent_file"] == str(path)
+    assert json.loads(metrics.read_text())["agent"] == f"tem:{path}"
     TEMAgent.for_config(WorldConfig(), 2).save(path)
-    for argv, message in ((["--agent", "tem"], "expected num_agents 1, got 2"),
-                          (["--agent", "forager"], "--agent-file loads a TEMAgent: use it with --agent tem")):
-        bad = run_script(*argv, "--agent-file", str(path), "--max-steps", "5")
-        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr
+    for spec, message in ((f"tem:{path}", "--agent: " + str(path) + " holds a TEMAgent of num_agents 2, expected 1"),
+                          (f"forager:{path}", "--agent: 'forager' takes no file"),
+                          (f"tem:{tmp_path / 'missing.pt'}", "--agent: no file at"),
+                          ("sb3", "--agent: unknown agent 'sb3'; expected one of random, forager, tem[:PATH]")):
+        bad = run_script("--agent", spec, "--max-steps", "5")
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 
 def measure_tem(*args):
@@ -267,7 +270,7 @@ def test_measure_tem_checkpoints_and_bad_arguments():
     assert report["checkpoints"]["1"]["tem"] == {"median": 1.0, "p90": 1.0, "worlds": 1}
     assert report["last_step"]["dead_reckoning_over_tem"] == 10.0
     for argv, message in ((["--parts", "nope"], "--parts: expected a comma-separated subset"),
-                          (["--agents", "tem,nope"], "--agents: expected a comma-separated subset"),
+                          (["--agents", "tem,nope"], "--agents: agent: unknown agent 'nope'"),
                           (["--worlds", "0"], "--worlds: expected an int >= 1"),
                           (["--parts", "foraging", "--plot", "x.png"], "--plot draws the belief part")):
         bad = measure_tem(*argv)
