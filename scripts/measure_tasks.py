@@ -37,7 +37,9 @@ from treeworld.envs import NOISY, TASKS
 from treeworld.tasks import spl
 from treeworld.vocabulary import FRUIT_PHRASES
 
-from reporting import emit_json, mean_ci
+from treeworld.agents.evaluation import mean_ci
+
+from reporting import emit_json
 
 AGENTS = ("nothing", "random", "forager")
 DRIFT_AT = (100, 500, 1000, 2000)

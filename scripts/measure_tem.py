@@ -41,14 +41,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from treeworld.agents import registry  # noqa: E402
+from treeworld.agents import evaluation, registry  # noqa: E402
 from treeworld.agents.tem import TEMAgent  # noqa: E402
 from treeworld.config import WorldConfig  # noqa: E402
 from treeworld.envs import MAX_EPISODE_STEPS, TASKS  # noqa: E402
 
-from reporting import emit_json, mean_ci  # noqa: E402
+from reporting import emit_json  # noqa: E402
 
-EVAL_SEED = 10_000  # held-out evaluation seeds start here; training and tuning use seeds below
 PARTS = ("belief", "foraging")
 AGENTS = ("random", "forager", "tem")  # the default comparison (any registered agent spec may be given)
 FORAGING_TASKS = {"clean": "treeworld/TreeWorld-v0", "noisy": "treeworld/TreeWorldNoisy-v0"}
@@ -145,41 +144,6 @@ def plot_belief(errors: dict[str, np.ndarray], path: pathlib.Path) -> None:
     plt.close(figure)
 
 
-def first_episodes(envs, agent, steps: int, seed: int, progress=None) -> dict[str, np.ndarray]:
-    """Drive ``agent`` (row i seeded ``seed + i``, as env i) until the first episode of every env has
-    ended, at most ``steps`` steps; per env: return, steps, fruit, poison, terminated. Episodes the
-    autoreset starts afterwards are not counted."""
-    n = envs.num_envs
-    agent.reset(None, seed=seed)
-    observation, _ = envs.reset(seed=seed)
-    result = {"return": np.zeros(n), "steps": np.zeros(n, dtype=np.int64), "fruit": np.zeros(n, dtype=np.int64),
-              "poison": np.zeros(n, dtype=np.int64), "terminated": np.zeros(n, dtype=bool)}
-    running = np.ones(n, dtype=bool)
-    for _ in range(steps):
-        observation, reward, terminated, truncated, info = envs.step(agent.act(observation))
-        result["return"][running] += reward[running]
-        result["steps"][running] += 1
-        result["fruit"][running] = info["fruit_eaten"][running]
-        result["poison"][running] = info["poison_eaten"][running]
-        result["terminated"] |= running & terminated
-        running &= ~(terminated | truncated)
-        if progress is not None:
-            progress.update(1)
-        if not running.any():
-            break
-    return result
-
-
-def foraging_metrics(episodes: dict[str, np.ndarray], steps: int) -> dict:
-    """Means with 95% CIs over worlds of survival, steps, fruit and poison per 1,000 steps, return."""
-    per_1000 = 1000.0 / np.maximum(episodes["steps"], 1)
-    return {"survival": mean_ci(~episodes["terminated"] & (episodes["steps"] == steps)),
-            "steps": mean_ci(episodes["steps"]),
-            "fruit_per_1000_steps": mean_ci(episodes["fruit"] * per_1000),
-            "poison_per_1000_steps": mean_ci(episodes["poison"] * per_1000),
-            "return": mean_ci(episodes["return"])}
-
-
 def foraging_goals(tasks: dict) -> dict:
     """The issue's foraging goals as booleans; None where an agent or task needed was not measured."""
     def mean(task, agent, key):
@@ -206,10 +170,9 @@ def foraging_report(agents: list[str], worlds: int, steps: int, seed: int) -> di
                                     max_episode_steps=steps)
                 agent = registry.make_batch_agent(name, envs.config, worlds, envs.single_action_space, seed)
                 done_before = progress.n
-                episodes = first_episodes(envs, agent, steps, seed, progress)
+                tasks.setdefault(task, {})[name] = evaluation.foraging(envs, agent, steps, seed, progress.update)
                 progress.update(steps - (progress.n - done_before))  # the steps an early finish skipped
                 envs.close()
-                tasks.setdefault(task, {})[name] = foraging_metrics(episodes, steps)
     return {"env_ids": FORAGING_TASKS, "steps": steps, "tasks": tasks, "goals": foraging_goals(tasks)}
 
 
@@ -229,8 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help=f"foraging agents, comma-separated, each one of {', '.join(registry.kinds())} "
                              f"(default: {','.join(AGENTS)})")
     parser.add_argument("--worlds", type=int, default=32, help="worlds (seeds) per figure, one vector env (default 32)")
-    parser.add_argument("--seed", type=int, default=EVAL_SEED,
-                        help=f"first world seed (default {EVAL_SEED}: the held-out evaluation seeds)")
+    parser.add_argument("--seed", type=int, default=evaluation.EVAL_SEED,
+                        help=f"first world seed (default {evaluation.EVAL_SEED}: the held-out evaluation seeds)")
     parser.add_argument("--steps", type=int, default=BELIEF_GOAL_STEPS,
                         help=f"steps of the belief walk (default {BELIEF_GOAL_STEPS})")
     parser.add_argument("--foraging-steps", type=int, default=MAX_EPISODE_STEPS,
@@ -265,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(1)
     report = {"worlds": args.worlds, "seed_range": [args.seed, args.seed + args.worlds - 1],
-              "seed_note": f"held-out evaluation seeds are >= {EVAL_SEED}; training and tuning use seeds below"}
+              "seed_note": f"held-out evaluation seeds are >= {evaluation.EVAL_SEED}; training and tuning use seeds below"}
     if "belief" in parts:
         with tqdm(total=args.steps, desc="belief walk", unit="step", file=sys.stderr) as progress:
             errors = belief_errors(args.worlds, args.steps, args.seed, progress)
