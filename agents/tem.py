@@ -87,6 +87,7 @@ class TEMAgent(nn.Module):
         max_health, fruit_health: the world's health scale and health per bite.
         consolidate_every: steps between consolidations (0: never); map_height, map_width, map_epochs.
         valence_every: calls between refreshes of the remembered trees' valence after the readout learned.
+        min_gap: the LandmarkMap's: a tree in view is fused into the belief at most every this many steps.
         planner: keyword overrides of ``PlannerConfig``.
         prior_var: the valence readout's prior variance.
     """
@@ -95,7 +96,7 @@ class TEMAgent(nn.Module):
                  place_radius: float = 20.0, percept_radius: float = 0.7, motion_noise: float = 0.5,
                  motion_gain: float = 1.0, learned_pi: bool = False, sight_range: float = 100.0,
                  cone_cos: float = 0.9, max_health: float = 1000.0, fruit_health: float = 25.0,
-                 consolidate_every: int = 200, valence_every: int = 10, map_height: int = 4, map_width: int = 4, map_epochs: int = 2,
+                 consolidate_every: int = 200, valence_every: int = 10, min_gap: int = 5, map_height: int = 4, map_width: int = 4, map_epochs: int = 2,
                  planner: Mapping[str, Any] | None = None, prior_var: float = 16.0) -> None:
         super().__init__()
         self.config = dict(num_agents=checks.count(num_agents, "num_agents"),
@@ -108,6 +109,7 @@ class TEMAgent(nn.Module):
                            fruit_health=checks.positive(fruit_health, "fruit_health"),
                            consolidate_every=checks.integer(consolidate_every, "consolidate_every", low=0),
                            valence_every=checks.count(valence_every, "valence_every"),
+                           min_gap=checks.integer(min_gap, "min_gap", low=0),
                            map_height=checks.count(map_height, "map_height"),
                            map_width=checks.count(map_width, "map_width"),
                            map_epochs=checks.count(map_epochs, "map_epochs"),
@@ -122,7 +124,7 @@ class TEMAgent(nn.Module):
                                percept_radius=c["percept_radius"])
         self.readout = ValenceReadout(P, prior_var=c["prior_var"])
         self.landmarks = LandmarkMap(memory, sight_range=c["sight_range"], cone_cos=c["cone_cos"],
-                                     valence_readout=self.readout)
+                                     valence_readout=self.readout, min_gap=c["min_gap"])
         planner_config = {"fruit_health": c["fruit_health"], "known_std": 0.8, **c["planner"]}
         self.planner = Planner(PlannerConfig(**planner_config))
         # Episode state (persistent buffers: saved, so a loaded agent continues exactly).
