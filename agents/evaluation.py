@@ -14,6 +14,8 @@ Protocols (more follow in the evaluation issue):
 - :func:`first_episodes` / :func:`foraging`: the first episode of each of ``num_envs`` worlds,
   up to ``steps`` steps (episodes an autoreset starts afterwards are not counted): survival (the
   episode reached ``steps`` alive), steps survived, fruit and poison per 1,000 steps, return.
+- :func:`homing`: on the homing task, success rate and SPL of the goals that ended in those
+  episodes, per world then over worlds, and per goal SPL against the straight-line distance.
 
 Library code: nothing here prints or writes files; ``progress`` is an optional callable given the
 number of steps done (e.g. a tqdm bar's ``update``).
@@ -26,6 +28,7 @@ from typing import Any, Callable
 import numpy as np
 
 from treeworld import checks
+from treeworld.tasks import spl
 
 #: Held-out evaluation world seeds start here; training and tuning use seeds below it.
 EVAL_SEED = 10_000
@@ -51,12 +54,14 @@ def mean_ci(values: Any) -> dict:
 
 
 def first_episodes(envs: Any, agent: Any, steps: int, seed: int,
-                   progress: Callable[[int], Any] | None = None) -> dict[str, np.ndarray]:
+                   progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
     """Drive ``agent`` (a BatchAgent, row i seeded ``seed + i``) in the vector env ``envs`` (env i
     seeded ``seed + i``) until the first episode of every env has ended, at most ``steps`` steps.
 
     Returns per env (arrays of ``num_envs``): ``return``, ``steps``, ``fruit``, ``poison``,
-    ``terminated``. ``progress(n)`` is called after every step with 1.
+    ``terminated``; and ``goals``: one dict per homing goal that ended in a first episode (``env``,
+    ``reached``, ``distance`` straight-line at its start, ``shortest`` l, ``path`` p; empty on
+    other tasks). ``progress(n)`` is called after every step with 1.
     """
     steps = checks.count(steps, "steps")
     n = envs.num_envs
@@ -66,9 +71,16 @@ def first_episodes(envs: Any, agent: Any, steps: int, seed: int,
     observation, _ = envs.reset(seed=seed)
     result = {"return": np.zeros(n), "steps": np.zeros(n, dtype=np.int64), "fruit": np.zeros(n, dtype=np.int64),
               "poison": np.zeros(n, dtype=np.int64), "terminated": np.zeros(n, dtype=bool)}
+    result["goals"] = []
     running = np.ones(n, dtype=bool)
     for _ in range(steps):
         observation, reward, terminated, truncated, info = envs.step(agent.act(observation))
+        if "goal_reached" in info:
+            ended = running & (np.asarray(info["goal_reached"]) | np.asarray(info["goal_failed"]))
+            result["goals"] += [{"env": int(i), "reached": bool(info["goal_reached"][i]),
+                                 "distance": float(info["goal_distance"][i]),
+                                 "shortest": float(info["goal_shortest_path"][i]),
+                                 "path": float(info["goal_path_length"][i])} for i in np.flatnonzero(ended)]
         result["return"][running] += np.asarray(reward)[running]
         result["steps"][running] += 1
         result["fruit"][running] = np.asarray(info["fruit_eaten"])[running]
@@ -96,3 +108,26 @@ def foraging_metrics(episodes: dict[str, np.ndarray], steps: int) -> dict:
 def foraging(envs: Any, agent: Any, steps: int, seed: int, progress: Callable[[int], Any] | None = None) -> dict:
     """The foraging protocol: :func:`foraging_metrics` of :func:`first_episodes`."""
     return foraging_metrics(first_episodes(envs, agent, steps, seed, progress), steps)
+
+
+def homing_metrics(episodes: dict[str, Any], num_envs: int) -> dict:
+    """Success rate and SPL (``tasks.spl``: S l / max(p, l)) of the goals that ended, each averaged
+    per world first and then over the worlds with goals (mean with 95% CI: worlds are the
+    independent units), the goal count, and per goal ``distance`` and ``spl`` lists (for SPL
+    against distance)."""
+    goals = episodes["goals"]
+    per_goal = [spl([g["reached"]], [g["shortest"]], [g["path"]]) for g in goals]
+    worlds = [[k for k, g in enumerate(goals) if g["env"] == env] for env in range(num_envs)]
+    worlds = [ks for ks in worlds if ks]
+    return {"success": mean_ci([np.mean([goals[k]["reached"] for k in ks]) for ks in worlds]),
+            "spl": mean_ci([np.mean([per_goal[k] for k in ks]) for ks in worlds]),
+            "goals": len(goals),
+            "per_goal": {"distance": [g["distance"] for g in goals], "spl": per_goal}}
+
+
+def homing(envs: Any, agent: Any, steps: int, seed: int, progress: Callable[[int], Any] | None = None) -> dict:
+    """The homing protocol (on a ``task="homing"`` vector env): :func:`homing_metrics` of the goals
+    of :func:`first_episodes`."""
+    if envs.config.task != "homing":
+        raise ValueError(f"envs: expected a homing-task vector env, got task {envs.config.task!r}")
+    return homing_metrics(first_episodes(envs, agent, steps, seed, progress), envs.num_envs)

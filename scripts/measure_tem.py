@@ -22,7 +22,10 @@ Writes JSON with
   registered limit of 2,000 by default): survival (the episode reached the limit), steps, fruit and
   poison per 1,000 steps, return; means with 95% confidence intervals (normal approximation) over
   worlds; and the goals (TEM survival >= 95% clean and >= 90% noisy, TEM fruit per 1,000 steps on
-  the noisy task >= the Forager's) as booleans (null when an agent needed was not run).
+  the noisy task >= the Forager's) as booleans (null when an agent needed was not run);
+- homing: per agent on treeworld/TreeWorldHoming-v0 (same worlds and episode limit), success rate
+  and SPL of the goals that ended, averaged per world and then over worlds (95% CIs), the goal
+  count, and per goal the straight-line distance and SPL.
 Privileged state (info) is read only to measure, never by the agents.
 """
 from __future__ import annotations
@@ -48,9 +51,10 @@ from treeworld.envs import MAX_EPISODE_STEPS, TASKS  # noqa: E402
 
 from reporting import emit_json  # noqa: E402
 
-PARTS = ("belief", "foraging")
+PARTS = ("belief", "foraging", "homing")
 AGENTS = ("random", "forager", "tem")  # the default comparison (any registered agent spec may be given)
 FORAGING_TASKS = {"clean": "treeworld/TreeWorld-v0", "noisy": "treeworld/TreeWorldNoisy-v0"}
+HOMING_TASK = {"homing": "treeworld/TreeWorldHoming-v0"}
 CHECKPOINTS = (100, 250, 500, 1000, 2000, 5000, 10_000)
 BELIEF_GOAL_STEPS, BELIEF_GOAL_MEDIAN, BELIEF_GOAL_RATIO = 10_000, 5.0, 5.0
 SURVIVAL_GOALS = {"clean": 0.95, "noisy": 0.90}
@@ -158,22 +162,34 @@ def foraging_goals(tasks: dict) -> dict:
     return goals
 
 
-def foraging_report(agents: list[str], worlds: int, steps: int, seed: int) -> dict:
-    """Foraging figures of ``agents`` on both tasks and the goals."""
-    tasks = {}
-    with tqdm(total=len(FORAGING_TASKS) * len(agents) * steps, desc="foraging", unit="step",
-              file=sys.stderr) as progress:
-        for task, env_id in FORAGING_TASKS.items():
+def task_report(tasks: dict[str, str], protocol, agents: list[str], worlds: int, steps: int, seed: int,
+                label: str) -> dict:
+    """``protocol`` (an ``evaluation`` function) of every agent on every task id, {task: {agent: figures}}."""
+    figures = {}
+    with tqdm(total=len(tasks) * len(agents) * steps, desc=label, unit="step", file=sys.stderr) as progress:
+        for task, env_id in tasks.items():
             for name in agents:
                 progress.set_postfix_str(f"{task}/{name}")
                 envs = gym.make_vec(env_id, num_envs=worlds, vectorization_mode="vector_entry_point",
                                     max_episode_steps=steps)
                 agent = registry.make_batch_agent(name, envs.config, worlds, envs.single_action_space, seed)
                 done_before = progress.n
-                tasks.setdefault(task, {})[name] = evaluation.foraging(envs, agent, steps, seed, progress.update)
+                figures.setdefault(task, {})[name] = protocol(envs, agent, steps, seed, progress.update)
                 progress.update(steps - (progress.n - done_before))  # the steps an early finish skipped
                 envs.close()
+    return figures
+
+
+def foraging_report(agents: list[str], worlds: int, steps: int, seed: int) -> dict:
+    """Foraging figures of ``agents`` on the clean and noisy tasks, and the goals."""
+    tasks = task_report(FORAGING_TASKS, evaluation.foraging, agents, worlds, steps, seed, "foraging")
     return {"env_ids": FORAGING_TASKS, "steps": steps, "tasks": tasks, "goals": foraging_goals(tasks)}
+
+
+def homing_report(agents: list[str], worlds: int, steps: int, seed: int) -> dict:
+    """Homing success and SPL of ``agents`` (per goal: SPL against the straight-line distance)."""
+    tasks = task_report(HOMING_TASK, evaluation.homing, agents, worlds, steps, seed, "homing")
+    return {"env_ids": HOMING_TASK, "steps": steps, "agents": tasks["homing"]}
 
 
 def parse_list(parser: argparse.ArgumentParser, option: str, text: str, choices: tuple[str, ...]) -> list[str]:
@@ -187,7 +203,7 @@ def parse_list(parser: argparse.ArgumentParser, option: str, text: str, choices:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS} (default: both)")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS} (default: all)")
     parser.add_argument("--agents", default=",".join(AGENTS),
                         help=f"foraging agents, comma-separated, each one of {', '.join(registry.kinds())} "
                              f"(default: {','.join(AGENTS)})")
@@ -197,7 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=BELIEF_GOAL_STEPS,
                         help=f"steps of the belief walk (default {BELIEF_GOAL_STEPS})")
     parser.add_argument("--foraging-steps", type=int, default=MAX_EPISODE_STEPS,
-                        help=f"episode limit of the foraging runs (default {MAX_EPISODE_STEPS}, the registered one)")
+                        help=f"episode limit of the foraging and homing runs (default {MAX_EPISODE_STEPS}, "
+                             "the registered one)")
     parser.add_argument("--plot", type=pathlib.Path, default=None, metavar="PATH.png",
                         help="write a PNG of the belief errors against steps (needs matplotlib)")
     parser.add_argument("--out", type=pathlib.Path, default=None, help="write the JSON here as well")
@@ -242,6 +259,8 @@ def main(argv: list[str] | None = None) -> dict:
             report["belief"]["plot"] = str(args.plot)
     if "foraging" in parts:
         report["foraging"] = foraging_report(agents, args.worlds, args.foraging_steps, args.seed)
+    if "homing" in parts:
+        report["homing"] = homing_report(agents, args.worlds, args.foraging_steps, args.seed)
     emit_json(report, args.out)
     return report
 

@@ -70,3 +70,46 @@ def test_seed_ranges_must_be_held_out():
     with pytest.raises(ValueError, match="^agent: expected num_agents 2"):
         envs = gym.make_vec("treeworld/TreeWorld-v0", num_envs=2, vectorization_mode="vector_entry_point")
         evaluation.first_episodes(envs, Batched([Still()]), 5, seed=evaluation.EVAL_SEED)
+
+
+class StraightHomer:
+    """A test oracle for the homing protocol: reads the world's state (privileged), turns in place
+    while no goal is set (so it sees trees to be given as goals), then walks straight to the goal
+    tree and stops at the edge of reach."""
+
+    def __init__(self, envs):
+        self.envs, self.num_agents = envs, envs.num_envs
+
+    def reset(self, rows=None, seed=None):
+        pass
+
+    def act(self, observations):
+        state, config = self.envs.batch.state, self.envs.config
+        rows = np.arange(self.num_agents)
+        goal = state.goal_tree
+        offset = state.tree_position[rows, np.maximum(goal, 0)] - state.agent_position
+        distance = np.linalg.norm(offset, axis=-1, keepdims=True)
+        step = np.clip(distance - config.eat_radius + 1e-4, 0.0, config.max_step)  # float32 world: a hair over
+        walk = offset / np.maximum(distance, 1e-9) * step / config.max_step
+        angle = np.arctan2(state.heading[:, 1], state.heading[:, 0]) + 0.8
+        turn = 0.02 * np.stack([np.cos(angle), np.sin(angle)], axis=-1)
+        move = np.where((goal >= 0)[:, None], walk, turn)
+        return np.concatenate([move, -np.ones((self.num_agents, 1))], axis=-1).astype(np.float32)
+
+
+def test_a_straight_line_homer_has_spl_one_and_every_goal_reached():
+    envs = gym.make_vec("treeworld/TreeWorldHoming-v0", num_envs=3, vectorization_mode="vector_entry_point",
+                        explore_steps=20, max_episode_steps=600)
+    metrics = evaluation.homing(envs, StraightHomer(envs), 600, seed=evaluation.EVAL_SEED)
+    assert metrics["goals"] >= 6
+    assert metrics["success"]["mean"] == 1.0
+    distance, per_goal = (np.array(metrics["per_goal"][key]) for key in ("distance", "spl"))
+    assert len(distance) == metrics["goals"]
+    # SPL 1 (within the homer's 1e-4 overshoot of the float32 world; goals just beyond reach, with
+    # a shortest path of ~0.01, show it most)
+    assert (per_goal[distance > envs.config.eat_radius + 1.0] > 0.9999).all()
+    assert per_goal.min() > 0.98 and metrics["spl"]["mean"] > 0.99
+    with pytest.raises(ValueError, match="^envs: expected a homing-task"):
+        clean = gym.make_vec("treeworld/TreeWorld-v0", num_envs=3, vectorization_mode="vector_entry_point")
+        evaluation.homing(clean, StraightHomer(clean), 5, seed=evaluation.EVAL_SEED)
+    envs.close()

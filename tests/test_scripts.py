@@ -229,7 +229,7 @@ def measure_tem(*args):
                           text=True, timeout=120)
 
 
-def test_measure_tem_reports_belief_and_foraging(tmp_path):
+def test_measure_tem_reports_belief_foraging_and_homing(tmp_path):
     out = tmp_path / "tem.json"
     done = measure_tem("--worlds", "2", "--steps", "30", "--foraging-steps", "20", "--out", str(out))
     assert done.returncode == 0, done.stderr
@@ -253,6 +253,10 @@ def test_measure_tem_reports_belief_and_foraging(tmp_path):
             assert all(figure["n"] == 2 and np.isfinite(figure["mean"]) for figure in figures.values())
             assert 1 <= figures["steps"]["mean"] <= 20
     assert all(isinstance(goal, bool) for goal in foraging["goals"].values())
+    homing = report["homing"]["agents"]
+    assert set(homing) == {"random", "forager", "tem"}
+    for figures in homing.values():  # 20 steps: no goal is set yet (explore_steps 500)
+        assert figures["goals"] == 0 and figures["spl"] == {"mean": None, "ci95": None, "n": 0}
 
 
 def test_measure_tem_checkpoints_and_bad_arguments():
