@@ -14,6 +14,8 @@ Protocols (more follow in the evaluation issue):
 - :func:`first_episodes` / :func:`foraging`: the first episode of each of ``num_envs`` worlds,
   up to ``steps`` steps (episodes an autoreset starts afterwards are not counted): survival (the
   episode reached ``steps`` alive), steps survived, fruit and poison per 1,000 steps, return.
+- :func:`belief_errors` / :func:`error_summary`: the path-integration protocol, the position
+  error of an agent's belief and of dead reckoning along the agent's own walk, per step.
 - :func:`homing`: on the homing task, success rate and SPL of the goals that ended in those
   episodes, per world then over worlds, and per goal SPL against the straight-line distance.
 
@@ -131,3 +133,52 @@ def homing(envs: Any, agent: Any, steps: int, seed: int, progress: Callable[[int
     if envs.config.task != "homing":
         raise ValueError(f"envs: expected a homing-task vector env, got task {envs.config.task!r}")
     return homing_metrics(first_episodes(envs, agent, steps, seed, progress), envs.num_envs)
+
+
+def belief_errors(envs: Any, agent: Any, steps: int, seed: int,
+                  progress: Callable[[int], Any] | None = None) -> dict[str, np.ndarray]:
+    """The path-integration protocol: position errors along the agent's own walk.
+
+    ``agent`` is a BatchAgent with ``position()`` (its believed positions ``(B, 2)``, in a frame
+    translated to where its episode started; motion observations are in world axes). After every
+    step, once the agent has acted on the new observation, its error is
+    ``|position() - (true position - start)|``; the dead-reckoning error of the same walk is that
+    of the summed observed motion. Returns ``agent`` and ``dead_reckoning`` errors ``(steps, B)``,
+    NaN in a world from the step its first episode ended (give ``envs`` no time limit and no
+    health costs for walks that last). ``progress(1)`` after every step.
+    """
+    steps = checks.count(steps, "steps")
+    if not callable(getattr(agent, "position", None)):
+        raise TypeError(f"agent: expected a BatchAgent with position() (believed positions), got "
+                        f"{type(agent).__name__}")
+    n = envs.num_envs
+    agent.reset(None, seed=seed)
+    observation, info = envs.reset(seed=seed)
+    start = np.asarray(info["position"], dtype=np.float64)
+    reckoned = np.zeros_like(start)
+    alive = np.ones(n, dtype=bool)
+    errors = {"agent": np.full((steps, n), np.nan), "dead_reckoning": np.full((steps, n), np.nan)}
+    action = agent.act(observation)  # integrates the first observation's motion, as the reckoning does
+    reckoned += np.asarray(observation["motion"], dtype=np.float64)
+    for t in range(steps):
+        observation, _, terminated, truncated, info = envs.step(action)
+        alive &= ~(np.asarray(terminated) | np.asarray(truncated))
+        action = agent.act(observation)
+        reckoned += np.asarray(observation["motion"], dtype=np.float64)
+        displacement = np.asarray(info["position"], dtype=np.float64) - start
+        believed = np.asarray(agent.position(), dtype=np.float64)
+        errors["agent"][t, alive] = np.hypot(*(believed - displacement)[alive].T)
+        errors["dead_reckoning"][t, alive] = np.hypot(*(reckoned - displacement)[alive].T)
+        if progress is not None:
+            progress(1)
+    return errors
+
+
+def error_summary(errors: np.ndarray) -> dict:
+    """Median and 90th percentile over the worlds still walking (one row of ``belief_errors``)."""
+    live = np.asarray(errors, dtype=np.float64)
+    live = live[~np.isnan(live)]
+    if live.size == 0:
+        return {"median": None, "p90": None, "worlds": 0}
+    return {"median": float(np.median(live)), "p90": float(np.percentile(live, 90)), "worlds": int(live.size)}
+

@@ -62,33 +62,15 @@ BELIEF_OVERRIDES = {**TASKS["noisy"], "living_cost": 0.0, "move_cost": 0.0}  # t
 
 
 def belief_errors(worlds: int, steps: int, seed: int, progress=None) -> dict[str, np.ndarray]:
-    """(steps, worlds) errors after each step of the TEM agent's walk: ``tem`` (belief) and
-    ``dead_reckoning``; NaN in a world from the step its episode ended (poison can kill)."""
+    """(steps, worlds) errors after each step of the TEM agent's walk on the noisy senses with
+    costs off: ``tem`` (belief) and ``dead_reckoning`` (``evaluation.belief_errors``)."""
     config = WorldConfig(**BELIEF_OVERRIDES)
     envs = gym.make_vec("treeworld/TreeWorld-v0", num_envs=worlds, vectorization_mode="vector_entry_point",
                         config=config, max_episode_steps=None)
-    agent = TEMAgent.for_config(config, worlds)
-    agent.reset(None, seed=seed)
-    observation, info = envs.reset(seed=seed)
-    start = info["position"].astype(np.float64)
-    reckoned = np.zeros_like(start)
-    alive = np.ones(worlds, dtype=bool)
-    errors = {"tem": np.full((steps, worlds), np.nan), "dead_reckoning": np.full((steps, worlds), np.nan)}
-    action = agent.act(observation)  # integrates the first observation's motion, as the reckoning does
-    reckoned += observation["motion"]
-    for t in range(steps):
-        observation, _, terminated, _, info = envs.step(action)
-        alive &= ~terminated
-        action = agent.act(observation)
-        reckoned += observation["motion"]
-        displacement = info["position"] - start
-        believed = agent.position().double().numpy()
-        errors["tem"][t, alive] = np.hypot(*(believed - displacement)[alive].T)
-        errors["dead_reckoning"][t, alive] = np.hypot(*(reckoned - displacement)[alive].T)
-        if progress is not None:
-            progress.update(1)
+    errors = evaluation.belief_errors(envs, TEMAgent.for_config(config, worlds), steps, seed,
+                                      None if progress is None else progress.update)
     envs.close()
-    return errors
+    return {"tem": errors["agent"], "dead_reckoning": errors["dead_reckoning"]}
 
 
 def checkpoints(steps: int) -> list[int]:
@@ -96,18 +78,10 @@ def checkpoints(steps: int) -> list[int]:
     return sorted({n for n in CHECKPOINTS if n <= steps} | set(range(500, steps + 1, 500)) | {steps})
 
 
-def summarise(errors: np.ndarray) -> dict:
-    """Median and 90th percentile over the worlds still alive (one row of ``belief_errors``)."""
-    live = errors[~np.isnan(errors)]
-    if live.size == 0:
-        return {"median": None, "p90": None, "worlds": 0}
-    return {"median": float(np.median(live)), "p90": float(np.percentile(live, 90)), "worlds": int(live.size)}
-
-
 def belief_report(errors: dict[str, np.ndarray]) -> dict:
     """Checkpoint figures, the last step's ratio and the goals from ``belief_errors``' output."""
     steps = len(errors["tem"])
-    report = {"checkpoints": {str(n): {name: summarise(e[n - 1]) for name, e in errors.items()}
+    report = {"checkpoints": {str(n): {name: evaluation.error_summary(e[n - 1]) for name, e in errors.items()}
                               for n in checkpoints(steps)}}
     last = report["checkpoints"][str(steps)]
     tem, reckoning = last["tem"]["median"], last["dead_reckoning"]["median"]

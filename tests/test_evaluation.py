@@ -9,6 +9,8 @@ import torch
 import treeworld.envs  # noqa: F401  (registers the environment ids)
 from treeworld.agents import evaluation, registry
 from treeworld.agents.protocol import Batched
+from treeworld.config import WorldConfig
+from treeworld.envs import TASKS
 
 torch.set_num_threads(1)
 
@@ -112,4 +114,46 @@ def test_a_straight_line_homer_has_spl_one_and_every_goal_reached():
     with pytest.raises(ValueError, match="^envs: expected a homing-task"):
         clean = gym.make_vec("treeworld/TreeWorld-v0", num_envs=3, vectorization_mode="vector_entry_point")
         evaluation.homing(clean, StraightHomer(clean), 5, seed=evaluation.EVAL_SEED)
+    envs.close()
+
+
+class Oracle:
+    """A test oracle for the path-integration protocol: believes the true displacement from its
+    start (read from the world's state), walks a fixed circle."""
+
+    def __init__(self, envs):
+        self.envs, self.num_agents = envs, envs.num_envs
+
+    def reset(self, rows=None, seed=None):
+        self.start, self.t = None, 0
+
+    def act(self, observations):
+        if self.start is None:  # the first observation of the episode: the world is reset now
+            self.start = np.asarray(self.envs.batch.state.agent_position, dtype=np.float64).copy()
+        self.t += 1
+        angle = 0.05 * self.t
+        return np.tile(np.array([np.cos(angle), np.sin(angle), -1.0], np.float32), (self.num_agents, 1))
+
+    def position(self):
+        return np.asarray(self.envs.batch.state.agent_position, dtype=np.float64) - self.start
+
+
+def noisy_walks(num_envs=3):
+    config = WorldConfig(**{**TASKS["noisy"], "living_cost": 0.0, "move_cost": 0.0})
+    return gym.make_vec("treeworld/TreeWorld-v0", num_envs=num_envs, vectorization_mode="vector_entry_point",
+                        config=config, max_episode_steps=None)
+
+
+def test_an_oracle_has_zero_drift_and_dead_reckoning_drifts_by_the_motion_noise():
+    envs = noisy_walks()
+    errors = evaluation.belief_errors(envs, Oracle(envs), 400, seed=evaluation.EVAL_SEED)
+    assert errors["agent"].shape == (400, 3) and np.nanmax(errors["agent"]) < 1e-3
+    # summed odometry noise of std 0.5 per axis per step: |error| ~ Rayleigh(0.5 sqrt(t))
+    final = errors["dead_reckoning"][-1]
+    assert 0.2 * 0.5 * math.sqrt(400) < np.median(final) < 3 * 0.5 * math.sqrt(400)
+    summary = evaluation.error_summary(errors["dead_reckoning"][-1])
+    assert summary["worlds"] == 3 and summary["median"] <= summary["p90"]
+    assert evaluation.error_summary([np.nan, np.nan]) == {"median": None, "p90": None, "worlds": 0}
+    with pytest.raises(TypeError, match="^agent: expected a BatchAgent with position()"):
+        evaluation.belief_errors(envs, Batched([Still()] * 3), 5, seed=evaluation.EVAL_SEED)
     envs.close()
