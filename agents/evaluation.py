@@ -182,3 +182,21 @@ def error_summary(errors: np.ndarray) -> dict:
         return {"median": None, "p90": None, "worlds": 0}
     return {"median": float(np.median(live)), "p90": float(np.percentile(live, 90)), "worlds": int(live.size)}
 
+
+def run(env_id: str, spec: str, protocol: Callable, worlds: int, steps: int, seed: int,
+        progress: Callable[[int], Any] | None = None, **env_kwargs) -> Any:
+    """``protocol(envs, agent, steps, seed, progress)`` for the registered agent ``spec`` on one
+    vector env of ``worlds`` worlds of ``env_id`` (episode limit ``steps``; ``env_kwargs`` go to
+    ``gym.make_vec``, e.g. ``config``)."""
+    import gymnasium as gym
+
+    from treeworld.agents import registry
+
+    env_kwargs.setdefault("max_episode_steps", steps)
+    envs = gym.make_vec(env_id, num_envs=worlds, vectorization_mode="vector_entry_point", **env_kwargs)
+    try:
+        agent = registry.make_batch_agent(spec, envs.config, worlds, envs.single_action_space, seed)
+        return protocol(envs, agent, steps, seed, progress)
+    finally:
+        envs.close()
+

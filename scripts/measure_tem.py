@@ -144,13 +144,10 @@ def task_report(tasks: dict[str, str], protocol, agents: list[str], worlds: int,
         for task, env_id in tasks.items():
             for name in agents:
                 progress.set_postfix_str(f"{task}/{name}")
-                envs = gym.make_vec(env_id, num_envs=worlds, vectorization_mode="vector_entry_point",
-                                    max_episode_steps=steps)
-                agent = registry.make_batch_agent(name, envs.config, worlds, envs.single_action_space, seed)
                 done_before = progress.n
-                figures.setdefault(task, {})[name] = protocol(envs, agent, steps, seed, progress.update)
+                figures.setdefault(task, {})[name] = evaluation.run(env_id, name, protocol, worlds, steps, seed,
+                                                                    progress.update)
                 progress.update(steps - (progress.n - done_before))  # the steps an early finish skipped
-                envs.close()
     return figures
 
 

@@ -299,3 +299,37 @@ def test_bench_agent_suite_at_a_tiny_budget(tmp_path):
     for row in batches.values():
         assert row["env_and_tem"] > 0 and row["env_only"] > 0 and row["timed_steps"] >= 1
         assert row["ratio_env_and_tem_to_env"] == pytest.approx(row["env_and_tem"] / row["env_only"])
+
+
+def evaluate(*args):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_evaluate_quick_writes_a_report_that_parses(tmp_path):
+    done = evaluate("--quick", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["foraging"]) == {"forage", "noisy"} and set(report["homing"]) == {"random", "forager", "tem"}
+    assert report["seeds"] == [10_000, 10_001]
+    for agents in report["foraging"].values():
+        for figures in agents.values():
+            assert figures["steps"]["n"] == 2 and 1 <= figures["steps"]["mean"] <= 100
+    assert report["homing"]["tem"]["goals"] > 0  # goals from step 20 in a quick run
+    assert set(report["path_integration"]) == {"0.5"} and set(report["path_integration"]["0.5"]) == {"tem"}
+    markdown = (tmp_path / "report.md").read_text()
+    assert "## Foraging: noisy" in markdown and "## Homing" in markdown and "## Path integration" in markdown
+    for name in report["plots"]:
+        assert iio.imread(tmp_path / name).ndim == 3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--agents", "tem,nope"], "--agents: agent: unknown agent 'nope'"),
+    (["--tasks", "forage,swim"], "--tasks: unknown task 'swim'"),
+    (["--seed", "9990"], "--seed: expected held-out world seeds >= 10000"),
+    (["--agents", "tem:/no/such.pt"], "--agents: agent: no file at '/no/such.pt'"),
+    (["--noise", "a,b"], "--noise: expected comma-separated numbers"),
+])
+def test_evaluate_bad_arguments_name_the_option(argv, message):
+    done = evaluate("--quick", *argv)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
