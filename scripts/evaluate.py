@@ -156,12 +156,12 @@ def plots(report: dict, out: pathlib.Path) -> list[str]:
         written.append(_save(figure, out / "homing_spl.png"))
     if report.get("path_integration"):
         figure, axes = plt.subplots(figsize=(6, 4))
-        for noise, agents in report["path_integration"].items():
-            for agent, m in agents.items():
-                for name, style in (("agent", "-"), ("dead_reckoning", "--")):
-                    curve = m["median_curve"][name]
-                    label = f"{agent if name == 'agent' else 'dead reckoning'}, noise {noise}"
-                    axes.plot(np.arange(1, len(curve) + 1), curve, style, label=label)
+        pairs = [(noise, agent, m) for noise, agents in report["path_integration"].items() for agent, m in agents.items()]
+        for k, (noise, agent, m) in enumerate(pairs):  # one colour per noise level and agent
+            for name, style in (("agent", "-"), ("dead_reckoning", "--")):
+                curve = m["median_curve"][name]
+                label = f"{agent if name == 'agent' else 'dead reckoning'}, noise {noise}"
+                axes.plot(np.arange(1, len(curve) + 1), curve, style, color=f"C{k}", label=label)
         axes.set(xscale="log", xlabel="steps", ylabel="median position error (world units)",
                  title="Path integration")
         axes.legend(fontsize=7)
