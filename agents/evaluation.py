@@ -16,6 +16,9 @@ Protocols (more follow in the evaluation issue):
   episode reached ``steps`` alive), steps survived, fruit and poison per 1,000 steps, return.
 - :func:`belief_errors` / :func:`error_summary`: the path-integration protocol, the position
   error of an agent's belief and of dead reckoning along the agent's own walk, per step.
+- :func:`map_quality`: the TEM agent's map after a walk: the topographic layer's quantization and
+  topographic errors, and its remembered trees and map units against the true trees after a rigid
+  (Procrustes, :func:`rigid_alignment`) alignment.
 - :func:`homing`: on the homing task, success rate and SPL of the goals that ended in those
   episodes, per world then over worlds, and per goal SPL against the straight-line distance.
 
@@ -24,10 +27,12 @@ number of steps done (e.g. a tqdm bar's ``update``).
 """
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, Callable
 
 import numpy as np
+import torch
 
 from treeworld import checks
 from treeworld.tasks import spl
@@ -51,7 +56,7 @@ def mean_ci(values: Any) -> dict:
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     if len(values) == 0:
         return {"mean": None, "ci95": None, "n": 0}
-    half = 1.96 * values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else None
+    half = float(1.96 * values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
     return {"mean": float(values.mean()), "ci95": half, "n": len(values)}
 
 
@@ -199,4 +204,74 @@ def run(env_id: str, spec: str, protocol: Callable, worlds: int, steps: int, see
         return protocol(envs, agent, steps, seed, progress)
     finally:
         envs.close()
+
+
+def rigid_alignment(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rotation ``R`` (2, 2) and translation ``t`` (2,) minimising ``sum |R s + t - y|^2`` over
+    paired points (Kabsch / orthogonal Procrustes, no scaling or reflection).  (n, 2), (n, 2)"""
+    source, target = np.asarray(source, dtype=np.float64), np.asarray(target, dtype=np.float64)
+    if source.shape != target.shape or source.ndim != 2 or source.shape[1] != 2 or len(source) < 2:
+        raise ValueError(f"source, target: expected two (n >= 2, 2) arrays of paired points, got "
+                         f"{source.shape} and {target.shape}")
+    mu_s, mu_t = source.mean(0), target.mean(0)
+    u, _, vt = np.linalg.svd((source - mu_s).T @ (target - mu_t))
+    d = np.sign(np.linalg.det(vt.T @ u.T))
+    rotation = vt.T @ np.diag([1.0, d]) @ u.T
+    return rotation, mu_t - rotation @ mu_s
+
+
+def aligned_error(believed: np.ndarray, true: np.ndarray, rounds: int = 10) -> float:
+    """Mean distance of believed places (n, 2) to their nearest true place (m, 2) after a rigid
+    alignment (iterative closest point: match each to its nearest, align, ``rounds`` times);
+    NaN for fewer than two believed places."""
+    believed, true = np.asarray(believed, dtype=np.float64), np.asarray(true, dtype=np.float64)
+    if len(believed) < 2:
+        return math.nan
+    moved = believed
+    for _ in range(rounds):
+        match = np.linalg.norm(moved[:, None] - true[None], axis=-1).argmin(1)
+        rotation, shift = rigid_alignment(believed, true[match])
+        moved = believed @ rotation.T + shift
+    return float(np.linalg.norm(moved[:, None] - true[None], axis=-1).min(1).mean())
+
+
+def map_quality(envs: Any, agent: Any, steps: int, seed: int,
+                progress: Callable[[int], Any] | None = None) -> dict:
+    """The map-quality protocol for an agent with a ``SpatialMemory`` and a ``LandmarkMap`` (the
+    TEM agent): after ``steps`` steps of its first episode in each world, per world the
+    topographic layer's quantization and topographic errors over the stored entries
+    (``[code, percept]``), and the mean distance, after a rigid (Procrustes) alignment, from the
+    remembered trees and from the map units' decoded places to the nearest true tree (in the
+    agent's frame: true positions minus the start). Means with 95% CIs over worlds with a map."""
+    if not hasattr(agent, "landmarks") or not hasattr(agent, "memory"):
+        raise TypeError(f"agent: expected an agent with a memory and landmarks (the TEM agent), got "
+                        f"{type(agent).__name__}")
+    steps = checks.count(steps, "steps")
+    agent.reset(None, seed=seed)
+    observation, info = envs.reset(seed=seed)
+    start = np.asarray(info["position"], dtype=np.float64)
+    alive = np.ones(envs.num_envs, dtype=bool)
+    for _ in range(steps):
+        observation, _, terminated, truncated, info = envs.step(agent.act(observation))
+        alive &= ~(np.asarray(terminated) | np.asarray(truncated))
+        if progress is not None:
+            progress(1)
+    agent.act(observation)  # the last observation seen, as the walk's final state
+    memory, figures = agent.memory, {"qe": [], "te": [], "trees_error": [], "units_error": []}
+    topography = None if memory.topography is None else copy.deepcopy(memory.topography)
+    for row in np.flatnonzero(alive):
+        true = np.asarray(info["tree_positions"][row], dtype=np.float64) - start[row]
+        trees = agent.landmarks.landmarks(int(row))["position"].double().numpy()
+        figures["trees_error"].append(aligned_error(trees, true))
+        if topography is None or not bool(memory.map_ready[row]):
+            continue
+        codes, percepts = memory.entries(int(row))
+        data = torch.cat([codes, memory.percept_weight * percepts], dim=-1)
+        with torch.no_grad():
+            topography.weight.copy_(memory.map_weights[row])
+        figures["qe"].append(topography.quantization_error(data))
+        figures["te"].append(topography.topographic_error(data))
+        units = memory.location_metric.decode(memory.map_units(int(row)).codes)[1].double().numpy()
+        figures["units_error"].append(aligned_error(units, true))
+    return {name: mean_ci([v for v in values if not math.isnan(v)]) for name, values in figures.items()}
 

@@ -14,6 +14,9 @@ Protocols (treeworld.agents.evaluation):
   per 1,000 steps, return (mean with 95% CI over worlds);
 - homing, on the task homing: success rate and SPL (per world, then over worlds), SPL against the
   straight-line distance to the goal;
+- map quality, for agents with a map (the TEM agent), after a walk of --steps on the noisy senses
+  (costs off): the topographic layer's quantization and topographic errors, and the remembered
+  trees' and map units' distance to the true trees after a rigid alignment;
 - path integration, for agents that report a belief (position(): the TEM agent): belief error and
   dead-reckoning error along the agent's own walk of --belief-steps steps on the noisy task's
   senses at each --noise level of motion noise (health costs off so walks last).
@@ -105,6 +108,13 @@ def markdown(report: dict) -> str:
         lines += ["## Homing", "", "| agent | success | SPL | goals |", "|---|---|---|---|"]
         lines += [f"| {agent} | {ci(m['success'], 2)} | {ci(m['spl'], 2)} | {m['goals']} |"
                   for agent, m in report["homing"].items()]
+        lines.append("")
+    if "map" in report:
+        lines += [f"## Map quality (after {report['steps']} steps, noisy senses)", "",
+                  "| agent | quantization error | topographic error | remembered trees to true (aligned) "
+                  "| map units to true (aligned) |", "|---|---|---|---|---|"]
+        lines += [f"| {agent} | {ci(m['qe'], 2)} | {ci(m['te'], 3)} | {ci(m['trees_error'], 1)} | "
+                  f"{ci(m['units_error'], 1)} |" for agent, m in report["map"].items()]
         lines.append("")
     for noise, agents in report.get("path_integration", {}).items():
         for agent, m in agents.items():
@@ -220,8 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
         believers = [a for a in agents if has_belief(a, args.seeds)]
     except (TypeError, ValueError) as e:
         parser.error(f"--agents: {e}")
-    total = (sum(t != "homing" for t in tasks) + ("homing" in tasks)) * len(agents) * args.steps \
-        + len(believers) * len(noises) * args.belief_steps
+    total = len(tasks) * len(agents) * args.steps + len(believers) * (args.steps + len(noises) * args.belief_steps)
     with tqdm(total=total, desc="evaluate", unit="step", file=sys.stderr) as progress:
         def stage(label, run):
             progress.set_postfix_str(label)
@@ -239,6 +248,12 @@ def main(argv: list[str] | None = None) -> dict:
                 section = report.setdefault("homing", {}) if task == "homing" \
                     else report.setdefault("foraging", {}).setdefault(task, {})
                 section[agent] = result
+        for agent in believers:  # the map: after a walk of --steps on the noisy senses, costs off
+            result, _ = stage(f"map/{agent}", lambda: evaluation.run(
+                TASK_IDS["forage"], agent, evaluation.map_quality, args.seeds, args.steps, args.seed,
+                progress.update, config=WorldConfig(**{**TASKS["noisy"], "living_cost": 0.0, "move_cost": 0.0}),
+                max_episode_steps=None))
+            report.setdefault("map", {})[agent] = result
         for noise in noises:
             for agent in believers:
                 result, _ = stage(f"path integration {noise}/{agent}", lambda: path_integration(

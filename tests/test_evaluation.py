@@ -157,3 +157,31 @@ def test_an_oracle_has_zero_drift_and_dead_reckoning_drifts_by_the_motion_noise(
     with pytest.raises(TypeError, match="^agent: expected a BatchAgent with position()"):
         evaluation.belief_errors(envs, Batched([Still()] * 3), 5, seed=evaluation.EVAL_SEED)
     envs.close()
+
+
+def test_rigid_alignment_recovers_a_rotation_and_translation():
+    rng = np.random.default_rng(3)
+    points = rng.normal(size=(20, 2)) * 50
+    angle = 0.7
+    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    moved = points @ rotation.T + np.array([12.0, -5.0])
+    got_rotation, got_shift = evaluation.rigid_alignment(points, moved)
+    np.testing.assert_allclose(got_rotation, rotation, atol=1e-9)
+    np.testing.assert_allclose(got_shift, [12.0, -5.0], atol=1e-9)
+    # believed places that are the true ones rotated and shifted: zero error after alignment
+    small = np.array([[math.cos(0.1), -math.sin(0.1)], [math.sin(0.1), math.cos(0.1)]])
+    assert evaluation.aligned_error(points[:8] @ small + 3.0, points) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="^source, target:"):
+        evaluation.rigid_alignment(points[:1], moved[:1])
+
+
+def test_map_quality_of_a_tem_agent_after_a_short_walk():
+    config = WorldConfig(living_cost=0.0, move_cost=0.0)
+    metrics = evaluation.run("treeworld/TreeWorld-v0", "tem", evaluation.map_quality, 2, 450, evaluation.EVAL_SEED,
+                             config=config, max_episode_steps=None)
+    assert set(metrics) == {"qe", "te", "trees_error", "units_error"}
+    assert metrics["trees_error"]["n"] == 2 and 0 <= metrics["trees_error"]["mean"] < 20  # clean senses
+    assert np.isfinite(metrics["units_error"]["mean"])
+    assert metrics["qe"]["n"] == 2 and metrics["qe"]["mean"] > 0 and 0 <= metrics["te"]["mean"] <= 1
+    with pytest.raises(TypeError, match="^agent: expected an agent with a memory"):
+        evaluation.run("treeworld/TreeWorld-v0", "random", evaluation.map_quality, 2, 5, evaluation.EVAL_SEED)

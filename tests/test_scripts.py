@@ -317,6 +317,7 @@ def test_evaluate_quick_writes_a_report_that_parses(tmp_path):
             assert figures["steps"]["n"] == 2 and 1 <= figures["steps"]["mean"] <= 100
     assert report["homing"]["tem"]["goals"] > 0  # goals from step 20 in a quick run
     assert set(report["path_integration"]) == {"0.5"} and set(report["path_integration"]["0.5"]) == {"tem"}
+    assert set(report["map"]) == {"tem"} and report["map"]["tem"]["trees_error"]["n"] == 2
     markdown = (tmp_path / "report.md").read_text()
     assert "## Foraging: noisy" in markdown and "## Homing" in markdown and "## Path integration" in markdown
     for name in report["plots"]:
