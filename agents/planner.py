@@ -382,33 +382,32 @@ class Planner:
         explore = self.explore_direction(position, places, heading, places_mask, generator).double()
         move = explore * c.max_step
         mode = torch.full((batch,), EXPLORE, dtype=torch.int64, device=device)
+        turning = self._turned(heading) * c.nudge  # a step of turning in place
         if c.explore_scan_every:  # look around: a full turn in place every explore_scan_every steps
             clock = _steps(now, "now", (batch, 1), p)[:, 0]
             look = torch.remainder(clock, c.explore_scan_every) < math.ceil(2 * math.pi / c.scan_turn)
-            move = torch.where(look[:, None], self._turned(heading) * c.nudge, move)
+            move = torch.where(look[:, None], turning, move)
         # a target tree
         if tree_xy is not None:
             aim = tree_xy.gather(1, target.clamp_min(0)[:, None, None].expand(batch, 1, 2))[:, 0]
             towards, dist = _unit(aim - p)
             stop = c.stop_fraction * c.eat_radius
             go = target >= 0
-            seen = torch.zeros_like(go)
+            step = (dist - stop).clamp(0.0, c.max_step)
+            move = torch.where(go[:, None], towards * step[:, None], move)
+            mode = torch.where(go, FORAGE, mode)
             if sighted is not None:
                 sighted = _steps(sighted, "sighted", (batch,), p).to(torch.int64)
                 if sight_distance is None:
                     raise ValueError("sighted: needs sight_distance")
                 seen_at = _float(sight_distance, "sight_distance", (batch,), allow_inf=True).double()
                 seen = go & (sighted == target) & torch.isfinite(seen_at)
-                head = _unit(heading.double())[0]
-                ahead = head * (seen_at - stop).clamp(0.0, c.max_step).nan_to_num(0.0, 0.0, 0.0)[:, None]
-            step = (dist - stop).clamp(0.0, c.max_step)
-            move = torch.where(go[:, None], towards * step[:, None], move)
-            mode = torch.where(go, FORAGE, mode)
-            if sighted is not None:
+                reach = (seen_at - stop).clamp(0.0, c.max_step).nan_to_num(0.0, 0.0, 0.0)
+                ahead = _unit(heading.double())[0] * reach[:, None]
                 move = torch.where(seen[:, None], ahead, move)
                 # arrived, target not in sight: turn in place to look for it
                 scan = go & ~seen & (dist <= stop + c.max_step / 2)  # (a tolerance: the float tail of the approach)
-                move = torch.where(scan[:, None], self._turned(heading) * c.nudge, move)
+                move = torch.where(scan[:, None], turning, move)
                 mode = torch.where(scan, SCAN, mode)
         # homing
         if bool(homing.any()):

@@ -96,7 +96,8 @@ class TEMAgent(nn.Module):
                  place_radius: float = 20.0, percept_radius: float = 0.7, motion_noise: float = 0.5,
                  motion_gain: float = 1.0, learned_pi: bool = False, sight_range: float = 100.0,
                  cone_cos: float = 0.9, max_health: float = 1000.0, fruit_health: float = 25.0,
-                 consolidate_every: int = 200, valence_every: int = 10, min_gap: int = 5, map_height: int = 4, map_width: int = 4, map_epochs: int = 2,
+                 consolidate_every: int = 200, valence_every: int = 10, min_gap: int = 5,
+                 map_height: int = 4, map_width: int = 4, map_epochs: int = 2,
                  planner: Mapping[str, Any] | None = None, prior_var: float = 16.0) -> None:
         super().__init__()
         self.config = dict(num_agents=checks.count(num_agents, "num_agents"),
@@ -146,7 +147,7 @@ class TEMAgent(nn.Module):
         self.register_buffer("valence_refreshed", torch.zeros((), dtype=torch.long))  # readout eats then
         self.register_buffer("clock", torch.zeros((), dtype=torch.long))  # act() calls
         self.register_buffer("map_position", torch.zeros(B, U, 2))  # decoded map units per row
-        self._last_mode = torch.zeros(B, dtype=torch.long)  # the planner's mode of the last step (0/1/2)
+        self._last_mode = torch.zeros(B, dtype=torch.long)  # the planner's mode of the last step
         self.generator = torch.Generator().manual_seed(0)
         self.row_generators = [torch.Generator().manual_seed(row) for row in range(B)]
         self._sync_belief_out()
@@ -195,6 +196,12 @@ class TEMAgent(nn.Module):
         if ready is None or not bool(ready.any()):
             return None
         return self.map_position, ready[:, None].expand(self.map_position.shape[:2])
+
+    def _mark_bare(self, rows: torch.Tensor, slots: torch.Tensor) -> None:
+        """Fruit estimate 0 now for the trees in (rows[mask], slots[mask]): no expected fruit until
+        the next regrowth tick.  rows (B,) bool mask, slots (B,) long"""
+        self.landmarks.fruit[rows.nonzero().flatten(), slots[rows]] = 0.0
+        self.fruit_since[rows.nonzero().flatten(), slots[rows]] = self.steps[rows]
 
     def _refresh_valence(self, written: torch.Tensor) -> None:
         """Refresh the per-slot valence cache: the slots ``written`` (B,) this step (-1: none)
@@ -285,8 +292,7 @@ class TEMAgent(nn.Module):
         rows = torch.arange(B)
         mark = bare & seen & (sighted >= 0)
         if bool(mark.any()):
-            self.landmarks.fruit[rows[mark], sighted[mark]] = 0.0
-            self.fruit_since[rows[mark], sighted[mark]] = self.steps[mark]
+            self._mark_bare(mark, sighted)
         written = result["written"]
         new = (written >= 0) & (self.memory.counts[rows, written.clamp_min(0)] == 1)
         self.fruit_since[rows[new], written[new]] = self.steps[new]
@@ -356,8 +362,7 @@ class TEMAgent(nn.Module):
         lost |= (plan.target >= 0) & seen & (sighted == plan.target) & ~eat \
             & (distance * c["sight_range"] <= self.planner.config.eat_radius)
         if bool(lost.any()):
-            self.landmarks.fruit[rows[lost], plan.target[lost]] = 0.0
-            self.fruit_since[rows[lost], plan.target[lost]] = self.steps[lost]
+            self._mark_bare(lost, plan.target)
             self.scan_steps[lost] = 0
         self.target.copy_(plan.target)
         self.heading.copy_(plan.heading.float())
@@ -374,10 +379,9 @@ class TEMAgent(nn.Module):
     @torch.no_grad()
     def overlays(self) -> list:
         """Belief overlays of row 0 (the env a vector env renders)."""
-        position = self.metric.decode(self.code[:1])[1][0]
-        sigma = float(self.variance[0].clamp_min(0.0).sqrt())
+        position, sigma = self.position()[0], float(self.sigma()[0])
         trees = self.landmarks.landmarks(0)
-        valence = self.readout.predict(trees["percept"]) if len(trees["slot"]) else None
+        slots = trees["slot"]
         units = None
         mapped = self._map_places()
         if mapped is not None and bool(mapped[1][0].any()):
@@ -385,12 +389,11 @@ class TEMAgent(nn.Module):
         target = None
         t = int(self.target[0])
         if t >= 0 and bool(self.memory.valid[0, t]):
-            target = self.metric.decode(self.memory.codes[0, t])[1]
+            target = self.landmarks.position[0, t]
         goal = self.goal_position[0]
         goal = goal if bool(torch.isfinite(goal).all()) else None
-        return belief_overlays(position, sigma, trees["position"],
-                               None if valence is None else valence.mean.clamp(-1, 1),
-                               None if valence is None else valence.std, map_units=units, target=target, goal=goal)
+        return belief_overlays(position, sigma, trees["position"], self.tree_valence[0, slots].clamp(-1, 1),
+                               self.tree_valence_std[0, slots], map_units=units, target=target, goal=goal)
 
     # ------------------------------------------------------------------------------ saving
     def save(self, path) -> None:
