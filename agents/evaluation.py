@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from treeworld import checks
+from treeworld.agents.path_integration import Belief
 from treeworld.tasks import spl
 
 #: Held-out evaluation world seeds start here; training and tuning use seeds below it.
@@ -148,9 +149,12 @@ def belief_errors(envs: Any, agent: Any, steps: int, seed: int,
     translated to where its episode started; motion observations are in world axes). After every
     step, once the agent has acted on the new observation, its error is
     ``|position() - (true position - start)|``; the dead-reckoning error of the same walk is that
-    of the summed observed motion. Returns ``agent`` and ``dead_reckoning`` errors ``(steps, B)``,
-    NaN in a world from the step its first episode ended (give ``envs`` no time limit and no
-    health costs for walks that last). ``progress(1)`` after every step.
+    of the summed observed motion. An agent with a path integrator (``agent.belief.integrator``, a
+    ``PathIntegrator``: the TEM agent's exact or learned one) also gets ``path_integration``: the
+    error of that integrator alone on the same motions, without loop closure. Returns those errors
+    ``(steps, B)`` and the walk itself, ``true`` and ``believed`` positions ``(steps, B, 2)`` in the agent's
+    frame; NaN in a world from the step its first episode ended (give ``envs`` no time limit and
+    no health costs for walks that last). ``progress(1)`` after every step.
     """
     steps = checks.count(steps, "steps")
     if not callable(getattr(agent, "position", None)):
@@ -162,21 +166,38 @@ def belief_errors(envs: Any, agent: Any, steps: int, seed: int,
     start = np.asarray(info["position"], dtype=np.float64)
     reckoned = np.zeros_like(start)
     alive = np.ones(n, dtype=bool)
-    errors = {"agent": np.full((steps, n), np.nan), "dead_reckoning": np.full((steps, n), np.nan)}
+    walk = {"true": np.full((steps, n, 2), np.nan), "believed": np.full((steps, n, 2), np.nan)}
+    integrator = getattr(getattr(agent, "belief", None), "integrator", None)
+    alone = None if integrator is None else Belief(integrator, n)
+    errors = {name: np.full((steps, n), np.nan)
+              for name in ("agent", "dead_reckoning") + (() if alone is None else ("path_integration",))}
+
+    def integrate(motion):
+        nonlocal reckoned
+        reckoned = reckoned + np.asarray(motion, dtype=np.float64)
+        if alone is not None:
+            with torch.no_grad():
+                alone.step(torch.as_tensor(np.asarray(motion, dtype=np.float32)))
+
     action = agent.act(observation)  # integrates the first observation's motion, as the reckoning does
-    reckoned += np.asarray(observation["motion"], dtype=np.float64)
+    integrate(observation["motion"])
     for t in range(steps):
         observation, _, terminated, truncated, info = envs.step(action)
         alive &= ~(np.asarray(terminated) | np.asarray(truncated))
         action = agent.act(observation)
-        reckoned += np.asarray(observation["motion"], dtype=np.float64)
-        displacement = np.asarray(info["position"], dtype=np.float64) - start
-        believed = np.asarray(agent.position(), dtype=np.float64)
-        errors["agent"][t, alive] = np.hypot(*(believed - displacement)[alive].T)
-        errors["dead_reckoning"][t, alive] = np.hypot(*(reckoned - displacement)[alive].T)
+        integrate(observation["motion"])
+        true = walk["true"][t] = np.asarray(info["position"], dtype=np.float64) - start
+        walk["believed"][t] = np.asarray(agent.position(), dtype=np.float64)
+        positions = {"agent": walk["believed"][t], "dead_reckoning": reckoned}
+        if alone is not None:
+            positions["path_integration"] = alone.position().double().numpy()
+        for name, position in positions.items():
+            errors[name][t, alive] = np.hypot(*(position - true)[alive].T)
+        for key in walk:
+            walk[key][t, ~alive] = np.nan
         if progress is not None:
             progress(1)
-    return errors
+    return {**errors, **walk}
 
 
 def error_summary(errors: np.ndarray) -> dict:
@@ -220,19 +241,25 @@ def rigid_alignment(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray,
     return rotation, mu_t - rotation @ mu_s
 
 
-def aligned_error(believed: np.ndarray, true: np.ndarray, rounds: int = 10) -> float:
-    """Mean distance of believed places (n, 2) to their nearest true place (m, 2) after a rigid
-    alignment (iterative closest point: match each to its nearest, align, ``rounds`` times);
-    NaN for fewer than two believed places."""
+def align(believed: np.ndarray, true: np.ndarray, rounds: int = 10) -> np.ndarray:
+    """Believed places (n, 2) moved rigidly onto true places (m, 2) by iterative closest point
+    (match each to its nearest, align, ``rounds`` times); unchanged for fewer than two."""
     believed, true = np.asarray(believed, dtype=np.float64), np.asarray(true, dtype=np.float64)
-    if len(believed) < 2:
-        return math.nan
     moved = believed
-    for _ in range(rounds):
+    for _ in range(rounds if len(believed) >= 2 else 0):
         match = np.linalg.norm(moved[:, None] - true[None], axis=-1).argmin(1)
         rotation, shift = rigid_alignment(believed, true[match])
         moved = believed @ rotation.T + shift
-    return float(np.linalg.norm(moved[:, None] - true[None], axis=-1).min(1).mean())
+    return moved
+
+
+def aligned_error(believed: np.ndarray, true: np.ndarray, rounds: int = 10) -> float:
+    """Mean distance of believed places (n, 2) to their nearest true place (m, 2) after
+    :func:`align`; NaN for fewer than two believed places."""
+    if len(believed) < 2:
+        return math.nan
+    moved = align(believed, true, rounds)
+    return float(np.linalg.norm(moved[:, None] - np.asarray(true, dtype=np.float64)[None], axis=-1).min(1).mean())
 
 
 def map_quality(envs: Any, agent: Any, steps: int, seed: int,
@@ -242,7 +269,9 @@ def map_quality(envs: Any, agent: Any, steps: int, seed: int,
     topographic layer's quantization and topographic errors over the stored entries
     (``[code, percept]``), and the mean distance, after a rigid (Procrustes) alignment, from the
     remembered trees and from the map units' decoded places to the nearest true tree (in the
-    agent's frame: true positions minus the start). Means with 95% CIs over worlds with a map."""
+    agent's frame: true positions minus the start). Means with 95% CIs over worlds with a map, and
+    ``example``: the first such world's ``true`` trees, and its ``trees`` and ``units`` aligned
+    (lists of [x, y]), for a map overlay."""
     if not hasattr(agent, "landmarks") or not hasattr(agent, "memory"):
         raise TypeError(f"agent: expected an agent with a memory and landmarks (the TEM agent), got "
                         f"{type(agent).__name__}")
@@ -257,7 +286,7 @@ def map_quality(envs: Any, agent: Any, steps: int, seed: int,
         if progress is not None:
             progress(1)
     agent.act(observation)  # the last observation seen, as the walk's final state
-    memory, figures = agent.memory, {"qe": [], "te": [], "trees_error": [], "units_error": []}
+    memory, figures, example = agent.memory, {"qe": [], "te": [], "trees_error": [], "units_error": []}, None
     topography = None if memory.topography is None else copy.deepcopy(memory.topography)
     for row in np.flatnonzero(alive):
         true = np.asarray(info["tree_positions"][row], dtype=np.float64) - start[row]
@@ -273,5 +302,164 @@ def map_quality(envs: Any, agent: Any, steps: int, seed: int,
         figures["te"].append(topography.topographic_error(data))
         units = memory.location_metric.decode(memory.map_units(int(row)).codes)[1].double().numpy()
         figures["units_error"].append(aligned_error(units, true))
-    return {name: mean_ci([v for v in values if not math.isnan(v)]) for name, values in figures.items()}
+        if example is None:
+            example = {"true": true.tolist(), "trees": align(trees, true).tolist(), "units": align(units, true).tolist()}
+    return {**{name: mean_ci([v for v in values if not math.isnan(v)]) for name, values in figures.items()},
+            "example": example}
 
+
+
+#: Arrival bearings are binned into this many sectors; an arrival from a sector never used before
+#: at that tree, after at least one visit, is a zero-shot arrival.
+BEARING_SECTORS = 8
+#: Revisit accuracy is reported for 0, 1, ..., VISIT_BINS - 1 and VISIT_BINS or more previous visits.
+VISIT_BINS = 5
+
+
+def percept_identity(config: Any, percepts: np.ndarray) -> np.ndarray:
+    """(N, D) percepts -> (N,) int64 index of the (kind, name) pair of the nearest noise-free sight
+    percept (any fruit count) of the world's vocabulary (``info["tree_identity"]``'s labels);
+    -1 for a zero percept (nothing recalled). The evaluator's labelling: agents never use it."""
+    from treeworld.sensors import PerceptTables
+    from treeworld.vocabulary import FRUIT_PHRASES, Vocabulary
+
+    rows = np.asarray(PerceptTables.build(config, Vocabulary.for_config(config)).sight[:-1], dtype=np.float64)
+    percepts = np.asarray(percepts, dtype=np.float64).reshape(-1, rows.shape[1])
+    distance = (percepts ** 2).sum(1, keepdims=True) - 2 * percepts @ rows.T + (rows ** 2).sum(1)
+    identity = distance.argmin(1) // len(FRUIT_PHRASES)
+    return np.where(np.abs(percepts).max(1) > 0, identity, -1)
+
+
+def revisits(envs: Any, agent: Any, steps: int, seed: int, progress: Callable[[int], Any] | None = None) -> dict:
+    """The revisit-prediction protocol (the TEM papers' measure) along the agent's own walk.
+
+    An arrival at a tree is a step on which the agent comes within ``eat_radius`` of it (being
+    outside on the step before; a start in reach is not an arrival). At every arrival, before the
+    agent sees that step's observation, ``agent.recall_here()`` gives the percept its memory holds
+    at its believed place; the prediction is right when that percept's nearest vocabulary look
+    (:func:`percept_identity`) is the tree's (kind, name) pair. Arrivals are counted per tree
+    (previous visits 0, 1, ...); an arrival after at least one visit whose bearing from the tree
+    falls in a sector (of :data:`BEARING_SECTORS`) not used by an earlier arrival there is
+    zero-shot. Chance is one in the world's trees (each has its own look); the node agent, correct
+    exactly when the place was visited before, scores 1 after a visit and chance before.
+
+    Returns ``by_visits`` (keys "0" .. "4+"), ``zero_shot`` and ``after_visit`` (all arrivals after
+    at least one visit), each with ``accuracy`` (per world, then mean with 95% CI over worlds),
+    ``arrivals``, ``chance`` and ``node`` (the ceiling); and ``arrivals``, the list of records.
+    """
+    if not callable(getattr(agent, "recall_here", None)):
+        raise TypeError(f"agent: expected a BatchAgent with recall_here() (a spatial memory), got "
+                        f"{type(agent).__name__}")
+    steps = checks.count(steps, "steps")
+    config, n = envs.config, envs.num_envs
+    agent.reset(None, seed=seed)
+    observation, info = envs.reset(seed=seed)
+
+    def in_reach(info):
+        offset = np.asarray(info["position"], dtype=np.float64)[:, None] - np.asarray(info["tree_positions"])
+        return offset, np.hypot(offset[..., 0], offset[..., 1]) < config.eat_radius
+
+    _, inside = in_reach(info)
+    visits = np.zeros(inside.shape, dtype=np.int64)
+    sectors = np.zeros(inside.shape + (BEARING_SECTORS,), dtype=bool)
+    alive = np.ones(n, dtype=bool)
+    records = []
+    action = agent.act(observation)
+    for _ in range(steps):
+        observation, _, terminated, truncated, info = envs.step(action)
+        alive &= ~(np.asarray(terminated) | np.asarray(truncated))
+        offset, now = in_reach(info)
+        arrived = now & ~inside & alive[:, None]
+        inside = now
+        if arrived.any():
+            percepts, _ = agent.recall_here()  # memory and belief before this step's observation
+            predicted = percept_identity(config, np.asarray(percepts))
+            identity = np.asarray(info["tree_identity"])
+            for env, tree in zip(*np.nonzero(arrived)):
+                bearing = math.atan2(offset[env, tree, 1], offset[env, tree, 0])
+                sector = int((bearing + math.pi) / (2 * math.pi) * BEARING_SECTORS) % BEARING_SECTORS
+                before = int(visits[env, tree])
+                records.append({"env": int(env), "visits": before,
+                                "zero_shot": before > 0 and not sectors[env, tree, sector],
+                                "correct": bool(predicted[env] == identity[env, tree]),
+                                "chance": 1.0 / identity.shape[1]})
+                visits[env, tree] += 1
+                sectors[env, tree, sector] = True
+        action = agent.act(observation)
+        if progress is not None:
+            progress(1)
+        if not alive.any():
+            break
+
+    def summary(chosen: list[dict]) -> dict:
+        worlds = sorted({r["env"] for r in chosen})
+        per_world = [np.mean([r["correct"] for r in chosen if r["env"] == env]) for env in worlds]
+        return {"accuracy": mean_ci(per_world), "arrivals": len(chosen),
+                "chance": float(np.mean([r["chance"] for r in chosen])) if chosen else None,
+                "node": float(np.mean([1.0 if r["visits"] else r["chance"] for r in chosen])) if chosen else None}
+
+    bins = {f"{k}" if k < VISIT_BINS - 1 else f"{k}+": [r for r in records if min(r["visits"], VISIT_BINS - 1) == k]
+            for k in range(VISIT_BINS)}
+    return {"by_visits": {k: summary(chosen) for k, chosen in bins.items()},
+            "after_visit": summary([r for r in records if r["visits"] > 0]),
+            "zero_shot": summary([r for r in records if r["zero_shot"]]),
+            "arrivals": records}
+
+
+def fisher_information(true: np.ndarray, believed: np.ndarray, bin_size: float, min_samples: int = 50) -> dict:
+    """The Fisher information of a location code about position, against occupancy, per spatial bin.
+
+    ``true`` and ``believed`` (N, 2) positions, rows with NaN ignored. The code is summarised by
+    its decoded position: the decoder is one-to-one over the arena, and Fisher information does not
+    change under a one-to-one map of the observation. Per square bin of side ``bin_size`` holding
+    at least ``min_samples`` samples, the believed position is fitted as ``a + A x`` by least
+    squares over the bin and its eight neighbours (``A`` (2, 2): the mean code's derivative) and
+    ``S`` is the covariance of the fit's residuals within the bin (the code's noise there);
+    the information is ``J = A^T S^-1 A`` (the mean term, as in the seed notebook), summarised by
+    ``sqrt(det J)`` (the 2-d counterpart of sqrt(J) in 1-d, which an efficient code makes
+    proportional to the stimulus density: 1 / sigma^2 for an unbiased estimate with isotropic std
+    sigma).
+
+    Returns ``centres`` (n, 2), ``occupancy`` (n,) fraction of all samples in the bin,
+    ``information`` (n,) sqrt(det J), ``normalised`` (n,) information / its sum, and the Pearson
+    and Spearman ``correlation`` of normalised information with occupancy (None under 3 bins).
+    """
+    true, believed = (np.asarray(a, dtype=np.float64).reshape(-1, 2) for a in (true, believed))
+    if true.shape != believed.shape:
+        raise ValueError(f"true, believed: expected the same (N, 2) shape, got {true.shape} and {believed.shape}")
+    bin_size = checks.positive(bin_size, "bin_size")
+    min_samples = checks.integer(min_samples, "min_samples", low=3)
+    keep = np.isfinite(true).all(1) & np.isfinite(believed).all(1)
+    true, believed = true[keep], believed[keep]
+    cells = np.floor(true / bin_size).astype(np.int64)
+    keys, index, counts = np.unique(cells, axis=0, return_inverse=True, return_counts=True)
+    index = index.reshape(-1)
+    lookup = {tuple(key): k for k, key in enumerate(keys)}
+    centres, occupancy, information = [], [], []
+    for k, key in enumerate(keys):
+        if counts[k] < min_samples:
+            continue
+        near = [lookup[(key[0] + i, key[1] + j)] for i in (-1, 0, 1) for j in (-1, 0, 1)
+                if (key[0] + i, key[1] + j) in lookup]
+        rows = np.isin(index, near)
+        design = np.column_stack([np.ones(rows.sum()), true[rows]])
+        coefficients, *_ = np.linalg.lstsq(design, believed[rows], rcond=None)  # (3, 2)
+        derivative = coefficients[1:].T  # (2, 2): d mean / d x
+        own = index == k
+        residuals = believed[own] - np.column_stack([np.ones(own.sum()), true[own]]) @ coefficients
+        noise = np.cov(residuals.T)
+        if np.linalg.matrix_rank(design) < 3 or np.linalg.det(noise) <= 0:
+            continue
+        J = derivative.T @ np.linalg.solve(noise, derivative)
+        centres.append((key + 0.5) * bin_size)
+        occupancy.append(counts[k] / len(true))
+        information.append(math.sqrt(max(np.linalg.det(J), 0.0)))
+    occupancy, information = np.array(occupancy), np.array(information)
+    normalised = information / information.sum() if len(information) else information
+    correlation = None
+    if len(information) >= 3:
+        ranks = lambda v: np.argsort(np.argsort(v)).astype(np.float64)  # noqa: E731
+        correlation = {"pearson": float(np.corrcoef(normalised, occupancy)[0, 1]),
+                       "spearman": float(np.corrcoef(ranks(normalised), ranks(occupancy))[0, 1])}
+    return {"centres": np.array(centres).reshape(-1, 2).tolist(), "occupancy": occupancy.tolist(),
+            "information": information.tolist(), "normalised": normalised.tolist(), "correlation": correlation}

@@ -169,6 +169,12 @@ class TEMAgent(nn.Module):
         return self.metric.decode(self.code)[1]
 
     @torch.no_grad()
+    def recall_here(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """What memory holds at the believed place: percepts (B, P) and confidence (B,) in [0, 1]
+        (``SpatialMemory.recall_percept`` at the belief codes)."""
+        return self.memory.recall_percept(self.code)
+
+    @torch.no_grad()
     def sigma(self) -> torch.Tensor:
         """(B,) believed position std per axis (world units)."""
         return self.variance.clamp_min(0.0).sqrt()

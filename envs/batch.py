@@ -20,7 +20,7 @@ from treeworld.config import WorldConfig
 from treeworld.kernels import CompiledPhysics
 from treeworld.sensors import PerceptTables, observation_layout, observe, odometry
 from treeworld.tasks import GoalEvents
-from treeworld.vocabulary import Vocabulary
+from treeworld.vocabulary import FRUIT_PHRASES, Vocabulary
 from treeworld.world import StepEvents, WorldState, sample_world, stack, step
 
 RESET_OPTIONS = ("world_seed",)
@@ -266,7 +266,8 @@ def privileged_info(config: WorldConfig, state: WorldState, transition: Transiti
     """Privileged facts of B worlds (arrays with a batch axis, views of the state: copy before keeping).
 
     Every task: position, heading, health, tree_positions, tree_fruit, tree_poisonous,
-    fruit_eaten, poison_eaten, distance_travelled; after a step: ate, poisoned. Homing adds
+    tree_identity (the index of each tree's (kind, name) pair, unique within a world: what its
+    look is, fruit aside), fruit_eaten, poison_eaten, distance_travelled; after a step: ate, poisoned. Homing adds
     goal_tree (-1: none), goals_reached, goals_failed, and after a step, for a goal that ended
     on it: goal_reached, goal_failed, goal_distance (straight line when set), goal_shortest_path
     (l) and goal_path_length (p), zeros on other steps (see :mod:`treeworld.tasks`).
@@ -278,6 +279,7 @@ def privileged_info(config: WorldConfig, state: WorldState, transition: Transiti
         "tree_positions": state.tree_position,
         "tree_fruit": state.tree_fruit,
         "tree_poisonous": state.tree_poisonous,
+        "tree_identity": state.tree_sight_row // len(FRUIT_PHRASES),
         "fruit_eaten": state.fruit_eaten,
         "poison_eaten": state.poison_eaten,
         "distance_travelled": state.distance,

@@ -17,11 +17,17 @@ Protocols (treeworld.agents.evaluation):
 - map quality, for agents with a map (the TEM agent), after a walk of --steps on the noisy senses
   (costs off): the topographic layer's quantization and topographic errors, and the remembered
   trees' and map units' distance to the true trees after a rigid alignment;
-- path integration, for agents that report a belief (position(): the TEM agent): belief error and
-  dead-reckoning error along the agent's own walk of --belief-steps steps on the noisy task's
-  senses at each --noise level of motion noise (health costs off so walks last).
+- revisit prediction, for agents with a spatial memory (recall_here(): the TEM agent), along its
+  own foraging walk of --steps on the noisy task: at each arrival at a tree, is the look its memory
+  holds at its believed place the tree's? Accuracy by previous visits and zero-shot, with chance
+  and the node-agent ceiling;
+- path integration, for agents that report a belief (position(): the TEM agent): belief error,
+  its path integrator's error without loop closure and dead reckoning's along the agent's own walk
+  of --belief-steps steps on the noisy task's senses at each --noise level of motion noise (health
+  costs off so walks last); and on the same walks the Fisher information of the belief about
+  position against occupancy (per 25-unit bin, with its correlation).
 Writes report.json, report.md (a table per protocol, agents as rows) and foraging.png,
-homing_spl.png, path_integration.png in --out.
+homing_spl.png, revisits.png, path_integration.png, fisher.png and map.png in --out.
 """
 from __future__ import annotations
 
@@ -48,6 +54,8 @@ TASK_IDS = {"forage": "treeworld/TreeWorld-v0", "noisy": "treeworld/TreeWorldNoi
             "homing": "treeworld/TreeWorldHoming-v0"}
 FORAGING_KEYS = ("survival", "steps", "fruit_per_1000_steps", "poison_per_1000_steps", "return")
 CHECKPOINTS = (100, 1000, 2000, 5000, 10_000)
+FISHER_BIN = 25.0  # world units: a quarter of the sight range; ~100 bins over a 10,000-step walk
+PI_ROWS = {"dead_reckoning": "dead reckoning", "path_integration": "path integration alone"}
 
 
 def names(parser: argparse.ArgumentParser, option: str, text: str, check) -> list[str]:
@@ -68,23 +76,61 @@ def check_task(name: str) -> None:
         raise ValueError(f"unknown task {name!r}; expected one of {', '.join(TASK_IDS)}")
 
 
-def has_belief(spec: str, worlds: int) -> bool:
-    """Whether the agent ``spec`` (for ``worlds`` envs) reports a believed position (``position()``)."""
+def capabilities(spec: str, worlds: int) -> set[str]:
+    """Which of ``position`` (a belief) and ``recall_here`` (a spatial memory) the agent ``spec``
+    (for ``worlds`` envs) offers."""
     import gymnasium as gym
 
     actions = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
-    return callable(getattr(registry.make_batch_agent(spec, WorldConfig(), worlds, actions), "position", None))
+    agent = registry.make_batch_agent(spec, WorldConfig(), worlds, actions)
+    return {name for name in ("position", "recall_here") if callable(getattr(agent, name, None))}
 
 
 def path_integration(spec: str, noise: float, worlds: int, steps: int, seed: int, progress) -> dict:
-    """Belief and dead-reckoning error summaries at the checkpoints, motion noise ``noise``."""
+    """Belief, path-integration and dead-reckoning error summaries at the checkpoints, motion noise
+    ``noise``, and the Fisher information of the belief against occupancy on the same walks."""
     config = WorldConfig(**{**TASKS["noisy"], "motion_noise": noise, "living_cost": 0.0, "move_cost": 0.0})
-    errors = evaluation.run(TASK_IDS["forage"], spec, evaluation.belief_errors, worlds, steps, seed, progress,
-                            config=config, max_episode_steps=None)
+    walks = evaluation.run(TASK_IDS["forage"], spec, evaluation.belief_errors, worlds, steps, seed, progress,
+                           config=config, max_episode_steps=None)
+    true, believed = walks.pop("true"), walks.pop("believed")
     at = sorted({n for n in CHECKPOINTS if n <= steps} | {steps})
-    return {"checkpoints": {str(n): {name: evaluation.error_summary(e[n - 1]) for name, e in errors.items()}
+    return {"checkpoints": {str(n): {name: evaluation.error_summary(e[n - 1]) for name, e in walks.items()}
                             for n in at},
-            "median_curve": {name: np.nanmedian(e, axis=1).tolist() for name, e in errors.items()}}
+            "median_curve": {name: np.nanmedian(e, axis=1).tolist() for name, e in walks.items()},
+            "fisher": evaluation.fisher_information(true, believed, bin_size=FISHER_BIN)}
+
+
+def goals(report: dict) -> dict:
+    """The TEM issues' goals, for every agent the report has the figures of: per agent, per goal
+    ``{"value", "target", "met"}`` (means over worlds; belief at the last step, noise 0.5)."""
+    found: dict = {}
+
+    def check(agent, name, value, target, at_least=True):
+        if value is not None:
+            met = value >= target if at_least else value <= target
+            found.setdefault(agent, {})[name] = {"value": value, "target": target, "met": bool(met)}
+
+    foraging = report.get("foraging", {})
+    for task, target in (("forage", 0.95), ("noisy", 0.90)):
+        for agent, m in foraging.get(task, {}).items():
+            check(agent, f"{task} survival", m["survival"]["mean"], target)
+    forager = foraging.get("noisy", {}).get("forager")
+    for agent, m in foraging.get("noisy", {}).items():
+        if forager is not None and agent != "forager":
+            check(agent, "noisy fruit / 1,000 (target: the Forager's)", m["fruit_per_1000_steps"]["mean"],
+                  forager["fruit_per_1000_steps"]["mean"])
+    for agent, m in report.get("path_integration", {}).get("0.5", {}).items():
+        last = m["checkpoints"][max(m["checkpoints"], key=int)]
+        check(agent, "belief median error (noise 0.5, last step)", last["agent"]["median"], 5.0, at_least=False)
+        if last["agent"]["median"]:
+            check(agent, "dead reckoning / belief median error", last["dead_reckoning"]["median"] / last["agent"]["median"], 5.0)
+    for agent, m in report.get("revisits", {}).items():
+        check(agent, "revisit accuracy after one visit", m["by_visits"]["1"]["accuracy"]["mean"], 0.95)
+        check(agent, "zero-shot revisit accuracy", m["zero_shot"]["accuracy"]["mean"], 0.90)
+    for agent, m in report.get("homing", {}).items():
+        check(agent, "homing success", m["success"]["mean"], 0.95)
+        check(agent, "homing SPL", m["spl"]["mean"], 0.8)
+    return found
 
 
 def markdown(report: dict) -> str:
@@ -116,16 +162,40 @@ def markdown(report: dict) -> str:
         lines += [f"| {agent} | {ci(m['qe'], 2)} | {ci(m['te'], 3)} | {ci(m['trees_error'], 1)} | "
                   f"{ci(m['units_error'], 1)} |" for agent, m in report["map"].items()]
         lines.append("")
+    if "revisits" in report:
+        bins = list(next(iter(report["revisits"].values()))["by_visits"])
+        lines += [f"## Revisit prediction (noisy task, {report['steps']} steps): accuracy (arrivals) by previous "
+                  "visits", "", "| agent | " + " | ".join(bins) + " | after a visit | zero-shot |",
+                  "|---" * (len(bins) + 3) + "|"]
+        for agent, m in report["revisits"].items():
+            cells = [m["by_visits"][b] for b in bins] + [m["after_visit"], m["zero_shot"]]
+            lines.append(f"| {agent} | " + " | ".join(f"{ci(c['accuracy'], 2)} ({c['arrivals']})" for c in cells) + " |")
+        first = next(iter(report["revisits"].values()))  # the same arrivals' chance and ceiling: the first agent's
+        for name, label in (("chance", "chance"), ("node", "node agent (ceiling)")):
+            cells = [first["by_visits"][b] for b in bins] + [first["after_visit"], first["zero_shot"]]
+            lines.append(f"| {label} | " + " | ".join("–" if c[name] is None else f"{c[name]:.2f}" for c in cells) + " |")
+        lines.append("")
     for noise, agents in report.get("path_integration", {}).items():
         for agent, m in agents.items():
             steps = list(m["checkpoints"])
             lines += [f"## Path integration: {agent}, motion noise {noise} (median (p90), world units)", "",
                       "| | " + " | ".join(steps) + " |", "|---" * (len(steps) + 1) + "|"]
-            for name in ("dead_reckoning", "agent"):
+            for name in [n for n in PI_ROWS if n in m["median_curve"]] + ["agent"]:
                 cells = [m["checkpoints"][n][name] for n in steps]
-                lines.append(f"| {agent if name == 'agent' else 'dead reckoning'} | "
+                lines.append(f"| {PI_ROWS.get(name, agent)} | "
                              + " | ".join(f"{c['median']:.1f} ({c['p90']:.1f})" for c in cells) + " |")
+            fisher = m["fisher"]
+            if fisher["correlation"] is not None:
+                lines += ["", f"Fisher information of the belief about position against occupancy "
+                              f"({len(fisher['occupancy'])} bins of {FISHER_BIN:g} units): Pearson r = "
+                              f"{fisher['correlation']['pearson']:.2f}, Spearman rho = "
+                              f"{fisher['correlation']['spearman']:.2f}."]
             lines.append("")
+    if report.get("goals"):
+        lines += ["## Goals of the TEM issues", "", "| agent | goal | value | target | met |", "|---|---|---|---|---|"]
+        lines += [f"| {agent} | {name} | {g['value']:.2f} | {g['target']:.2f} | {'yes' if g['met'] else 'no'} |"
+                  for agent, found in report["goals"].items() for name, g in found.items()]
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -168,14 +238,54 @@ def plots(report: dict, out: pathlib.Path) -> list[str]:
         figure, axes = plt.subplots(figsize=(6, 4))
         pairs = [(noise, agent, m) for noise, agents in report["path_integration"].items() for agent, m in agents.items()]
         for k, (noise, agent, m) in enumerate(pairs):  # one colour per noise level and agent
-            for name, style in (("agent", "-"), ("dead_reckoning", "--")):
-                curve = m["median_curve"][name]
-                label = f"{agent if name == 'agent' else 'dead reckoning'}, noise {noise}"
-                axes.plot(np.arange(1, len(curve) + 1), curve, style, color=f"C{k}", label=label)
+            for name, style in (("agent", "-"), ("dead_reckoning", "--"), ("path_integration", ":")):
+                if name in m["median_curve"]:
+                    curve = m["median_curve"][name]
+                    axes.plot(np.arange(1, len(curve) + 1), curve, style, color=f"C{k}",
+                              label=f"{PI_ROWS.get(name, agent)}, noise {noise}")
         axes.set(xscale="log", xlabel="steps", ylabel="median position error (world units)",
                  title="Path integration")
-        axes.legend(fontsize=7)
+        axes.legend(fontsize=6)
         written.append(_save(figure, out / "path_integration.png"))
+    fishers = [(k, noise, agent, m["fisher"]) for k, (noise, agent, m) in enumerate(pairs)
+               if m["fisher"]["correlation"] is not None] if report.get("path_integration") else []
+    if fishers:
+        figure, axes = plt.subplots(figsize=(5, 4))
+        for k, noise, agent, fisher in fishers:
+            axes.scatter(fisher["occupancy"], fisher["normalised"], s=10, color=f"C{k}",
+                         label=f"{agent}, noise {noise} (r = {fisher['correlation']['pearson']:.2f})")
+        axes.set(xscale="log", yscale="log", xlabel="occupancy (fraction of steps in the bin)",
+                 ylabel="normalised sqrt det Fisher information", title="Belief information against occupancy")
+        axes.legend(fontsize=7)
+        written.append(_save(figure, out / "fisher.png"))
+    if report.get("revisits"):
+        figure, axes = plt.subplots(figsize=(6, 4))
+        for k, (agent, m) in enumerate(report["revisits"].items()):
+            bins = [b for b, c in m["by_visits"].items() if c["accuracy"]["mean"] is not None]
+            means = [m["by_visits"][b]["accuracy"]["mean"] for b in bins]
+            halves = [m["by_visits"][b]["accuracy"]["ci95"] or 0.0 for b in bins]
+            axes.errorbar(bins, means, yerr=halves, marker="o", capsize=3, color=f"C{k}", label=agent)
+            axes.plot(bins, [m["by_visits"][b]["node"] for b in bins], "--", color="gray",
+                      label="node agent (ceiling)" if k == 0 else None)
+            axes.plot(bins, [m["by_visits"][b]["chance"] for b in bins], ":", color="black",
+                      label="chance" if k == 0 else None)
+        axes.set(xlabel="previous visits to the tree", ylabel="recalled look is the tree's", ylim=(-0.02, 1.05),
+                 title="Revisit prediction from the belief alone")
+        axes.legend()
+        written.append(_save(figure, out / "revisits.png"))
+    maps = [(agent, m["example"]) for agent, m in report.get("map", {}).items() if m.get("example")]
+    if maps:
+        figure, grid = plt.subplots(1, len(maps), figsize=(5 * len(maps), 5), squeeze=False)
+        for axes, (agent, example) in zip(grid[0], maps):
+            for key, style in (("true", dict(marker="o", s=60, facecolors="none", edgecolors="green", label="true trees")),
+                               ("trees", dict(marker="x", s=30, color="C0", label="remembered trees")),
+                               ("units", dict(marker="s", s=20, color="C3", label="map units"))):
+                points = np.array(example[key]).reshape(-1, 2)
+                axes.scatter(points[:, 0], points[:, 1], **style)
+            axes.set(aspect="equal", xlabel="x (agent frame, aligned)", ylabel="y",
+                     title=f"{agent}: map after {report['steps']} steps")
+            axes.legend(fontsize=7)
+        written.append(_save(figure, out / "map.png"))
     return written
 
 
@@ -227,10 +337,13 @@ def main(argv: list[str] | None = None) -> dict:
     report: dict = {"agents": agents, "tasks": tasks, "worlds": args.seeds,
                     "seeds": [args.seed, args.seed + args.seeds - 1], "steps": args.steps}
     try:
-        believers = [a for a in agents if has_belief(a, args.seeds)]
+        offers = {agent: capabilities(agent, args.seeds) for agent in agents}
     except (TypeError, ValueError) as e:
         parser.error(f"--agents: {e}")
-    total = len(tasks) * len(agents) * args.steps + len(believers) * (args.steps + len(noises) * args.belief_steps)
+    believers = [a for a in agents if "position" in offers[a]]
+    rememberers = [a for a in agents if "recall_here" in offers[a]]
+    total = len(tasks) * len(agents) * args.steps + len(believers) * (args.steps + len(noises) * args.belief_steps) \
+        + len(rememberers) * args.steps
     with tqdm(total=total, desc="evaluate", unit="step", file=sys.stderr) as progress:
         def stage(label, run):
             progress.set_postfix_str(label)
@@ -254,12 +367,19 @@ def main(argv: list[str] | None = None) -> dict:
                 progress.update, config=WorldConfig(**{**TASKS["noisy"], "living_cost": 0.0, "move_cost": 0.0}),
                 max_episode_steps=None))
             report.setdefault("map", {})[agent] = result
+        for agent in rememberers:  # revisits along the agent's own foraging walk on the noisy task
+            result, before = stage(f"revisits/{agent}", lambda: evaluation.run(
+                TASK_IDS["noisy"], agent, evaluation.revisits, args.seeds, args.steps, args.seed, progress.update))
+            progress.update(args.steps - (progress.n - before))
+            result.pop("arrivals")
+            report.setdefault("revisits", {})[agent] = result
         for noise in noises:
             for agent in believers:
                 result, _ = stage(f"path integration {noise}/{agent}", lambda: path_integration(
                     agent, noise, args.seeds, args.belief_steps, args.seed, progress.update))
                 report.setdefault("path_integration", {}).setdefault(str(noise), {})[agent] = result
     report["wall_time_s"] = time.perf_counter() - started
+    report["goals"] = goals(report)
     args.out.mkdir(parents=True, exist_ok=True)
     report["plots"] = plots(report, args.out)
     (args.out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")

@@ -179,9 +179,131 @@ def test_map_quality_of_a_tem_agent_after_a_short_walk():
     config = WorldConfig(living_cost=0.0, move_cost=0.0)
     metrics = evaluation.run("treeworld/TreeWorld-v0", "tem", evaluation.map_quality, 2, 450, evaluation.EVAL_SEED,
                              config=config, max_episode_steps=None)
-    assert set(metrics) == {"qe", "te", "trees_error", "units_error"}
+    assert set(metrics) == {"qe", "te", "trees_error", "units_error", "example"}
+    assert len(metrics["example"]["units"]) == 16 and len(metrics["example"]["true"]) == 25
     assert metrics["trees_error"]["n"] == 2 and 0 <= metrics["trees_error"]["mean"] < 20  # clean senses
     assert np.isfinite(metrics["units_error"]["mean"])
     assert metrics["qe"]["n"] == 2 and metrics["qe"]["mean"] > 0 and 0 <= metrics["te"]["mean"] <= 1
     with pytest.raises(TypeError, match="^agent: expected an agent with a memory"):
         evaluation.run("treeworld/TreeWorld-v0", "random", evaluation.map_quality, 2, 5, evaluation.EVAL_SEED)
+
+
+class NodeMemory:
+    """A test oracle for revisit prediction: walks a cycle over the three trees nearest its start
+    (reading the world's state), remembers every tree it has been in reach of, and recalls, at its
+    true place, the look of a remembered tree in reach (nothing at a first arrival)."""
+
+    def __init__(self, envs):
+        from treeworld.sensors import PerceptTables
+        from treeworld.vocabulary import Vocabulary
+
+        self.envs, self.num_agents = envs, envs.num_envs
+        self.sight = PerceptTables.build(envs.config, Vocabulary.for_config(envs.config)).sight
+
+    def reset(self, rows=None, seed=None):
+        self.cycle, self.leg, self.known = None, np.zeros(self.num_agents, dtype=int), set()
+
+    def _in_reach(self):
+        state = self.envs.batch.state
+        distance = np.linalg.norm(state.tree_position - state.agent_position[:, None], axis=-1)
+        return distance < self.envs.config.eat_radius
+
+    def recall_here(self):
+        state, reach = self.envs.batch.state, self._in_reach()
+        percepts = np.zeros((self.num_agents, self.sight.shape[1]), np.float32)
+        for env, tree in zip(*np.nonzero(reach)):
+            if (env, tree) in self.known:
+                percepts[env] = self.sight[state.tree_sight_row[env, tree]]
+        return torch.as_tensor(percepts), torch.ones(self.num_agents)
+
+    def act(self, observations):
+        state, config = self.envs.batch.state, self.envs.config
+        rows = np.arange(self.num_agents)
+        if self.cycle is None:
+            distance = np.linalg.norm(state.tree_position - state.agent_position[:, None], axis=-1)
+            self.cycle = np.argsort(distance, axis=1)[:, :3]
+        self.known |= {(int(e), int(k)) for e, k in zip(*np.nonzero(self._in_reach()))}
+        target = self.cycle[rows, self.leg % 3]
+        offset = state.tree_position[rows, target] - state.agent_position
+        distance = np.linalg.norm(offset, axis=-1, keepdims=True)
+        self.leg += (distance[:, 0] < 1.0)
+        step = np.minimum(distance, config.max_step) / config.max_step
+        move = offset / np.maximum(distance, 1e-9) * step
+        return np.concatenate([move, -np.ones((self.num_agents, 1))], axis=-1).astype(np.float32)
+
+
+def test_a_memory_of_every_visit_reaches_the_node_agent_ceiling():
+    envs = gym.make_vec("treeworld/TreeWorld-v0", num_envs=3, vectorization_mode="vector_entry_point",
+                        config=WorldConfig(living_cost=0.0, move_cost=0.0), max_episode_steps=None)
+    result = evaluation.revisits(envs, NodeMemory(envs), 600, seed=evaluation.EVAL_SEED)
+    first, after = result["by_visits"]["0"], result["after_visit"]
+    assert first["arrivals"] >= 6 and after["arrivals"] >= 9
+    assert first["accuracy"]["mean"] == 0.0 and first["node"] == pytest.approx(first["chance"])
+    assert after["accuracy"]["mean"] == 1.0 and after["node"] == 1.0
+    assert first["chance"] == pytest.approx(1 / envs.config.num_trees)
+    assert sum(v["arrivals"] for v in result["by_visits"].values()) == len(result["arrivals"])
+    assert all(r["visits"] > 0 for r in result["arrivals"] if r["zero_shot"])
+    with pytest.raises(TypeError, match=r"^agent: expected a BatchAgent with recall_here\(\)"):
+        evaluation.revisits(envs, Batched([Still()] * 3), 5, seed=evaluation.EVAL_SEED)
+    envs.close()
+
+
+def test_percept_identity_labels_every_look_and_nothing():
+    from treeworld.sensors import PerceptTables
+    from treeworld.vocabulary import FRUIT_PHRASES, Vocabulary
+
+    config = WorldConfig()
+    sight = np.asarray(PerceptTables.build(config, Vocabulary.for_config(config)).sight)
+    rng = np.random.default_rng(0)
+    rows = rng.integers(0, len(sight) - 1, size=50)
+    noisy = sight[rows] + 0.02 * rng.normal(size=(50, sight.shape[1]))
+    np.testing.assert_array_equal(evaluation.percept_identity(config, noisy), rows // len(FRUIT_PHRASES))
+    assert evaluation.percept_identity(config, np.zeros((2, sight.shape[1]))).tolist() == [-1, -1]
+
+
+def test_the_tem_agent_predicts_revisits_from_its_belief():
+    config = WorldConfig(**TASKS["noisy"])
+    result = evaluation.run("treeworld/TreeWorld-v0", "tem", evaluation.revisits, 2, 1200, evaluation.EVAL_SEED,
+                            config=config)
+    after = result["after_visit"]
+    assert after["arrivals"] >= 5 and after["accuracy"]["mean"] >= 0.5  # chance is 1 / 25
+
+
+def test_fisher_information_of_an_unbiased_code_is_its_inverse_noise_variance():
+    rng = np.random.default_rng(1)
+    true = rng.uniform(-100, 100, size=(200_000, 2))
+    sigma = np.where(true[:, :1] < 0, 1.0, 2.0)  # noisier on the right half
+    believed = true + sigma * rng.normal(size=true.shape)
+    result = evaluation.fisher_information(true, believed, bin_size=25.0)
+    centres, information = np.array(result["centres"]), np.array(result["information"])
+    assert len(information) == 64
+    left, right = information[centres[:, 0] < 0], information[centres[:, 0] > 0]
+    # sqrt(det J) = 1 / sigma^2; ~3,000 samples per bin estimate it within a few per cent
+    np.testing.assert_allclose(left, 1.0, rtol=0.1)
+    np.testing.assert_allclose(right, 0.25, rtol=0.1)
+    assert left.mean() == pytest.approx(1.0, rel=0.02) and right.mean() == pytest.approx(0.25, rel=0.02)
+    assert sum(result["occupancy"]) == pytest.approx(1.0)
+    # a code that doubles position (same noise) carries four times the information in 2-d
+    doubled = evaluation.fisher_information(true, 2 * true + rng.normal(size=true.shape), bin_size=25.0)
+    np.testing.assert_allclose(doubled["information"], 4.0, rtol=0.1)
+    # information that follows occupancy correlates with it
+    dense = np.concatenate([true, rng.uniform([-100, -100], [0, 100], size=(200_000, 2))])  # 3x on the left
+    noise = np.where(dense[:, :1] < 0, 0.5, 1.0) * rng.normal(size=dense.shape)
+    matched = evaluation.fisher_information(dense, dense + noise, bin_size=25.0)
+    assert matched["correlation"]["pearson"] > 0.9 and matched["correlation"]["spearman"] > 0.5
+    with pytest.raises(ValueError, match="^true, believed: expected the same"):
+        evaluation.fisher_information(true, believed[:10], bin_size=25.0)
+    with pytest.raises(ValueError, match="^bin_size"):
+        evaluation.fisher_information(true, believed, bin_size=0.0)
+
+
+def test_the_path_integration_row_is_the_agents_integrator_alone():
+    envs = noisy_walks(num_envs=2)
+    agent = registry.make_batch_agent("tem", envs.config, 2, envs.single_action_space)
+    errors = evaluation.belief_errors(envs, agent, 300, seed=evaluation.EVAL_SEED)
+    # the exact integrator without loop closure is dead reckoning (float32 motions, float64 sums)
+    np.testing.assert_allclose(errors["path_integration"], errors["dead_reckoning"], atol=1e-3)
+    assert errors["true"].shape == errors["believed"].shape == (300, 2, 2)
+    np.testing.assert_allclose(np.hypot(*(errors["believed"] - errors["true"]).transpose(2, 0, 1)), errors["agent"])
+    assert "path_integration" not in evaluation.belief_errors(envs, Oracle(envs), 5, seed=evaluation.EVAL_SEED)
+    envs.close()

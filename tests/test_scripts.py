@@ -224,71 +224,6 @@ def test_run_tem_agent_from_file(tmp_path):
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 
-def measure_tem(*args):
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "measure_tem.py"), *args], capture_output=True,
-                          text=True, timeout=120)
-
-
-def test_measure_tem_reports_belief_foraging_and_homing(tmp_path):
-    out = tmp_path / "tem.json"
-    done = measure_tem("--worlds", "2", "--steps", "30", "--foraging-steps", "20", "--out", str(out))
-    assert done.returncode == 0, done.stderr
-    report = json.loads(out.read_text())
-    belief = report["belief"]
-    assert belief["config_overrides"] == {"motion_noise": 0.5, "percept_noise": 0.02, "living_cost": 0.0,
-                                          "move_cost": 0.0}
-    assert set(belief["checkpoints"]) == {"30"}
-    for name in ("tem", "dead_reckoning"):
-        figures = belief["checkpoints"]["30"][name]
-        assert figures["worlds"] == 2 and 0 < figures["median"] <= figures["p90"] < np.inf
-    assert np.isfinite(belief["last_step"]["dead_reckoning_over_tem"])
-    assert set(belief["goals"]) == {"evaluated_at_steps", "note", "median_at_most_5_units",
-                                    "at_least_5x_below_dead_reckoning"}
-    foraging = report["foraging"]
-    assert set(foraging["tasks"]) == {"clean", "noisy"}
-    for task in foraging["tasks"].values():
-        assert set(task) == {"random", "forager", "tem"}
-        for figures in task.values():
-            assert set(figures) == {"survival", "steps", "fruit_per_1000_steps", "poison_per_1000_steps", "return"}
-            assert all(figure["n"] == 2 and np.isfinite(figure["mean"]) for figure in figures.values())
-            assert 1 <= figures["steps"]["mean"] <= 20
-    assert all(isinstance(goal, bool) for goal in foraging["goals"].values())
-    homing = report["homing"]["agents"]
-    assert set(homing) == {"random", "forager", "tem"}
-    for figures in homing.values():  # 20 steps: no goal is set yet (explore_steps 500)
-        assert figures["goals"] == 0 and figures["spl"] == {"mean": None, "ci95": None, "n": 0}
-
-
-def test_measure_tem_checkpoints_and_bad_arguments():
-    spec = importlib.util.spec_from_file_location("treeworld_scripts_measure_tem", ROOT / "scripts" / "measure_tem.py")
-    sys.path.insert(0, str(ROOT / "scripts"))
-    try:
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(ROOT / "scripts"))
-    assert module.checkpoints(10_000)[:5] == [100, 250, 500, 1000, 1500] and module.checkpoints(10_000)[-1] == 10_000
-    assert module.checkpoints(30) == [30] and 2000 in module.checkpoints(2400) and 2400 in module.checkpoints(2400)
-    errors = {"tem": np.array([[1.0, np.nan]]), "dead_reckoning": np.array([[10.0, np.nan]])}
-    report = module.belief_report(errors)
-    assert report["checkpoints"]["1"]["tem"] == {"median": 1.0, "p90": 1.0, "worlds": 1}
-    assert report["last_step"]["dead_reckoning_over_tem"] == 10.0
-    for argv, message in ((["--parts", "nope"], "--parts: expected a comma-separated subset"),
-                          (["--agents", "tem,nope"], "--agents: agent: unknown agent 'nope'"),
-                          (["--worlds", "0"], "--worlds: expected an int >= 1"),
-                          (["--parts", "foraging", "--plot", "x.png"], "--plot draws the belief part")):
-        bad = measure_tem(*argv)
-        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
-
-
-def test_measure_tem_plots_the_belief_errors(tmp_path):
-    pytest.importorskip("matplotlib")
-    plot = tmp_path / "belief.png"
-    done = measure_tem("--parts", "belief", "--worlds", "2", "--steps", "10", "--plot", str(plot))
-    assert done.returncode == 0, done.stderr
-    assert iio.imread(plot).ndim == 3
-
-
 def test_bench_agent_suite_at_a_tiny_budget(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--suites", "agent", "--quick",
@@ -318,8 +253,13 @@ def test_evaluate_quick_writes_a_report_that_parses(tmp_path):
     assert report["homing"]["tem"]["goals"] > 0  # goals from step 20 in a quick run
     assert set(report["path_integration"]) == {"0.5"} and set(report["path_integration"]["0.5"]) == {"tem"}
     assert set(report["map"]) == {"tem"} and report["map"]["tem"]["trees_error"]["n"] == 2
+    assert set(report["revisits"]) == {"tem"} and "zero_shot" in report["revisits"]["tem"]
+    rows = report["path_integration"]["0.5"]["tem"]["median_curve"]
+    assert set(rows) == {"agent", "dead_reckoning", "path_integration"} and len(rows["agent"]) == 100
+    assert {"forage survival", "homing SPL"} <= set(report["goals"]["tem"])
     markdown = (tmp_path / "report.md").read_text()
-    assert "## Foraging: noisy" in markdown and "## Homing" in markdown and "## Path integration" in markdown
+    for title in ("## Foraging: noisy", "## Homing", "## Path integration", "## Revisit prediction", "## Goals"):
+        assert title in markdown
     for name in report["plots"]:
         assert iio.imread(tmp_path / name).ndim == 3
 
