@@ -1,0 +1,301 @@
+"""Self-supervised training of the TEM agent's learned parts: the TEM VAE objective on sequences.
+
+Data. :class:`Sequences` holds ``T`` steps of ``B`` walks (one world each): the observed motion,
+the sight percept, its distance and heading (all the agent sees), and the true positions (only
+for metrics, never in the loss). :func:`collect` rolls a behaviour policy (any ``BatchAgent``:
+random walker, Forager, the TEM agent) through a vector env whose layouts are fixed by
+``world_seed``, so walks revisit trees.
+
+The model (:class:`TEMModel`). The latent is the location code ``g_t`` (the default
+``FourierMetric``); its learned parts are the path integration (``LearnedPathIntegration``), the
+percept pseudometric ``E`` (``PseudoMetric`` of rank ``metric_rank``) and the scales below. Per
+step ``t`` and walk, with ``o_t = r_t E[cos phi] h_t`` the sighting's object vector (as in
+:mod:`~treeworld.agents.landmarks`) and a memory of earlier sightings (each stored at
+``mean_s (+) o_s`` with its percept; strictly causal: step ``t`` reads entries ``s < t``):
+
+- prior ``p(g_t | g_{t-1}, m_t) = FourierCodeDistribution(PI(mean_{t-1}, m_t), sqrt(P_t))`` with
+  ``P_t = V_{t-1} + step_scale^2``: the filter's predictive distribution (``V`` the posterior
+  variance per axis, carried with the posterior mean ``mean_t``);
+- posterior ``q(g_t | prior, x_t, memory) = FourierCodeDistribution(mean_t, sqrt(V_t))``: the
+  loop closure of the landmark map made soft. Each stored sighting ``s`` is a hypothesis "this is
+  the same tree", predicting the agent at ``m_s (-) o_t``, an innovation ``nu_s`` from the prior
+  mean (``FourierMetric.displacement``) with variance ``S_s = P_t + R_s``,
+  ``R_s = proposal_scale^2 + (r_t^2 + r_s^2) E[sin^2 phi] / 2``; its weight is
+  ``softmax(-d_E(x_t, x_s)^2 / (2 match_scale^2) - |nu_s|^2 / (2 S_s) - log(2 pi S_s))`` against
+  the hypothesis "a new tree" (logit ``new_logit``): the chi-square gate of the map, soft. The
+  posterior is the weighted Kalman update moment-matched to one Gaussian: shift
+  ``sum_s w_s K_s nu_s`` (``K_s = P_t / S_s``), applied with ``apply_displacement``;
+- likelihood ``p(x_t | g_t, memory)`` at ``g_t ~ q`` (reparameterised): the memory recalls at the
+  tree's place ``g_t (+) o_t`` (kernel ``exp(-d^2 / (2 recall_scale^2))`` over the entries, as
+  ``SpatialMemory.recall_percept``) the percept ``xhat`` with confidence ``c`` (the best kernel
+  value); ``p = c LowRankGaussian(E, xhat, likelihood_scale) + (1 - c) LowRankGaussian(E, xbar,
+  novel_scale)``, ``xbar`` the mean stored percept (a tree not remembered);
+- ``ELBO_t = log p(x_t | g_t) - [log q(g_t) - log p(g_t)]`` (one reparameterised sample: the KL
+  estimated with both log-probabilities), the likelihood counted where a tree is in sight and the
+  memory holds something; plus the seed's displacement-variance loss on the learned integrator
+  (its modules must agree on one displacement).
+
+The carried state is the posterior mean and variance, detached every step (truncated backprop:
+gradients reach the integrator through each step's prior, ``E`` and the scales through the
+posterior's weights and the likelihood).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from treeworld import checks
+from treeworld.agents.fourier import FourierCodeDistribution
+from treeworld.agents.landmarks import cone_moments
+from treeworld.agents.path_integration import LearnedPathIntegration, default_metric
+from treeworld.agents.pseudometric import PseudoMetric
+
+
+@dataclass
+class Sequences:
+    """``T`` steps of ``B`` walks. motion (T, B, 2), sight (T, B, P), distance (T, B) world units
+    (0 where nothing is seen), heading (T, B, 2), seen (T, B) bool, position (T, B, 2) true
+    displacement from the walk's start (privileged: metrics only)."""
+
+    motion: torch.Tensor
+    sight: torch.Tensor
+    distance: torch.Tensor
+    heading: torch.Tensor
+    seen: torch.Tensor
+    position: torch.Tensor
+
+    def __post_init__(self) -> None:
+        T, B = self.motion.shape[:2]
+        for field in fields(self):
+            value = getattr(self, field.name)
+            checks.instance(value, torch.Tensor, field.name)
+            if tuple(value.shape[:2]) != (T, B):
+                raise ValueError(f"{field.name}: expected leading shape ({T}, {B}) (motion's), got {tuple(value.shape)}")
+            if value.is_floating_point():
+                checks.finite_tensor(value, field.name)
+
+    @property
+    def steps(self) -> int:
+        return self.motion.shape[0]
+
+    @property
+    def walks(self) -> int:
+        return self.motion.shape[1]
+
+    def rows(self, index: Any) -> "Sequences":
+        """The walks ``index`` (a slice or indices), e.g. one process's shard."""
+        return Sequences(**{f.name: getattr(self, f.name)[:, index] for f in fields(self)})
+
+    def to(self, device) -> "Sequences":
+        return Sequences(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+def collect(envs: Any, agent: Any, steps: int, seed: int, world_seeds: list[int]) -> Sequences:
+    """Roll ``agent`` (a BatchAgent) for ``steps`` steps in the vector env ``envs`` on the layouts
+    ``world_seeds`` (one per env, kept through autoresets), episode seeds ``seed + i``.
+
+    Walks are cut at their first episode end: give ``envs`` no health costs and no time limit for
+    walks that last (ValueError if one ends early).
+    """
+    steps = checks.count(steps, "steps")
+    if len(world_seeds) != envs.num_envs:
+        raise ValueError(f"world_seeds: expected {envs.num_envs} (envs.num_envs), got {len(world_seeds)}")
+    agent.reset(None, seed=seed)
+    observation, info = envs.reset(seed=seed, options={"world_seed": [int(s) for s in world_seeds]})
+    start = np.asarray(info["position"], dtype=np.float64)
+    sight_range = envs.config.sight_distance
+    columns: dict[str, list] = {name: [] for name in ("motion", "sight", "distance", "heading", "position")}
+    for _ in range(steps):
+        action = agent.act(observation)
+        columns["motion"].append(np.asarray(observation["motion"], dtype=np.float32))
+        columns["sight"].append(np.asarray(observation["sight"], dtype=np.float32))
+        columns["distance"].append(np.asarray(observation["sight_distance"], dtype=np.float32).reshape(-1) * sight_range)
+        columns["heading"].append(np.asarray(observation["heading"], dtype=np.float32))
+        columns["position"].append((np.asarray(info["position"], dtype=np.float64) - start).astype(np.float32))
+        observation, _, terminated, truncated, info = envs.step(action)
+        if np.any(terminated) or np.any(truncated):
+            raise ValueError("envs: a walk ended before `steps`; give the env no health costs and no time limit")
+    tensors = {name: torch.as_tensor(np.stack(values)) for name, values in columns.items()}
+    return Sequences(seen=tensors["distance"] > 0, **tensors)
+
+
+def _log_parameter(value: float) -> nn.Parameter:
+    return nn.Parameter(torch.tensor(math.log(value)))
+
+
+class TEMModel(nn.Module):
+    """The TEM VAE over sequences (module docstring). ``elbo(sequences)`` gives per-step terms.
+
+    Args:
+        percept_dim: ``P`` of the sight percepts.
+        metric_rank: rank ``M`` of the learned percept pseudometric ``E``.
+        motion_noise: initial ``step_scale`` (odometry noise std per axis, world units).
+        cone_cos: the world's sight cone (object vectors and their lateral spread).
+        memory_size: the newest sightings kept per walk (older ones are dropped).
+        generator: seeds ``E``'s initialisation (``None``: fresh entropy).
+    """
+
+    def __init__(self, percept_dim: int = 384, metric_rank: int = 32, motion_noise: float = 0.5,
+                 cone_cos: float = 0.9, memory_size: int = 128, generator: torch.Generator | None = None) -> None:
+        super().__init__()
+        self.config = dict(percept_dim=checks.count(percept_dim, "percept_dim"),
+                           metric_rank=checks.count(metric_rank, "metric_rank"),
+                           motion_noise=checks.real(motion_noise, "motion_noise", low=0.0),
+                           cone_cos=checks.real(cone_cos, "cone_cos", low=-1.0, high=1.0, low_open=True),
+                           memory_size=checks.count(memory_size, "memory_size"))
+        self.metric = default_metric()
+        self.integrator = LearnedPathIntegration(self.metric)
+        self.percept_metric = PseudoMetric(percept_dim, metric_rank, generator=generator)
+        with torch.no_grad():  # E starts as a scaled random projection: unit percepts ~1 apart
+            self.percept_metric.embedding.mul_(math.sqrt(percept_dim / metric_rank))
+        self.log_step_scale = _log_parameter(max(motion_noise, 0.05))
+        self.log_proposal_scale = _log_parameter(2.0)
+        self.log_match_scale = _log_parameter(0.5)
+        self.log_recall_scale = _log_parameter(5.0)
+        self.log_likelihood_scale = _log_parameter(0.3)
+        self.log_novel_scale = _log_parameter(1.0)
+        # "a new tree": its location is anywhere in sight (~log of the area within sight range 100)
+        self.new_logit = nn.Parameter(torch.tensor(-10.0))
+        self.mean_cos, _, self.var_across = cone_moments(self.config["cone_cos"])
+
+    def scales(self) -> dict[str, float]:
+        """The learned scales as numbers (for logs)."""
+        return {name[4:]: float(getattr(self, name).exp()) for name in
+                ("log_step_scale", "log_proposal_scale", "log_match_scale", "log_recall_scale",
+                 "log_likelihood_scale", "log_novel_scale")} | {"new_logit": float(self.new_logit)}
+
+    def displacement_variance(self, motion: torch.Tensor) -> torch.Tensor:
+        """The seed's consistency loss of the learned integrator on motions ``(..., 2)``: mean
+        across-module variance of the implied displacement per dimension.  # () """
+        steps = self.integrator.phase_steps(motion.reshape(-1, 2))
+        return self.metric.displacement_variance(steps).mean() / self.metric.dim
+
+    def _posterior(self, prior_code, prior_var, sight, distance, object_vector, memory):
+        """Soft loop closure against the memory: (mean code (B, L), variance (B,), weights (B, S))."""
+        codes, percepts, distances, valid = memory
+        innovation = self.metric.displacement(prior_code[:, None].expand_as(codes), codes)[1] - object_vector[:, None]
+        lateral = self.var_across * (distance[:, None].square() + distances.square()) / 2
+        total = prior_var[:, None] + self.log_proposal_scale.exp().square() + lateral  # (B, S)
+        match = self.percept_metric.pseudo_distance(sight[:, None], percepts, squared=True) \
+            / (2 * self.log_match_scale.exp().square())
+        logits = -match - innovation.square().sum(-1) / (2 * total) - torch.log(2 * math.pi * total)
+        logits = logits.masked_fill(~valid, -math.inf)
+        weights = torch.softmax(torch.cat([self.new_logit.expand(len(logits), 1), logits], dim=1), dim=1)[:, 1:]
+        gain = prior_var[:, None] / total  # (B, S)
+        moved = gain[..., None] * innovation  # (B, S, 2)
+        shift = (weights[..., None] * moved).sum(1)  # (B, 2)
+        spread = (weights * (moved - shift[:, None]).square().sum(-1)).sum(1) / 2
+        variance = prior_var - (weights * gain).sum(1) * prior_var + spread
+        return self.metric.apply_displacement(prior_code, shift), variance, weights
+
+    def _likelihood(self, sample, sight, object_vector, memory):
+        """log p(x_t | g_t, memory) (B,) at sampled codes (B, L)."""
+        codes, percepts, _, valid = memory
+        offset = self.metric.displacement(sample[:, None].expand_as(codes), codes)[1] - object_vector[:, None]
+        logits = (-offset.square().sum(-1) / (2 * self.log_recall_scale.exp().square())).masked_fill(~valid, -math.inf)
+        confidence = logits.max(1).values.exp().clamp(1e-6, 1 - 1e-6)  # (B,)
+        recalled = torch.einsum("bs,bsp->bp", torch.softmax(logits, dim=1).nan_to_num(0.0), percepts)
+        count = valid.sum(1, keepdim=True).clamp_min(1)
+        novel = (percepts * valid[..., None]).sum(1) / count
+        scales = torch.stack([self.log_likelihood_scale, self.log_novel_scale]).exp()[:, None].expand(2, len(sight))
+        known, unknown = self.percept_metric.distribution(torch.stack([recalled, novel]), scales).log_prob(sight)
+        return torch.logaddexp(confidence.log() + known, torch.log1p(-confidence) + unknown)
+
+    def noise(self, sequences: Sequences, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Standard normal draws for :meth:`elbo`'s samples: (T, B, 2) (CPU ``generator``)."""
+        shape = (sequences.steps, sequences.walks, self.metric.dim)
+        return torch.randn(shape, generator=checks.generator(generator), dtype=self.metric.alphas.dtype)
+
+    def elbo(self, sequences: Sequences, noise: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-step terms over a batch of walks; ``noise`` (T, B, 2) standard normal draws (from
+        :meth:`noise`) make the reparameterised samples ``g_t = mean_t (+) sqrt(V_t) u_t``, so a
+        walk's terms do not depend on the other walks of its batch (data-parallel shards).
+
+        Returns (T, B) tensors: ``log_likelihood`` (0 where not counted), ``counted`` (bool: a tree
+        in sight and a memory to recall from), ``kl`` (the one-sample estimate), ``elbo``; and,
+        detached, ``belief``, ``prior`` and ``sample`` (T, B, 2) the decoded posterior means, prior
+        means and samples, ``variance`` and ``prior_variance`` (T, B) per axis, ``belief_error``
+        (T, B) the posterior mean's distance to the true position, ``closure`` (T, B) the
+        posterior's total weight on remembered trees.
+        """
+        checks.instance(sequences, Sequences, "sequences")
+        T, B = sequences.steps, sequences.walks
+        like = self.metric.alphas
+        checks.instance(noise, torch.Tensor, "noise")
+        if tuple(noise.shape) != (T, B, self.metric.dim):
+            raise ValueError(f"noise: expected shape ({T}, {B}, {self.metric.dim}), got {tuple(noise.shape)}")
+        noise = checks.finite_tensor(noise, "noise").to(like)
+        seq = sequences.to(like.device)
+        mean = self.metric.encode(like.new_zeros(B, 2))
+        variance = like.new_zeros(B)
+        L, P, size = self.metric.location_dim, self.config["percept_dim"], self.config["memory_size"]
+        memory = (like.new_zeros(B, 0, L), like.new_zeros(B, 0, P), like.new_zeros(B, 0),
+                  torch.zeros(B, 0, dtype=torch.bool, device=like.device))
+        out = {name: [] for name in ("log_likelihood", "counted", "kl", "belief", "closure", "prior", "sample",
+                                     "variance", "prior_variance")}
+        step_var = self.log_step_scale.exp().square()
+        for t in range(T):
+            seen = seq.seen[t]
+            heading = seq.heading[t] / seq.heading[t].norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            object_vector = (seq.distance[t] * self.mean_cos)[:, None] * heading  # (B, 2)
+            prior_code = self.integrator(mean, seq.motion[t])
+            prior_var = variance + step_var
+            can_recall = seen & memory[3].any(1)
+            if bool(can_recall.any()):
+                gated = (memory[0], memory[1], memory[2], memory[3] & seen[:, None])
+                post_code, post_var, weights = self._posterior(prior_code, prior_var, seq.sight[t],
+                                                               seq.distance[t], object_vector, gated)
+            else:
+                post_code, post_var, weights = prior_code, prior_var, like.new_zeros(B, 1)
+            post_var = post_var.clamp_min(1e-6)
+            sample = self.metric.apply_displacement(post_code, post_var.sqrt()[:, None] * noise[t])  # q.rsample
+            q_and_p = FourierCodeDistribution(self.metric, torch.stack([post_code, prior_code]),
+                                              torch.stack([post_var, prior_var]).sqrt())
+            log_q, log_p = q_and_p.log_prob(sample)
+            out["kl"].append(log_q - log_p)
+            if bool(can_recall.any()):
+                log_likelihood = self._likelihood(sample, seq.sight[t], object_vector, gated)
+                out["log_likelihood"].append(torch.where(can_recall, log_likelihood, 0.0))
+            else:
+                out["log_likelihood"].append(like.new_zeros(B))
+            out["counted"].append(can_recall)
+            out["closure"].append(weights.sum(1).detach())
+            mean, variance = post_code.detach(), post_var.detach()
+            out["belief"].append(mean)
+            out["prior"].append(prior_code.detach())
+            out["sample"].append(sample.detach())
+            out["variance"].append(variance)
+            out["prior_variance"].append(prior_var.detach())
+            if bool(seen.any()):  # write the sighting at the tree's believed place
+                entry = self.metric.apply_displacement(mean, object_vector)
+                memory = tuple(torch.cat([store, new[:, None]], dim=1)[:, -size:] for store, new in
+                               zip(memory, (entry, seq.sight[t].to(like.dtype), seq.distance[t].to(like.dtype), seen)))
+        result = {name: torch.stack(values) for name, values in out.items()}
+        with torch.no_grad():  # decode every code at once: (T, B, L) -> (T, B, 2)
+            for name in ("belief", "prior", "sample"):
+                result[name] = self.metric.decode(result[name])[1]
+        result["elbo"] = result["log_likelihood"] - result["kl"]
+        result["belief_error"] = (result["belief"] - seq.position.to(like.dtype)).norm(dim=-1)
+        return result
+
+    def loss(self, sequences: Sequences, noise: torch.Tensor,
+             consistency_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+        """Negative mean ELBO per step plus ``consistency_weight`` times the displacement-variance
+        loss; and the figures to log (means over this batch)."""
+        terms = self.elbo(sequences, noise)
+        consistency = self.displacement_variance(sequences.motion.to(self.metric.alphas.device))
+        elbo = terms["elbo"].mean()
+        loss = -elbo + consistency_weight * consistency
+        counted = terms["counted"]
+        stats = {"loss": loss.item(), "elbo": elbo.item(), "kl": terms["kl"].mean().item(),
+                 "log_likelihood": (terms["log_likelihood"].sum() / counted.sum().clamp_min(1)).item(),
+                 "displacement_variance": consistency.item(),
+                 "belief_error": float(terms["belief_error"][-1].median()),
+                 "closure": float(terms["closure"].mean())}
+        return loss, stats
+

@@ -1,0 +1,146 @@
+"""The TEM VAE objective: its terms against independent computations, causality, shards, learning."""
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+import treeworld.envs  # noqa: F401  (registers the environment ids)
+from treeworld.agents import registry
+from treeworld.agents.training import Sequences, TEMModel, collect
+from treeworld.config import WorldConfig
+from treeworld.envs import TASKS
+
+torch.set_num_threads(1)
+
+
+def walks_env(num_envs, **overrides):
+    config = WorldConfig(**{**TASKS["noisy"], "living_cost": 0.0, "move_cost": 0.0, **overrides})
+    return gym.make_vec("treeworld/TreeWorld-v0", num_envs=num_envs, vectorization_mode="vector_entry_point",
+                        config=config, max_episode_steps=None)
+
+
+@pytest.fixture(scope="module")
+def walks():
+    envs = walks_env(4)
+    agent = registry.make_batch_agent("forager", envs.config, 4, envs.single_action_space, 0)
+    sequences = collect(envs, agent, 80, seed=0, world_seeds=[11, 12, 13, 14])
+    envs.close()
+    return sequences
+
+
+def model(**kwargs):
+    return TEMModel(generator=torch.Generator().manual_seed(0), **kwargs)
+
+
+def test_collect_records_what_the_agent_sees_on_fixed_layouts(walks):
+    assert walks.steps == 80 and walks.walks == 4 and walks.sight.shape == (80, 4, 384)
+    assert walks.seen.any() and (walks.distance[~walks.seen] == 0).all() and (walks.distance[walks.seen] > 0).all()
+    assert torch.equal(walks.position[0], torch.zeros(4, 2))
+    envs = walks_env(2)
+    agent = registry.make_batch_agent("forager", envs.config, 2, envs.single_action_space, 0)
+    again = collect(envs, agent, 80, seed=0, world_seeds=[11, 12])
+    assert torch.equal(again.sight, walks.sight[:, :2]) and torch.equal(again.motion, walks.motion[:, :2])
+    with pytest.raises(ValueError, match="^world_seeds: expected 2"):
+        collect(envs, agent, 5, seed=0, world_seeds=[1])
+    dying = gym.make_vec("treeworld/TreeWorld-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                         max_episode_steps=3)
+    with pytest.raises(ValueError, match="^envs: a walk ended before"):
+        collect(dying, agent, 5, seed=0, world_seeds=[1, 2])
+    with pytest.raises(ValueError, match=r"^sight: expected leading shape \(80, 4\)"):
+        Sequences(walks.motion, walks.sight[:5], walks.distance, walks.heading, walks.seen, walks.position)
+
+
+def test_kl_is_log_q_minus_log_p_of_the_sample_as_2d_gaussians(walks):
+    """The one-sample KL estimate against Gaussians in position space (the Gram terms of the two
+    code densities cancel: both references are valid codes)."""
+    tem = model()
+    with torch.no_grad():
+        terms = tem.elbo(walks, tem.noise(walks, torch.Generator().manual_seed(1)))
+    assert terms["closure"].max() > 0.5  # some steps close a loop: posterior and prior differ
+
+    def log_normal(x, mean, variance):
+        return (-(x - mean).square().sum(-1) / (2 * variance) - torch.log(2 * math.pi * variance)).double()
+
+    expected = log_normal(terms["sample"], terms["belief"], terms["variance"]) \
+        - log_normal(terms["sample"], terms["prior"], terms["prior_variance"])
+    torch.testing.assert_close(terms["kl"].double(), expected, atol=2e-3, rtol=1e-4)
+    without_sight = walks.rows(slice(None))
+    without_sight.seen = torch.zeros_like(walks.seen)
+    with torch.no_grad():
+        blind = tem.elbo(without_sight, tem.noise(walks, torch.Generator().manual_seed(1)))
+    assert (blind["kl"] == 0).all() and not blind["counted"].any() and (blind["log_likelihood"] == 0).all()
+
+
+def independent_log_density(E, tau, reference, scale, x):
+    """log density of x on the sampler's subspace: z = reference + width E^+ v, v ~ N(0, I_M),
+    by an orthonormal basis of the subspace and a full-covariance Gaussian there."""
+    E = E.double()
+    pinv = E.T @ torch.linalg.inv(E @ E.T + tau * torch.eye(E.shape[0], dtype=torch.float64))  # (N, M)
+    basis, _ = torch.linalg.qr(pinv)  # (N, M)
+    M = E.shape[0]
+    width = math.exp(math.lgamma(M / 2) - math.lgamma((M + 1) / 2)) / math.sqrt(2.0) * scale
+    A = basis.T @ pinv * width  # (M, M)
+    gaussian = torch.distributions.MultivariateNormal(torch.zeros(M, dtype=torch.float64), A @ A.T)
+    return gaussian.log_prob(basis.T @ (x.double() - reference.double()))
+
+
+def test_likelihood_is_the_recall_mixture_of_two_low_rank_gaussians():
+    tem = model(percept_dim=12, metric_rank=4)
+    generator = torch.Generator().manual_seed(2)
+    sample = tem.metric.encode(torch.tensor([[3.0, -4.0]]))
+    object_vector = torch.tensor([[10.0, 0.0]])
+    stored_at = torch.tensor([[[13.0, -1.0], [60.0, 40.0]]])  # 3 units from the tree's place, and far
+    percepts = torch.randn(1, 2, 12, generator=generator)
+    memory = (tem.metric.encode(stored_at), percepts, torch.tensor([[20.0, 30.0]]), torch.tensor([[True, True]]))
+    sight = percepts[0, 0] + 0.05 * torch.randn(12, generator=generator)
+    with torch.no_grad():
+        got = tem._likelihood(sample, sight[None], object_vector, memory)
+    rho = tem.log_recall_scale.exp().item()
+    kernel = torch.tensor([math.exp(-9.0 / (2 * rho ** 2)), math.exp(-(47.0 ** 2 + 41.0 ** 2) / (2 * rho ** 2))])
+    recalled = (kernel[:, None] * percepts[0]).sum(0) / kernel.sum()
+    E, tau = tem.percept_metric.embedding.detach(), tem.percept_metric.tau
+    known = independent_log_density(E, tau, recalled, tem.log_likelihood_scale.exp().item(), sight)
+    unknown = independent_log_density(E, tau, percepts[0].mean(0), tem.log_novel_scale.exp().item(), sight)
+    c = kernel.max().item()
+    expected = torch.logaddexp(math.log(c) + known, math.log1p(-c) + unknown)
+    torch.testing.assert_close(got.double(), expected[None], atol=1e-3, rtol=1e-4)
+
+
+def test_walks_are_independent_so_shards_give_the_full_batch_terms(walks):
+    tem = model()
+    noise = tem.noise(walks, torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = tem.elbo(walks, noise)
+        halves = [tem.elbo(walks.rows(rows), noise[:, rows]) for rows in (slice(0, 2), slice(2, 4))]
+    for name in ("elbo", "kl", "log_likelihood", "belief"):
+        torch.testing.assert_close(torch.cat([h[name] for h in halves], dim=1), full[name], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"^noise: expected shape \(80, 4, 2\)"):
+        tem.elbo(walks, noise[:, :2])
+
+
+def test_the_elbo_rises_over_a_short_training_run(walks):
+    tem = model()
+    noise = tem.noise(walks, torch.Generator().manual_seed(4))
+    optimizer = torch.optim.Adam(tem.parameters(), lr=1e-2)
+    with torch.no_grad():
+        before = tem.elbo(walks, noise)["elbo"].mean().item()
+    for _ in range(8):
+        loss, stats = tem.loss(walks, noise)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        assert np.isfinite(list(stats.values())).all()
+    with torch.no_grad():
+        after = tem.elbo(walks, noise)["elbo"].mean().item()
+    assert after > before + 0.5, (before, after)
+
+
+def test_displacement_variance_is_zero_at_the_exact_lattice_and_grows_off_it():
+    tem = model()
+    motion = torch.randn(64, 2, generator=torch.Generator().manual_seed(5)) * 3
+    assert tem.displacement_variance(motion).item() < 1e-10
+    with torch.no_grad():
+        tem.integrator.lattice[3] *= 1.01  # one module reads steps 1% long
+    assert tem.displacement_variance(motion).item() > 1e-6
