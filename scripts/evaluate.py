@@ -101,12 +101,13 @@ def path_integration(spec: str, noise: float, worlds: int, steps: int, seed: int
 
 
 def goals(report: dict) -> dict:
-    """The TEM issues' goals, for every agent the report has the figures of: per agent, per goal
-    ``{"value", "target", "met"}`` (means over worlds; belief at the last step, noise 0.5)."""
+    """The TEM issues' goals, for the TEM agents (``tem``, ``tem:PATH``) the report has the figures
+    of: per agent, per goal ``{"value", "target", "met"}`` (means over worlds; belief at the last
+    step, noise 0.5)."""
     found: dict = {}
 
     def check(agent, name, value, target, at_least=True):
-        if value is not None:
+        if value is not None and registry.parse(agent)[0] == "tem":
             met = value >= target if at_least else value <= target
             found.setdefault(agent, {})[name] = {"value": value, "target": target, "met": bool(met)}
 
@@ -265,7 +266,7 @@ def plots(report: dict, out: pathlib.Path) -> list[str]:
             means = [m["by_visits"][b]["accuracy"]["mean"] for b in bins]
             halves = [m["by_visits"][b]["accuracy"]["ci95"] or 0.0 for b in bins]
             axes.errorbar(bins, means, yerr=halves, marker="o", capsize=3, color=f"C{k}", label=agent)
-            axes.plot(bins, [m["by_visits"][b]["node"] for b in bins], "--", color="gray",
+            axes.plot(bins, [m["by_visits"][b]["node"] for b in bins], "--", color="gray", drawstyle="steps-mid",
                       label="node agent (ceiling)" if k == 0 else None)
             axes.plot(bins, [m["by_visits"][b]["chance"] for b in bins], ":", color="black",
                       label="chance" if k == 0 else None)
