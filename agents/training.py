@@ -165,9 +165,9 @@ class TEMModel(nn.Module):
 
     def scales(self) -> dict[str, float]:
         """The learned scales as numbers (for logs)."""
-        return {name[4:]: float(getattr(self, name).exp()) for name in
+        return {name[4:]: getattr(self, name).exp().item() for name in
                 ("log_step_scale", "log_proposal_scale", "log_match_scale", "log_recall_scale",
-                 "log_likelihood_scale", "log_novel_scale")} | {"new_logit": float(self.new_logit)}
+                 "log_likelihood_scale", "log_novel_scale")} | {"new_logit": self.new_logit.item()}
 
     def displacement_variance(self, motion: torch.Tensor) -> torch.Tensor:
         """The seed's consistency loss of the learned integrator on motions ``(..., 2)``: mean
@@ -194,7 +194,7 @@ class TEMModel(nn.Module):
         return self.metric.apply_displacement(prior_code, shift), variance, weights
 
     def _likelihood(self, sample, sight, object_vector, memory):
-        """log p(x_t | g_t, memory) (B,) at sampled codes (B, L)."""
+        """log p(x_t | g_t, memory) (B,) at sampled codes (B, L), and the recalled percepts (B, P)."""
         codes, percepts, _, valid = memory
         offset = self.metric.displacement(sample[:, None].expand_as(codes), codes)[1] - object_vector[:, None]
         logits = (-offset.square().sum(-1) / (2 * self.log_recall_scale.exp().square())).masked_fill(~valid, -math.inf)
@@ -204,7 +204,7 @@ class TEMModel(nn.Module):
         novel = (percepts * valid[..., None]).sum(1) / count
         scales = torch.stack([self.log_likelihood_scale, self.log_novel_scale]).exp()[:, None].expand(2, len(sight))
         known, unknown = self.percept_metric.distribution(torch.stack([recalled, novel]), scales).log_prob(sight)
-        return torch.logaddexp(confidence.log() + known, torch.log1p(-confidence) + unknown)
+        return torch.logaddexp(confidence.log() + known, torch.log1p(-confidence) + unknown), recalled
 
     def noise(self, sequences: Sequences, generator: torch.Generator | None = None) -> torch.Tensor:
         """Standard normal draws for :meth:`elbo`'s samples: (T, B, 2) (CPU ``generator``)."""
@@ -221,7 +221,8 @@ class TEMModel(nn.Module):
         detached, ``belief``, ``prior`` and ``sample`` (T, B, 2) the decoded posterior means, prior
         means and samples, ``variance`` and ``prior_variance`` (T, B) per axis, ``belief_error``
         (T, B) the posterior mean's distance to the true position, ``closure`` (T, B) the
-        posterior's total weight on remembered trees.
+        posterior's total weight on remembered trees, ``recalled`` (T, B, P) the percept the memory
+        recalled at the sample (zero where not counted).
         """
         checks.instance(sequences, Sequences, "sequences")
         T, B = sequences.steps, sequences.walks
@@ -237,7 +238,7 @@ class TEMModel(nn.Module):
         memory = (like.new_zeros(B, 0, L), like.new_zeros(B, 0, P), like.new_zeros(B, 0),
                   torch.zeros(B, 0, dtype=torch.bool, device=like.device))
         out = {name: [] for name in ("log_likelihood", "counted", "kl", "belief", "closure", "prior", "sample",
-                                     "variance", "prior_variance")}
+                                     "variance", "prior_variance", "recalled")}
         step_var = self.log_step_scale.exp().square()
         for t in range(T):
             seen = seq.seen[t]
@@ -259,10 +260,12 @@ class TEMModel(nn.Module):
             log_q, log_p = q_and_p.log_prob(sample)
             out["kl"].append(log_q - log_p)
             if bool(can_recall.any()):
-                log_likelihood = self._likelihood(sample, seq.sight[t], object_vector, gated)
+                log_likelihood, recalled = self._likelihood(sample, seq.sight[t], object_vector, gated)
                 out["log_likelihood"].append(torch.where(can_recall, log_likelihood, 0.0))
+                out["recalled"].append(torch.where(can_recall[:, None], recalled.detach(), 0.0))
             else:
                 out["log_likelihood"].append(like.new_zeros(B))
+                out["recalled"].append(like.new_zeros(B, P))
             out["counted"].append(can_recall)
             out["closure"].append(weights.sum(1).detach())
             mean, variance = post_code.detach(), post_var.detach()
@@ -282,6 +285,10 @@ class TEMModel(nn.Module):
         result["elbo"] = result["log_likelihood"] - result["kl"]
         result["belief_error"] = (result["belief"] - seq.position.to(like.dtype)).norm(dim=-1)
         return result
+
+    def forward(self, sequences: Sequences, noise: torch.Tensor, consistency_weight: float = 1.0):
+        """:meth:`loss` (so ``DistributedDataParallel`` wraps it)."""
+        return self.loss(sequences, noise, consistency_weight)
 
     def loss(self, sequences: Sequences, noise: torch.Tensor,
              consistency_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:

@@ -96,10 +96,11 @@ def test_likelihood_is_the_recall_mixture_of_two_low_rank_gaussians():
     memory = (tem.metric.encode(stored_at), percepts, torch.tensor([[20.0, 30.0]]), torch.tensor([[True, True]]))
     sight = percepts[0, 0] + 0.05 * torch.randn(12, generator=generator)
     with torch.no_grad():
-        got = tem._likelihood(sample, sight[None], object_vector, memory)
+        got, recalled_got = tem._likelihood(sample, sight[None], object_vector, memory)
     rho = tem.log_recall_scale.exp().item()
     kernel = torch.tensor([math.exp(-9.0 / (2 * rho ** 2)), math.exp(-(47.0 ** 2 + 41.0 ** 2) / (2 * rho ** 2))])
     recalled = (kernel[:, None] * percepts[0]).sum(0) / kernel.sum()
+    torch.testing.assert_close(recalled_got[0], recalled)
     E, tau = tem.percept_metric.embedding.detach(), tem.percept_metric.tau
     known = independent_log_density(E, tau, recalled, tem.log_likelihood_scale.exp().item(), sight)
     unknown = independent_log_density(E, tau, percepts[0].mean(0), tem.log_novel_scale.exp().item(), sight)

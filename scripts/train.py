@@ -1,0 +1,301 @@
+"""Train the TEM agent's learned parts by self-supervision (the TEM VAE objective), on one process or many.
+
+Examples:
+    python scripts/train.py --updates 300 --out out/train                 # CPU, progress bar, TensorBoard
+    python scripts/train.py --updates 600 --out out/train --resume        # continue the same run exactly
+    torchrun --nproc_per_node=2 scripts/train.py --walks 16 --out out/ddp  # data-parallel (gloo on CPU)
+    tensorboard --logdir out/train                                         # the curves
+
+What it does (treeworld.agents.training): each update rolls the behaviour policy through --walks
+worlds for --steps steps (layouts fixed per walk by a world seed drawn from the training split,
+0 .. 8,999) and takes a gradient step on minus the mean ELBO per step plus the displacement-variance
+loss; each collected batch serves --reuse updates. Every --eval-every updates it evaluates on
+--eval-walks validation worlds (seeds 9,000 .. 9,999: neither trained on nor the evaluation seeds
+from 10,000, which training never touches): ELBO terms, belief error, the share of revisits whose
+recalled look is right. Data, noise and updates are functions of (--seed, update), so --resume
+continues with the same losses as an uninterrupted run, and N processes under torchrun (each a
+1/N shard of the walks, gradients averaged by DistributedDataParallel) match one process.
+
+Writes in --out: checkpoint.pt (every --checkpoint-every updates and at the end), metrics.jsonl
+(one line per update), events for TensorBoard, training.png.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import time
+from dataclasses import dataclass, field
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import treeworld  # noqa: E402,F401  (first: its OpenMP spin setting must precede torch and numba)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from treeworld.agents import evaluation, registry  # noqa: E402
+from treeworld.agents.training import TEMModel, collect  # noqa: E402
+from treeworld.config import WorldConfig  # noqa: E402
+from treeworld.envs import TASKS  # noqa: E402
+
+FORMAT = "treeworld.train/1"
+#: World seeds: training 0 .. VALIDATION_SEED - 1, validation VALIDATION_SEED .. EVAL_SEED - 1.
+VALIDATION_SEED = 9_000
+ALGORITHMS = ("tem",)
+SENSES = ("forage", "noisy")
+
+
+@dataclass
+class TrainConfig:
+    """Every field is a command-line option (``--name value``)."""
+
+    algo: str = field(default="tem", metadata={"doc": f"training algorithm, one of {', '.join(ALGORITHMS)} "
+                                                      "(self-supervised TEM VAE)"})
+    task: str = field(default="noisy", metadata={"doc": "world senses: forage (clean) or noisy; health costs "
+                                                        "are off so walks last"})
+    behaviour: str = field(default="forager", metadata={"doc": "behaviour policy (an agent name: random, forager, "
+                                                                "tem)"})
+    updates: int = field(default=300, metadata={"doc": "gradient updates in all (a resumed run continues to this)"})
+    walks: int = field(default=16, metadata={"doc": "walks (worlds) per update, over all processes"})
+    steps: int = field(default=100, metadata={"doc": "steps per walk"})
+    reuse: int = field(default=2, metadata={"doc": "updates per collected batch of walks"})
+    lr: float = field(default=3e-3, metadata={"doc": "Adam learning rate of E and the scales"})
+    integrator_lr: float = field(default=1e-4, metadata={"doc": "Adam learning rate of the path integration"})
+    consistency_weight: float = field(default=1.0, metadata={"doc": "weight of the displacement-variance loss"})
+    metric_rank: int = field(default=32, metadata={"doc": "rank of the learned percept pseudometric E"})
+    memory_size: int = field(default=128, metadata={"doc": "newest sightings the model's memory keeps per walk"})
+    seed: int = field(default=0, metadata={"doc": "seed of data, noise and initialisation"})
+    device: str = field(default="cpu", metadata={"doc": "torch device: cpu or cuda (NCCL under torchrun)"})
+    eval_every: int = field(default=50, metadata={"doc": "updates between validation figures (0: never)"})
+    eval_walks: int = field(default=8, metadata={"doc": "validation walks"})
+    checkpoint_every: int = field(default=50, metadata={"doc": "updates between checkpoints"})
+    out: str = field(default="out/train", metadata={"doc": "output folder"})
+    resume: bool = field(default=False, metadata={"doc": "continue from --out/checkpoint.pt"})
+
+
+def parse(argv: list[str] | None = None) -> TrainConfig:
+    """The CLI, one option per ``TrainConfig`` field; argparse names an unknown option."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(TrainConfig):
+        name = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            parser.add_argument(name, action="store_true", help=f.metadata["doc"])
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type]
+            parser.add_argument(name, type=kind, default=f.default, help=f"{f.metadata['doc']} (default {f.default})")
+    args = parser.parse_args(argv)
+    config = TrainConfig(**vars(args))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    problems = []
+    if config.algo not in ALGORITHMS:
+        problems.append(f"--algo: unknown algorithm {config.algo!r}; expected one of {', '.join(ALGORITHMS)}")
+    if config.task not in SENSES:
+        problems.append(f"--task: expected one of {', '.join(SENSES)}, got {config.task!r}")
+    try:
+        registry.parse(config.behaviour)
+    except ValueError as e:
+        problems.append(f"--behaviour: {e}")
+    for name in ("updates", "walks", "steps", "reuse", "metric_rank", "memory_size", "eval_walks", "checkpoint_every"):
+        if getattr(config, name) < 1:
+            problems.append(f"--{name.replace('_', '-')}: expected an int >= 1, got {getattr(config, name)}")
+    for name in ("lr", "integrator_lr"):
+        if not getattr(config, name) > 0:
+            problems.append(f"--{name.replace('_', '-')}: expected > 0, got {getattr(config, name)}")
+    if config.walks % world_size:
+        problems.append(f"--walks: expected a multiple of the {world_size} processes (--nproc_per_node), each "
+                        f"takes an equal shard, got {config.walks}")
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        problems.append(f"--device: {config.device!r} asked but CUDA is not available here")
+    if problems:
+        parser.error("; ".join(problems))
+    return config
+
+
+def world_config(config: TrainConfig) -> WorldConfig:
+    return WorldConfig(**{**TASKS[config.task], "living_cost": 0.0, "move_cost": 0.0})
+
+
+def batch_seeds(config: TrainConfig, batch: int, validation: bool = False) -> tuple[list[int], int]:
+    """World seeds (one per walk) and the first episode seed of collected batch ``batch``."""
+    if validation:
+        rng = np.random.default_rng([config.seed, 1])
+        return rng.integers(VALIDATION_SEED, evaluation.EVAL_SEED, config.eval_walks).tolist(), 10 ** 6
+    rng = np.random.default_rng([config.seed, 0, batch])
+    return rng.integers(0, VALIDATION_SEED, config.walks).tolist(), (config.seed * 7919 + batch * config.walks) % 2 ** 31
+
+
+def rollouts(config: TrainConfig, world_seeds: list[int], seed: int, rows: slice):
+    """The walks ``rows`` of a batch (this process's shard)."""
+    import gymnasium as gym
+
+    world = world_config(config)
+    chosen = world_seeds[rows]
+    envs = gym.make_vec("treeworld/TreeWorld-v0", num_envs=len(chosen), vectorization_mode="vector_entry_point",
+                        config=world, max_episode_steps=None)
+    try:
+        agent = registry.make_batch_agent(config.behaviour, world, len(chosen), envs.single_action_space)
+        return collect(envs, agent, config.steps, seed + rows.start, chosen)
+    finally:
+        envs.close()
+
+
+def validate(model: TEMModel, config: TrainConfig) -> dict[str, float]:
+    """ELBO terms, final belief error and revisit recall accuracy on the validation walks."""
+    world_seeds, seed = batch_seeds(config, 0, validation=True)
+    walks = rollouts(config, world_seeds, seed, slice(0, len(world_seeds)))
+    noise = model.noise(walks, torch.Generator().manual_seed(config.seed))
+    with torch.no_grad():
+        terms = model.elbo(walks.to(config.device), noise)
+    counted = terms["counted"].cpu()
+    world = world_config(config)
+    truth = evaluation.percept_identity(world, walks.sight[counted].numpy())
+    guess = evaluation.percept_identity(world, terms["recalled"].cpu()[counted].numpy())
+    return {"elbo": terms["elbo"].mean().item(), "kl": terms["kl"].mean().item(),
+            "log_likelihood": (terms["log_likelihood"].sum() / counted.sum().clamp_min(1)).item(),
+            "belief_error": terms["belief_error"][-1].median().item(),
+            "recall_accuracy": float((truth == guess).mean()) if len(truth) else float("nan")}
+
+
+def save(path: pathlib.Path, model: TEMModel, optimizer, config: TrainConfig, update: int) -> None:
+    temporary = path.with_suffix(".tmp")
+    torch.save({"format": FORMAT, "config": dataclasses.asdict(config), "model_config": model.config,
+                "update": update, "model": model.state_dict(), "optimizer": optimizer.state_dict()}, temporary)
+    temporary.replace(path)
+
+
+def load(path: pathlib.Path, model: TEMModel, optimizer) -> int:
+    """Restore model and optimizer from ``path``; the update it was saved at. ValueError naming
+    ``--resume`` for a missing, corrupted or foreign file or one of another model shape."""
+    if not path.is_file():
+        raise ValueError(f"--resume: no checkpoint at {str(path)!r}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001  (any unpickling failure means a corrupted file)
+        raise ValueError(f"--resume: {str(path)!r} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"--resume: {str(path)!r} is not a {FORMAT} checkpoint")
+    if state["model_config"] != model.config:
+        raise ValueError(f"--resume: {str(path)!r} holds a model of {state['model_config']}, this run builds "
+                         f"{model.config}")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["update"])
+
+
+def plot(lines: list[dict], path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    updates = [line["update"] for line in lines]
+    for axis, (key, label) in zip(axes, (("elbo", "ELBO per step"), ("kl", "KL per step"),
+                                         ("belief_error", "final belief error (median)"))):
+        axis.plot(updates, [line["train"][key] for line in lines], label="training batch")
+        checked = [line for line in lines if "validation" in line]
+        if checked:
+            axis.plot([line["update"] for line in checked], [line["validation"][key] for line in checked],
+                      "o-", label="validation worlds")
+        axis.set(xlabel="update", title=label)
+    axes[0].legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    config = parse(argv)
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        dist.init_process_group("nccl" if config.device.startswith("cuda") else "gloo")
+    rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if config.device == "cuda" and distributed
+                          else config.device)
+    torch.set_num_threads(1)
+    world = world_config(config)
+    model = TEMModel(world.percept_dim, config.metric_rank, world.motion_noise, world.sight_cos, config.memory_size,
+                     generator=torch.Generator().manual_seed(config.seed)).to(device)
+    integrator = list(model.integrator.parameters())
+    others = [p for p in model.parameters() if all(p is not q for q in integrator)]
+    optimizer = torch.optim.Adam([{"params": others, "lr": config.lr},
+                                  {"params": integrator, "lr": config.integrator_lr}])
+    out = pathlib.Path(config.out)
+    checkpoint = out / "checkpoint.pt"
+    start = 0
+    if config.resume:
+        try:
+            start = load(checkpoint, model, optimizer)
+        except ValueError as e:
+            print(f"train.py: error: {e}", file=sys.stderr)
+            raise SystemExit(2)
+    # every parameter is used on every step but a walk without a revisit leaves the closure scales idle
+    trained = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if distributed else model
+    shard = config.walks // world_size
+    rows = slice(rank * shard, (rank + 1) * shard)
+    writer = progress = None
+    lines: list[dict] = []
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+        from tqdm import tqdm
+
+        out.mkdir(parents=True, exist_ok=True)
+        metrics_path = out / "metrics.jsonl"
+        if config.resume and metrics_path.exists():
+            lines = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+            lines = [line for line in lines if line["update"] <= start]
+        metrics_path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+        writer = SummaryWriter(str(out))
+        progress = tqdm(total=config.updates, initial=start, desc="train", unit="update", file=sys.stderr)
+    started, walks = time.perf_counter(), None
+    for update in range(start, config.updates):
+        batch = update // config.reuse
+        if walks is None or update % config.reuse == 0 or update == start:
+            world_seeds, seed = batch_seeds(config, batch)
+            walks = rollouts(config, world_seeds, seed, rows).to(device)
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + update)
+        noise = torch.randn((config.steps, config.walks, 2), generator=generator, dtype=model.metric.alphas.dtype)
+        loss, stats = trained(walks, noise[:, rows].to(device), config.consistency_weight)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if distributed:  # figures of the whole batch
+            values = torch.tensor(list(stats.values()), dtype=torch.float64)
+            dist.all_reduce(values)
+            stats = dict(zip(stats, (values / world_size).tolist()))
+        if rank == 0:
+            line = {"update": update + 1, "train": stats, "scales": model.scales(),
+                    "seconds": time.perf_counter() - started}
+            if config.eval_every and ((update + 1) % config.eval_every == 0 or update + 1 == config.updates):
+                line["validation"] = validate(model, config)
+            lines.append(line)
+            with open(out / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(line) + "\n")
+            for group in ("train", "scales", "validation"):
+                for key, value in line.get(group, {}).items():
+                    writer.add_scalar(f"{group}/{key}", value, update + 1)
+            progress.set_postfix(elbo=f"{stats['elbo']:.2f}", belief=f"{stats['belief_error']:.1f}")
+            progress.update(1)
+            if (update + 1) % config.checkpoint_every == 0 or update + 1 == config.updates:
+                save(checkpoint, model, optimizer, config, update + 1)
+    result = {"updates": config.updates, "seconds": time.perf_counter() - started}
+    if rank == 0:
+        progress.close()
+        writer.close()
+        if lines:
+            plot(lines, out / "training.png")
+        done = config.updates - start
+        result["updates_per_second"] = done / result["seconds"] if done else None
+        print(json.dumps({"final": lines[-1] if lines else None, **result}))
+    if distributed:
+        dist.destroy_process_group()
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""scripts/train.py: a tiny run, exact resume, torchrun data parallelism, bad input."""
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = ["--walks", "4", "--steps", "24", "--eval-every", "0", "--reuse", "2"]
+
+
+def train(*args, env=None, launcher=None):
+    command = (launcher or [sys.executable]) + [str(ROOT / "scripts" / "train.py"), *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+
+
+def parameters(folder):
+    state = torch.load(folder / "checkpoint.pt", weights_only=False)["model"]
+    return {k: v for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point()}
+
+
+def metrics(folder):
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_tiny_run_writes_checkpoint_metrics_events_and_figure(tmp_path):
+    done = train("--updates", "2", "--walks", "2", "--steps", "24", "--eval-every", "2", "--eval-walks", "2",
+                 "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    lines = metrics(tmp_path)
+    assert [line["update"] for line in lines] == [1, 2] and "validation" in lines[-1]
+    assert 0.0 <= lines[-1]["validation"]["recall_accuracy"] <= 1.0
+    assert {"elbo", "kl", "log_likelihood", "displacement_variance", "belief_error"} <= set(lines[0]["train"])
+    assert list(tmp_path.glob("events.out.tfevents.*")) and (tmp_path / "training.png").stat().st_size > 0
+    assert json.loads(done.stdout.splitlines()[-1])["updates"] == 2
+
+
+def test_resume_continues_with_the_losses_of_an_uninterrupted_run(tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert train("--updates", "3", *TINY, "--out", str(whole)).returncode == 0
+    first = train("--updates", "1", *TINY, "--out", str(split))  # stops inside a reused batch
+    assert first.returncode == 0, first.stderr
+    resumed = train("--updates", "3", *TINY, "--out", str(split), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert [line["train"]["loss"] for line in metrics(split)] == [line["train"]["loss"] for line in metrics(whole)]
+    a, b = parameters(whole), parameters(split)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_two_torchrun_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    torchrun = shutil.which("torchrun", path=str(pathlib.Path(sys.executable).parent))
+    if torchrun is None:
+        pytest.skip("torchrun is not installed next to this Python")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert train("--updates", "2", *TINY, "--out", str(one)).returncode == 0
+    done = train("--updates", "2", *TINY, "--out", str(two),
+                 launcher=[torchrun, "--standalone", "--nproc_per_node=2"])
+    assert done.returncode == 0, done.stderr
+    a, b = parameters(one), parameters(two)
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=1e-5)
+    assert metrics(two)[0]["train"]["elbo"] == pytest.approx(metrics(one)[0]["train"]["elbo"], rel=1e-5)
+
+
+def test_bad_input_names_the_option(tmp_path):
+    cases = [(["--nope", "1"], "unrecognized arguments: --nope"),
+             (["--algo", "dqn"], "--algo: unknown algorithm 'dqn'"),
+             (["--behaviour", "wizard"], "--behaviour: agent: unknown agent 'wizard'"),
+             (["--walks", "0"], "--walks: expected an int >= 1"),
+             (["--resume", "--out", str(tmp_path / "none")], "--resume: no checkpoint at")]
+    for argv, message in cases:
+        done = train(*argv)
+        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+    done = train("--walks", "2", env={"WORLD_SIZE": "4"})  # more processes than walks
+    assert done.returncode == 2 and "--walks: expected a multiple of the 4 processes" in done.stderr
+    # a checkpoint of another model shape, and a corrupted one
+    assert train("--updates", "1", "--walks", "2", "--steps", "12", "--eval-every", "0", "--metric-rank", "8",
+                 "--out", str(tmp_path)).returncode == 0
+    done = train("--updates", "2", "--walks", "2", "--steps", "12", "--out", str(tmp_path), "--resume")
+    assert done.returncode == 2 and "--resume:" in done.stderr and "'metric_rank': 8" in done.stderr, done.stderr
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    done = train("--updates", "2", "--walks", "2", "--steps", "12", "--out", str(tmp_path), "--resume")
+    assert done.returncode == 2 and "is not a readable checkpoint" in done.stderr, done.stderr
