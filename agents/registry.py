@@ -2,7 +2,8 @@
 
 A spec is a kind, optionally with a file: ``"random"``, ``"forager"``, ``"tem"`` (a fresh
 :class:`~treeworld.agents.tem.TEMAgent` matched to the world's sensors), ``"tem:PATH"`` (a saved
-one, ``TEMAgent.save``). Other kinds are added with :func:`register` (the RL work adds ``"sb3"``
+one, ``TEMAgent.save``, or a fresh one with the trained parts of a ``scripts/train.py``
+checkpoint). Other kinds are added with :func:`register` (the RL work adds ``"sb3"``
 for saved stable-baselines3 policies, ``"sb3:PATH"``). Scripts list :func:`kinds` in their help
 and build agents with :func:`make_batch_agent` (B envs of a vector env) or :func:`make_agent` (one
 env); no script keeps its own list of names.
@@ -82,9 +83,16 @@ def _forager(config, num_envs, action_space, seed, path):
 
 
 def _tem(config, num_envs, action_space, seed, path):
+    from treeworld.agents import training
     from treeworld.agents.tem import TEMAgent
     if path is None:
         return TEMAgent.for_config(config, num_envs)
+    try:  # a training checkpoint (scripts/train.py): a fresh agent with its trained parts
+        state = training.read_checkpoint(path, "agent")
+    except ValueError:
+        state = None
+    if state is not None:
+        return training.tem_agent(training.model_from_checkpoint(state, "agent"), config, num_envs)
     agent = TEMAgent.load(path)
     if agent.num_agents != num_envs:
         raise ValueError(f"agent: {path} holds a TEMAgent of num_agents {agent.num_agents}, expected {num_envs} "

@@ -66,10 +66,13 @@ from treeworld.agents.valence import ValenceReadout
 FORMAT = "treeworld.TEMAgent/1"
 
 
-def _euclidean(P: int) -> PseudoMetric:
-    metric = PseudoMetric(P, P, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        metric.embedding.copy_(torch.eye(P))
+def _percept_metric(P: int, rank: int | None) -> PseudoMetric:
+    """The memory's percept metric: Euclidean (``E = I``) for ``rank`` None, else a rank-``rank``
+    ``E`` to be loaded (a trained one, see ``treeworld.agents.training.tem_agent``)."""
+    metric = PseudoMetric(P, P if rank is None else rank, generator=torch.Generator().manual_seed(0))
+    if rank is None:
+        with torch.no_grad():
+            metric.embedding.copy_(torch.eye(P))
     return metric
 
 
@@ -80,7 +83,9 @@ class TEMAgent(nn.Module):
         num_agents: rows B.
         percept_dim: sight / goal percept size (384).
         capacity: memory slots per row.
-        place_radius, percept_radius: the memory's novelty gates (world units, Euclidean percept units).
+        place_radius, percept_radius: the memory's novelty gates (world units, percept-metric units).
+        percept_rank: None for a Euclidean percept metric, else the rank of a learned one (loaded
+            from a training checkpoint or a saved agent).
         motion_noise, motion_gain: the odometry's noise std per axis and gain (belief variance per step).
         learned_pi: use ``LearnedPathIntegration`` (initialised exact) instead of the exact one.
         sight_range, cone_cos: the world's sight distance and cone.
@@ -93,7 +98,8 @@ class TEMAgent(nn.Module):
     """
 
     def __init__(self, num_agents: int = 1, *, percept_dim: int = 384, capacity: int = 256,
-                 place_radius: float = 20.0, percept_radius: float = 0.7, motion_noise: float = 0.5,
+                 place_radius: float = 20.0, percept_radius: float = 0.7, percept_rank: int | None = None,
+                 motion_noise: float = 0.5,
                  motion_gain: float = 1.0, learned_pi: bool = False, sight_range: float = 100.0,
                  cone_cos: float = 0.9, max_health: float = 1000.0, fruit_health: float = 25.0,
                  consolidate_every: int = 200, valence_every: int = 10, min_gap: int = 5,
@@ -103,7 +109,9 @@ class TEMAgent(nn.Module):
         self.config = dict(num_agents=checks.count(num_agents, "num_agents"),
                            percept_dim=checks.count(percept_dim, "percept_dim"),
                            capacity=checks.count(capacity, "capacity"), place_radius=float(place_radius),
-                           percept_radius=float(percept_radius), motion_noise=float(motion_noise),
+                           percept_radius=float(percept_radius),
+                           percept_rank=None if percept_rank is None else checks.count(percept_rank, "percept_rank"),
+                           motion_noise=float(motion_noise),
                            motion_gain=float(motion_gain), learned_pi=bool(learned_pi),
                            sight_range=float(sight_range), cone_cos=float(cone_cos),
                            max_health=checks.positive(max_health, "max_health"),
@@ -121,7 +129,7 @@ class TEMAgent(nn.Module):
         metric = default_metric()
         integrator = (LearnedPathIntegration if c["learned_pi"] else ExactPathIntegration)(metric)
         self.belief = Belief(integrator, B, step_variance=odometry_step_variance(c["motion_noise"], c["motion_gain"]))
-        memory = SpatialMemory(metric, _euclidean(P), c["capacity"], B, place_radius=c["place_radius"],
+        memory = SpatialMemory(metric, _percept_metric(P, c["percept_rank"]), c["capacity"], B, place_radius=c["place_radius"],
                                percept_radius=c["percept_radius"])
         self.readout = ValenceReadout(P, prior_var=c["prior_var"])
         self.landmarks = LandmarkMap(memory, sight_range=c["sight_range"], cone_cos=c["cone_cos"],

@@ -11,8 +11,9 @@ worlds for --steps steps (layouts fixed per walk by a world seed drawn from the 
 0 .. 8,999) and takes a gradient step on minus the mean ELBO per step plus the displacement-variance
 loss; each collected batch serves --reuse updates. Every --eval-every updates it evaluates on
 --eval-walks validation worlds (seeds 9,000 .. 9,999: neither trained on nor the evaluation seeds
-from 10,000, which training never touches): ELBO terms, belief error, the share of revisits whose
-recalled look is right. Data, noise and updates are functions of (--seed, update), so --resume
+from 10,000, which training never touches): ELBO terms, belief error, the share of sightings of a
+remembered place whose recalled look is right, and the ROC AUC of E telling the same tree (another
+fruit count) from different trees. Data, noise and updates are functions of (--seed, update), so --resume
 continues with the same losses as an uninterrupted run, and N processes under torchrun (each a
 1/N shard of the walks, gradients averaged by DistributedDataParallel) match one process.
 
@@ -39,11 +40,10 @@ import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
 from treeworld.agents import evaluation, registry  # noqa: E402
-from treeworld.agents.training import TEMModel, collect  # noqa: E402
+from treeworld.agents.training import CHECKPOINT_FORMAT, TEMModel, collect, read_checkpoint, separation_auc  # noqa: E402
 from treeworld.config import WorldConfig  # noqa: E402
 from treeworld.envs import TASKS  # noqa: E402
 
-FORMAT = "treeworld.train/1"
 #: World seeds: training 0 .. VALIDATION_SEED - 1, validation VALIDATION_SEED .. EVAL_SEED - 1.
 VALIDATION_SEED = 9_000
 ALGORITHMS = ("tem",)
@@ -158,12 +158,13 @@ def validate(model: TEMModel, config: TrainConfig) -> dict[str, float]:
     return {"elbo": terms["elbo"].mean().item(), "kl": terms["kl"].mean().item(),
             "log_likelihood": (terms["log_likelihood"].sum() / counted.sum().clamp_min(1)).item(),
             "belief_error": terms["belief_error"][-1].median().item(),
-            "recall_accuracy": float((truth == guess).mean()) if len(truth) else float("nan")}
+            "recall_accuracy": float((truth == guess).mean()) if len(truth) else float("nan"),
+            "separation_auc": separation_auc(model.percept_metric, world, generator=torch.Generator().manual_seed(0))}
 
 
 def save(path: pathlib.Path, model: TEMModel, optimizer, config: TrainConfig, update: int) -> None:
     temporary = path.with_suffix(".tmp")
-    torch.save({"format": FORMAT, "config": dataclasses.asdict(config), "model_config": model.config,
+    torch.save({"format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "model_config": model.config,
                 "update": update, "model": model.state_dict(), "optimizer": optimizer.state_dict()}, temporary)
     temporary.replace(path)
 
@@ -171,14 +172,7 @@ def save(path: pathlib.Path, model: TEMModel, optimizer, config: TrainConfig, up
 def load(path: pathlib.Path, model: TEMModel, optimizer) -> int:
     """Restore model and optimizer from ``path``; the update it was saved at. ValueError naming
     ``--resume`` for a missing, corrupted or foreign file or one of another model shape."""
-    if not path.is_file():
-        raise ValueError(f"--resume: no checkpoint at {str(path)!r}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001  (any unpickling failure means a corrupted file)
-        raise ValueError(f"--resume: {str(path)!r} is not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"--resume: {str(path)!r} is not a {FORMAT} checkpoint")
+    state = read_checkpoint(path, "--resume")
     if state["model_config"] != model.config:
         raise ValueError(f"--resume: {str(path)!r} holds a model of {state['model_config']}, this run builds "
                          f"{model.config}")
@@ -194,10 +188,10 @@ def plot(lines: list[dict], path: pathlib.Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
-    updates = [line["update"] for line in lines]
+    trained = [line for line in lines if "train" in line]
     for axis, (key, label) in zip(axes, (("elbo", "ELBO per step"), ("kl", "KL per step"),
                                          ("belief_error", "final belief error (median)"))):
-        axis.plot(updates, [line["train"][key] for line in lines], label="training batch")
+        axis.plot([line["update"] for line in trained], [line["train"][key] for line in trained], label="training batch")
         checked = [line for line in lines if "validation" in line]
         if checked:
             axis.plot([line["update"] for line in checked], [line["validation"][key] for line in checked],
@@ -253,6 +247,10 @@ def main(argv: list[str] | None = None) -> dict:
         writer = SummaryWriter(str(out))
         progress = tqdm(total=config.updates, initial=start, desc="train", unit="update", file=sys.stderr)
     started, walks = time.perf_counter(), None
+    if rank == 0 and config.eval_every and start == 0:  # the untrained parts, for comparison
+        lines.append({"update": 0, "validation": validate(model, config)})
+        with open(out / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(lines[-1]) + "\n")
     for update in range(start, config.updates):
         batch = update // config.reuse
         if walks is None or update % config.reuse == 0 or update == start:

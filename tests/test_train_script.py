@@ -33,9 +33,11 @@ def test_a_tiny_run_writes_checkpoint_metrics_events_and_figure(tmp_path):
                  "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
     lines = metrics(tmp_path)
-    assert [line["update"] for line in lines] == [1, 2] and "validation" in lines[-1]
+    assert [line["update"] for line in lines] == [0, 1, 2]  # 0: the untrained parts
+    assert "train" not in lines[0] and "validation" in lines[0] and "validation" in lines[-1]
     assert 0.0 <= lines[-1]["validation"]["recall_accuracy"] <= 1.0
-    assert {"elbo", "kl", "log_likelihood", "displacement_variance", "belief_error"} <= set(lines[0]["train"])
+    assert 0.5 < lines[-1]["validation"]["separation_auc"] <= 1.0
+    assert {"elbo", "kl", "log_likelihood", "displacement_variance", "belief_error"} <= set(lines[1]["train"])
     assert list(tmp_path.glob("events.out.tfevents.*")) and (tmp_path / "training.png").stat().st_size > 0
     assert json.loads(done.stdout.splitlines()[-1])["updates"] == 2
 

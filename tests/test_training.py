@@ -86,7 +86,7 @@ def independent_log_density(E, tau, reference, scale, x):
     return gaussian.log_prob(basis.T @ (x.double() - reference.double()))
 
 
-def test_likelihood_is_the_recall_mixture_of_two_low_rank_gaussians():
+def test_likelihood_is_the_recall_mixture_of_two_full_space_densities():
     tem = model(percept_dim=12, metric_rank=4)
     generator = torch.Generator().manual_seed(2)
     sample = tem.metric.encode(torch.tensor([[3.0, -4.0]]))
@@ -104,6 +104,16 @@ def test_likelihood_is_the_recall_mixture_of_two_low_rank_gaussians():
     E, tau = tem.percept_metric.embedding.detach(), tem.percept_metric.tau
     known = independent_log_density(E, tau, recalled, tem.log_likelihood_scale.exp().item(), sight)
     unknown = independent_log_density(E, tau, percepts[0].mean(0), tem.log_novel_scale.exp().item(), sight)
+    # the complement of E's row space: an isotropic Gaussian of the residual's part outside it
+    projector = torch.linalg.pinv(E.double()) @ E.double()  # (N, N) onto the row space
+    sigma = tem.log_residual_scale.exp().item()
+
+    def outside(reference):
+        residual = (sight - reference).double()
+        rest = residual - projector @ residual
+        return -rest.square().sum() / (2 * sigma ** 2) - (12 - 4) / 2 * math.log(2 * math.pi * sigma ** 2)
+
+    known, unknown = known + outside(recalled), unknown + outside(percepts[0].mean(0))
     c = kernel.max().item()
     expected = torch.logaddexp(math.log(c) + known, math.log1p(-c) + unknown)
     torch.testing.assert_close(got.double(), expected[None], atol=1e-3, rtol=1e-4)
@@ -145,3 +155,49 @@ def test_displacement_variance_is_zero_at_the_exact_lattice_and_grows_off_it():
     with torch.no_grad():
         tem.integrator.lattice[3] *= 1.01  # one module reads steps 1% long
     assert tem.displacement_variance(motion).item() > 1e-6
+
+
+def test_separation_auc_of_a_full_metric_is_high_and_of_a_fruit_only_metric_below_chance():
+    from treeworld.agents.pseudometric import PseudoMetric
+    from treeworld.agents.training import separation_auc
+    from treeworld.vocabulary import Vocabulary
+
+    config = WorldConfig(**TASKS["noisy"])
+    full = PseudoMetric(384, 384)
+    with torch.no_grad():
+        full.embedding.copy_(torch.eye(384))
+    assert separation_auc(full, config, generator=torch.Generator().manual_seed(0)) > 0.99
+    phrases = torch.as_tensor(Vocabulary.for_config(config).table[Vocabulary.phrase_offset:])  # (6, 384)
+    fruit_only = PseudoMetric(384, 6)
+    with torch.no_grad():
+        fruit_only.embedding.copy_(torch.linalg.qr(phrases.T.double())[0].T.float())
+    # same-tree pairs always differ in fruit count, different trees only 5 times in 6: below chance
+    assert separation_auc(fruit_only, config, generator=torch.Generator().manual_seed(0)) < 0.45
+
+
+def test_a_training_checkpoint_gives_a_tem_agent_with_the_trained_parts(tmp_path):
+    from treeworld.agents import training
+
+    tem = model(metric_rank=16)
+    with torch.no_grad():
+        tem.integrator.correction.copy_(torch.tensor([[0.8, 0.05], [-0.05, 0.8]]))
+        tem.log_step_scale.fill_(math.log(0.3))
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": training.CHECKPOINT_FORMAT, "config": {}, "model_config": tem.config, "update": 1,
+                "model": tem.state_dict(), "optimizer": {}}, path)
+    config = WorldConfig(**TASKS["noisy"])
+    agent = registry.make_batch_agent(f"tem:{path}", config, 3, None)
+    assert agent.num_agents == 3 and agent.config["learned_pi"] and agent.config["percept_rank"] == 16
+    assert agent.config["motion_noise"] == pytest.approx(0.3)
+    assert torch.equal(agent.belief.integrator.correction, tem.integrator.correction)
+    assert torch.equal(agent.memory.percept_metric.embedding, tem.percept_metric.embedding)
+    agent.act({key: np.zeros((3,) + space.shape, space.dtype) for key, space in
+               walks_env(1).single_observation_space.spaces.items()})  # acts
+    torch.save({"format": "something else"}, path)
+    with pytest.raises(ValueError, match="^agent: .* is not a treeworld.train/1 checkpoint"):
+        training.read_checkpoint(path, "agent")
+    with pytest.raises(ValueError, match="^resume: no checkpoint at"):
+        training.read_checkpoint(tmp_path / "missing.pt", "resume")
+    path.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="is not a readable"):
+        registry.make_batch_agent(f"tem:{path}", config, 3, None)
