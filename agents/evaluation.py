@@ -345,7 +345,9 @@ def revisits(envs: Any, agent: Any, steps: int, seed: int, progress: Callable[[i
 
     Returns ``by_visits`` (keys "0" .. "4+"), ``zero_shot`` and ``after_visit`` (all arrivals after
     at least one visit), each with ``accuracy`` (per world, then mean with 95% CI over worlds),
-    ``arrivals``, ``chance`` and ``node`` (the ceiling); and ``arrivals``, the list of records.
+    ``arrivals``, ``chance`` and ``node`` (the ceiling); and ``arrivals``, the list of records
+    (``env``, ``visits``, ``zero_shot``, ``correct``, ``predicted`` look, recall ``confidence``,
+    ``chance``).
     """
     if not callable(getattr(agent, "recall_here", None)):
         raise TypeError(f"agent: expected a BatchAgent with recall_here() (a spatial memory), got "
@@ -372,8 +374,8 @@ def revisits(envs: Any, agent: Any, steps: int, seed: int, progress: Callable[[i
         arrived = now & ~inside & alive[:, None]
         inside = now
         if arrived.any():
-            percepts, _ = agent.recall_here()  # memory and belief before this step's observation
-            predicted = percept_identity(config, np.asarray(percepts))
+            percepts, confidence = agent.recall_here()  # memory and belief before this step's observation
+            predicted, confidence = percept_identity(config, np.asarray(percepts)), np.asarray(confidence)
             identity = np.asarray(info["tree_identity"])
             for env, tree in zip(*np.nonzero(arrived)):
                 bearing = math.atan2(offset[env, tree, 1], offset[env, tree, 0])
@@ -382,6 +384,7 @@ def revisits(envs: Any, agent: Any, steps: int, seed: int, progress: Callable[[i
                 records.append({"env": int(env), "visits": before,
                                 "zero_shot": before > 0 and not sectors[env, tree, sector],
                                 "correct": bool(predicted[env] == identity[env, tree]),
+                                "predicted": int(predicted[env]), "confidence": float(confidence[env]),
                                 "chance": 1.0 / identity.shape[1]})
                 visits[env, tree] += 1
                 sectors[env, tree, sector] = True

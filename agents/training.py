@@ -342,7 +342,7 @@ def separation_auc(percept_metric: PseudoMetric, config: Any, pairs: int = 2000,
     pairs = checks.count(pairs, "pairs")
     generator = checks.generator(generator)
     F = len(FRUIT_PHRASES)
-    sight = torch.as_tensor(np.asarray(PerceptTables.build(config, Vocabulary.for_config(config)).sight[:-1]))
+    sight = torch.tensor(np.array(PerceptTables.build(config, Vocabulary.for_config(config)).sight[:-1]))
     trees = sight.reshape(-1, F, sight.shape[-1])  # (kinds * names, F, D)
 
     def draw(high, n):

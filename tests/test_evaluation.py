@@ -243,6 +243,7 @@ def test_a_memory_of_every_visit_reaches_the_node_agent_ceiling():
     assert first["chance"] == pytest.approx(1 / envs.config.num_trees)
     assert sum(v["arrivals"] for v in result["by_visits"].values()) == len(result["arrivals"])
     assert all(r["visits"] > 0 for r in result["arrivals"] if r["zero_shot"])
+    assert all(r["predicted"] == -1 and r["confidence"] == 1.0 for r in result["arrivals"] if r["visits"] == 0)
     with pytest.raises(TypeError, match=r"^agent: expected a BatchAgent with recall_here\(\)"):
         evaluation.revisits(envs, Batched([Still()] * 3), 5, seed=evaluation.EVAL_SEED)
     envs.close()

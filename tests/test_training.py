@@ -167,7 +167,7 @@ def test_separation_auc_of_a_full_metric_is_high_and_of_a_fruit_only_metric_belo
     with torch.no_grad():
         full.embedding.copy_(torch.eye(384))
     assert separation_auc(full, config, generator=torch.Generator().manual_seed(0)) > 0.99
-    phrases = torch.as_tensor(Vocabulary.for_config(config).table[Vocabulary.phrase_offset:])  # (6, 384)
+    phrases = torch.tensor(np.array(Vocabulary.for_config(config).table[Vocabulary.phrase_offset:]))  # (6, 384)
     fruit_only = PseudoMetric(384, 6)
     with torch.no_grad():
         fruit_only.embedding.copy_(torch.linalg.qr(phrases.T.double())[0].T.float())
