@@ -1,5 +1,5 @@
 """The minds: the agent protocols, location codes, path integration, percept metrics, valence,
-topographic map, spatial memory and baselines."""
+topographic map, spatial memory, the TEM agent and its training model, and baselines."""
 from treeworld.agents.baselines import Forager, RandomWalker
 from treeworld.agents.fourier import FourierCodeDistribution, FourierMetric
 from treeworld.agents.memory import MapUnits, SpatialMemory
@@ -8,9 +8,10 @@ from treeworld.agents.path_integration import Belief, ExactPathIntegration, Lear
 from treeworld.agents.pseudometric import LowRankGaussian, PseudoMetric
 from treeworld.agents.tem import TEMAgent
 from treeworld.agents.topography import Topography
+from treeworld.agents.training import Sequences, TEMModel
 from treeworld.agents.valence import ValenceReadout
 
 __all__ = ["Agent", "BatchAgent", "Batched", "Single", "run_batch", "Forager", "RandomWalker",
            "FourierCodeDistribution", "FourierMetric", "MapUnits",
            "SpatialMemory", "Belief", "ExactPathIntegration", "LearnedPathIntegration", "PathIntegrator",
-           "LowRankGaussian", "PseudoMetric", "TEMAgent", "Topography", "ValenceReadout"]
+           "LowRankGaussian", "PseudoMetric", "Sequences", "TEMAgent", "TEMModel", "Topography", "ValenceReadout"]

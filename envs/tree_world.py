@@ -108,8 +108,9 @@ class TreeWorldEnv(gym.Env):
 
     Privileged, per step (from :func:`treeworld.envs.batch.privileged_info`): ``position`` (2,),
     ``heading`` (2,), ``health``, ``tree_positions`` (T, 2), ``tree_fruit`` (T,),
-    ``tree_poisonous`` (T,), ``fruit_eaten``, ``poison_eaten``, ``distance_travelled``; after a
-    step ``ate`` and ``poisoned``. Homing adds ``goal_tree`` (-1: none), ``goals_reached``,
+    ``tree_poisonous`` (T,), ``tree_identity`` (T,) (each tree's (kind, name) index: its look,
+    fruit aside), ``fruit_eaten``, ``poison_eaten``, ``distance_travelled``; after a step ``ate``
+    and ``poisoned``. Homing adds ``goal_tree`` (-1: none), ``goals_reached``,
     ``goals_failed`` and, after a step, for a goal that ended on it: ``goal_reached``,
     ``goal_failed``, ``goal_distance`` (straight line when set), ``goal_shortest_path`` (l =
     max(goal_distance - eat_radius, 0)) and ``goal_path_length`` (p, distance travelled while it

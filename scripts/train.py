@@ -187,17 +187,22 @@ def plot(lines: list[dict], path: pathlib.Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 3, figsize=(12, 3.5))
+    figure, axes = plt.subplots(1, 4, figsize=(15, 3.5))
     trained = [line for line in lines if "train" in line]
+    checked = [line for line in lines if "validation" in line]
+    width = max(1, min(10, len(trained) // 5))  # running mean over this many updates
     for axis, (key, label) in zip(axes, (("elbo", "ELBO per step"), ("kl", "KL per step"),
-                                         ("belief_error", "final belief error (median)"))):
-        axis.plot([line["update"] for line in trained], [line["train"][key] for line in trained], label="training batch")
-        checked = [line for line in lines if "validation" in line]
+                                         ("belief_error", "final belief error (median)"),
+                                         ("separation_auc", "E: same vs different tree (AUC)"))):
+        if key in trained[0]["train"] if trained else False:
+            values = np.convolve([line["train"][key] for line in trained], np.ones(width) / width, mode="valid")
+            axis.plot([line["update"] for line in trained][width - 1:], values,
+                      label=f"training batches ({width}-update mean)")
         if checked:
             axis.plot([line["update"] for line in checked], [line["validation"][key] for line in checked],
                       "o-", label="validation worlds")
         axis.set(xlabel="update", title=label)
-    axes[0].legend()
+    axes[0].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -291,6 +296,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["updates_per_second"] = done / result["seconds"] if done else None
         print(json.dumps({"final": lines[-1] if lines else None, **result}))
     if distributed:
+        dist.barrier()  # every process ends together (a peer that leaves early resets gloo's sockets)
         dist.destroy_process_group()
     return result
 
