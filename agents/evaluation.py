@@ -61,10 +61,29 @@ def mean_ci(values: Any) -> dict:
     return {"mean": float(values.mean()), "ci95": half, "n": len(values)}
 
 
+#: Episode ``e > 0`` of the worlds ``seed ..`` keeps their layouts (reset option ``world_seed``)
+#: and draws starts, noise and the agent's randomness from ``seed + e * EPISODE_STRIDE`` (+ row).
+EPISODE_STRIDE = 1_000_000
+
+
+def reset_worlds(envs: Any, agent: Any, seed: int, episode: int = 0) -> tuple[Any, dict]:
+    """Reset ``agent`` and ``envs`` for episode ``episode`` of the worlds ``seed .. seed + n - 1``:
+    episode 0 seeds env and row ``i`` with ``seed + i``; a later one keeps the layouts and reseeds
+    the rest (:data:`EPISODE_STRIDE`). Returns the first observation and info."""
+    episode = checks.integer(episode, "episode", low=0)
+    if episode == 0:
+        agent.reset(None, seed=seed)
+        return envs.reset(seed=seed)
+    reseed = seed + episode * EPISODE_STRIDE
+    agent.reset(None, seed=reseed)
+    return envs.reset(seed=reseed, options={"world_seed": [seed + i for i in range(envs.num_envs)]})
+
+
 def first_episodes(envs: Any, agent: Any, steps: int, seed: int,
-                   progress: Callable[[int], Any] | None = None) -> dict[str, Any]:
+                   progress: Callable[[int], Any] | None = None, episode: int = 0) -> dict[str, Any]:
     """Drive ``agent`` (a BatchAgent, row i seeded ``seed + i``) in the vector env ``envs`` (env i
-    seeded ``seed + i``) until the first episode of every env has ended, at most ``steps`` steps.
+    seeded ``seed + i``) until the first episode of every env has ended, at most ``steps`` steps;
+    ``episode`` > 0 replays the same worlds from other starts (:func:`reset_worlds`).
 
     Returns per env (arrays of ``num_envs``): ``return``, ``steps``, ``fruit``, ``poison``,
     ``terminated``; and ``goals``: one dict per homing goal that ended in a first episode (``env``,
@@ -75,8 +94,7 @@ def first_episodes(envs: Any, agent: Any, steps: int, seed: int,
     n = envs.num_envs
     if agent.num_agents != n:
         raise ValueError(f"agent: expected num_agents {n} (envs.num_envs), got {agent.num_agents}")
-    agent.reset(None, seed=seed)
-    observation, _ = envs.reset(seed=seed)
+    observation, _ = reset_worlds(envs, agent, seed, episode)
     result = {"return": np.zeros(n), "steps": np.zeros(n, dtype=np.int64), "fruit": np.zeros(n, dtype=np.int64),
               "poison": np.zeros(n, dtype=np.int64), "terminated": np.zeros(n, dtype=bool)}
     result["goals"] = []
@@ -104,18 +122,20 @@ def first_episodes(envs: Any, agent: Any, steps: int, seed: int,
 
 def foraging_metrics(episodes: dict[str, np.ndarray], steps: int) -> dict:
     """Means with 95% CIs over worlds of survival (alive after ``steps``), steps survived, fruit
-    and poison per 1,000 steps, return, from :func:`first_episodes`' output."""
+    and poison per 1,000 steps, return, from :func:`first_episodes`' output: arrays ``(W,)``, or
+    ``(E, W)`` for ``E`` episodes per world (averaged per world first: worlds are the units)."""
     per_1000 = 1000.0 / np.maximum(episodes["steps"], 1)
-    return {"survival": mean_ci(~episodes["terminated"] & (episodes["steps"] == steps)),
-            "steps": mean_ci(episodes["steps"]),
-            "fruit_per_1000_steps": mean_ci(episodes["fruit"] * per_1000),
-            "poison_per_1000_steps": mean_ci(episodes["poison"] * per_1000),
-            "return": mean_ci(episodes["return"])}
+    figures = {"survival": ~episodes["terminated"] & (episodes["steps"] == steps), "steps": episodes["steps"],
+               "fruit_per_1000_steps": episodes["fruit"] * per_1000,
+               "poison_per_1000_steps": episodes["poison"] * per_1000, "return": episodes["return"]}
+    return {name: mean_ci(np.atleast_2d(values).mean(0)) for name, values in figures.items()}
 
 
-def foraging(envs: Any, agent: Any, steps: int, seed: int, progress: Callable[[int], Any] | None = None) -> dict:
-    """The foraging protocol: :func:`foraging_metrics` of :func:`first_episodes`."""
-    return foraging_metrics(first_episodes(envs, agent, steps, seed, progress), steps)
+def foraging(envs: Any, agent: Any, steps: int, seed: int, progress: Callable[[int], Any] | None = None,
+             episodes: int = 1) -> dict:
+    """The foraging protocol: :func:`foraging_metrics` of :func:`first_episodes`, ``episodes`` per world."""
+    runs = [first_episodes(envs, agent, steps, seed, progress, e) for e in range(checks.count(episodes, "episodes"))]
+    return foraging_metrics({key: np.stack([run[key] for run in runs]) for key in runs[0] if key != "goals"}, steps)
 
 
 def homing_metrics(episodes: dict[str, Any], num_envs: int) -> dict:
@@ -133,12 +153,15 @@ def homing_metrics(episodes: dict[str, Any], num_envs: int) -> dict:
             "per_goal": {"distance": [g["distance"] for g in goals], "spl": per_goal}}
 
 
-def homing(envs: Any, agent: Any, steps: int, seed: int, progress: Callable[[int], Any] | None = None) -> dict:
+def homing(envs: Any, agent: Any, steps: int, seed: int, progress: Callable[[int], Any] | None = None,
+           episodes: int = 1) -> dict:
     """The homing protocol (on a ``task="homing"`` vector env): :func:`homing_metrics` of the goals
-    of :func:`first_episodes`."""
+    of :func:`first_episodes`, ``episodes`` per world."""
     if envs.config.task != "homing":
         raise ValueError(f"envs: expected a homing-task vector env, got task {envs.config.task!r}")
-    return homing_metrics(first_episodes(envs, agent, steps, seed, progress), envs.num_envs)
+    goals = [goal for e in range(checks.count(episodes, "episodes"))
+             for goal in first_episodes(envs, agent, steps, seed, progress, e)["goals"]]
+    return homing_metrics({"goals": goals}, envs.num_envs)
 
 
 def belief_errors(envs: Any, agent: Any, steps: int, seed: int,
@@ -161,8 +184,7 @@ def belief_errors(envs: Any, agent: Any, steps: int, seed: int,
         raise TypeError(f"agent: expected a BatchAgent with position() (believed positions), got "
                         f"{type(agent).__name__}")
     n = envs.num_envs
-    agent.reset(None, seed=seed)
-    observation, info = envs.reset(seed=seed)
+    observation, info = reset_worlds(envs, agent, seed)
     start = np.asarray(info["position"], dtype=np.float64)
     reckoned = np.zeros_like(start)
     alive = np.ones(n, dtype=bool)
@@ -276,8 +298,7 @@ def map_quality(envs: Any, agent: Any, steps: int, seed: int,
         raise TypeError(f"agent: expected an agent with a memory and landmarks (the TEM agent), got "
                         f"{type(agent).__name__}")
     steps = checks.count(steps, "steps")
-    agent.reset(None, seed=seed)
-    observation, info = envs.reset(seed=seed)
+    observation, info = reset_worlds(envs, agent, seed)
     start = np.asarray(info["position"], dtype=np.float64)
     alive = np.ones(envs.num_envs, dtype=bool)
     for _ in range(steps):
@@ -354,8 +375,7 @@ def revisits(envs: Any, agent: Any, steps: int, seed: int, progress: Callable[[i
                         f"{type(agent).__name__}")
     steps = checks.count(steps, "steps")
     config, n = envs.config, envs.num_envs
-    agent.reset(None, seed=seed)
-    observation, info = envs.reset(seed=seed)
+    observation, info = reset_worlds(envs, agent, seed)
 
     def in_reach(info):
         offset = np.asarray(info["position"], dtype=np.float64)[:, None] - np.asarray(info["tree_positions"])

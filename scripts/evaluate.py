@@ -7,7 +7,8 @@ Examples:
 
 Seeds: every protocol runs on the held-out world seeds --seed .. --seed + --seeds - 1 (from 10,000;
 training and tuning use seeds below, and a range reaching below is refused). One vector env per
-agent and task, one episode per world.
+agent and task; one episode per world, or --episodes of foraging and homing on the same layouts from
+other starts (averaged per world: worlds are the units of the confidence intervals).
 
 Protocols (treeworld.agents.evaluation):
 - foraging, on the tasks forage and noisy: survival at --steps, steps survived, fruit and poison
@@ -32,6 +33,7 @@ homing_spl.png, revisits.png, path_integration.png, fisher.png and map.png in --
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pathlib
@@ -143,7 +145,8 @@ def markdown(report: dict) -> str:
         return f"{figure['mean']:.{digits}f}{half}"
 
     lines = ["# Evaluation report", "",
-             f"Worlds: {report['worlds']} held-out seeds {report['seeds'][0]}-{report['seeds'][1]}; "
+             f"Worlds: {report['worlds']} held-out seeds {report['seeds'][0]}-{report['seeds'][1]} "
+             f"({report.get('episodes', 1)} foraging and homing episode(s) each); "
              f"wall time {report['wall_time_s']:.0f} s.", ""]
     for task, agents in report.get("foraging", {}).items():
         lines += [f"## Foraging: {task} ({report['steps']} steps)", "",
@@ -309,6 +312,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, default=32, help="worlds (held-out seeds) per figure (default 32)")
     parser.add_argument("--seed", type=int, default=evaluation.EVAL_SEED,
                         help=f"first world seed (default and minimum {evaluation.EVAL_SEED})")
+    parser.add_argument("--episodes", type=int, default=1,
+                        help="episodes per world of foraging and homing: the same layouts from other starts, "
+                             "averaged per world (default 1)")
     parser.add_argument("--steps", type=int, default=2000, help="episode limit of foraging and homing (default 2000)")
     parser.add_argument("--belief-steps", type=int, default=10_000, help="steps of the path-integration walks")
     parser.add_argument("--noise", default="0.25,0.5,1.0", help="motion-noise levels of the path-integration walks")
@@ -321,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
                 setattr(args, option, value)
     agents = names(parser, "agents", args.agents, registry.parse)
     tasks = names(parser, "tasks", args.tasks, check_task)
-    for option in ("seeds", "steps", "belief_steps"):
+    for option in ("seeds", "episodes", "steps", "belief_steps"):
         if getattr(args, option) < 1:
             parser.error(f"--{option.replace('_', '-')}: expected an int >= 1, got {getattr(args, option)}")
     try:
@@ -335,7 +341,7 @@ def main(argv: list[str] | None = None) -> dict:
     quick_homing = {"explore_steps": 20} if args.quick else {}  # goals within the short episodes
     torch.set_num_threads(1)
     started = time.perf_counter()
-    report: dict = {"agents": agents, "tasks": tasks, "worlds": args.seeds,
+    report: dict = {"agents": agents, "tasks": tasks, "worlds": args.seeds, "episodes": args.episodes,
                     "seeds": [args.seed, args.seed + args.seeds - 1], "steps": args.steps}
     try:
         offers = {agent: capabilities(agent, args.seeds) for agent in agents}
@@ -343,7 +349,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--agents: {e}")
     believers = [a for a in agents if "position" in offers[a]]
     rememberers = [a for a in agents if "recall_here" in offers[a]]
-    total = len(tasks) * len(agents) * args.steps + len(believers) * (args.steps + len(noises) * args.belief_steps) \
+    total = len(tasks) * len(agents) * args.steps * args.episodes \
+        + len(believers) * (args.steps + len(noises) * args.belief_steps) \
         + len(rememberers) * args.steps
     with tqdm(total=total, desc="evaluate", unit="step", file=sys.stderr) as progress:
         def stage(label, run):
@@ -353,12 +360,13 @@ def main(argv: list[str] | None = None) -> dict:
             return result, before
 
         for task in tasks:
-            protocol = evaluation.homing if task == "homing" else evaluation.foraging
+            protocol = functools.partial(evaluation.homing if task == "homing" else evaluation.foraging,
+                                         episodes=args.episodes)
             for agent in agents:
                 result, before = stage(f"{task}/{agent}", lambda: evaluation.run(
                     TASK_IDS[task], agent, protocol, args.seeds, args.steps, args.seed, progress.update,
                     **(quick_homing if task == "homing" else {})))
-                progress.update(args.steps - (progress.n - before))  # the steps an early finish skipped
+                progress.update(args.steps * args.episodes - (progress.n - before))  # steps early finishes skipped
                 section = report.setdefault("homing", {}) if task == "homing" \
                     else report.setdefault("foraging", {}).setdefault(task, {})
                 section[agent] = result

@@ -308,3 +308,22 @@ def test_the_path_integration_row_is_the_agents_integrator_alone():
     np.testing.assert_allclose(np.hypot(*(errors["believed"] - errors["true"]).transpose(2, 0, 1)), errors["agent"])
     assert "path_integration" not in evaluation.belief_errors(envs, Oracle(envs), 5, seed=evaluation.EVAL_SEED)
     envs.close()
+
+
+def test_later_episodes_replay_the_same_worlds_from_other_starts():
+    envs = gym.make_vec("treeworld/TreeWorld-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                        max_episode_steps=50)
+    agent = registry.make_batch_agent("forager", envs.config, 2, envs.single_action_space)
+    _, first = evaluation.reset_worlds(envs, agent, evaluation.EVAL_SEED)
+    _, again = evaluation.reset_worlds(envs, agent, evaluation.EVAL_SEED, episode=1)
+    np.testing.assert_array_equal(first["tree_positions"], again["tree_positions"])
+    assert not np.array_equal(first["position"], again["position"])
+    one = evaluation.foraging(envs, agent, 50, evaluation.EVAL_SEED)
+    three = evaluation.foraging(envs, agent, 50, evaluation.EVAL_SEED, episodes=3)
+    assert three["steps"]["n"] == 2 and one["steps"]["n"] == 2  # worlds are the units
+    assert three["fruit_per_1000_steps"]["mean"] != one["fruit_per_1000_steps"]["mean"]
+    still = evaluation.foraging(envs, Batched([Still(), Still()]), 50, evaluation.EVAL_SEED, episodes=2)
+    assert still["survival"]["mean"] == 1.0 and still["steps"]["mean"] == 50
+    with pytest.raises(ValueError, match="^episodes"):
+        evaluation.foraging(envs, agent, 50, evaluation.EVAL_SEED, episodes=0)
+    envs.close()

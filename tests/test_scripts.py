@@ -246,7 +246,7 @@ def test_evaluate_quick_writes_a_report_that_parses(tmp_path):
     assert done.returncode == 0, done.stderr
     report = json.loads((tmp_path / "report.json").read_text())
     assert set(report["foraging"]) == {"forage", "noisy"} and set(report["homing"]) == {"random", "forager", "tem"}
-    assert report["seeds"] == [10_000, 10_001]
+    assert report["seeds"] == [10_000, 10_001] and report["episodes"] == 1
     for agents in report["foraging"].values():
         for figures in agents.values():
             assert figures["steps"]["n"] == 2 and 1 <= figures["steps"]["mean"] <= 100
@@ -270,6 +270,7 @@ def test_evaluate_quick_writes_a_report_that_parses(tmp_path):
     (["--seed", "9990"], "--seed: expected held-out world seeds >= 10000"),
     (["--agents", "tem:/no/such.pt"], "--agents: agent: no file at '/no/such.pt'"),
     (["--noise", "a,b"], "--noise: expected comma-separated numbers"),
+    (["--episodes", "0"], "--episodes: expected an int >= 1"),
 ])
 def test_evaluate_bad_arguments_name_the_option(argv, message):
     done = evaluate("--quick", *argv)
