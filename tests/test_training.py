@@ -201,3 +201,19 @@ def test_a_training_checkpoint_gives_a_tem_agent_with_the_trained_parts(tmp_path
     path.write_bytes(b"garbage")
     with pytest.raises(ValueError, match="is not a readable"):
         registry.make_batch_agent(f"tem:{path}", config, 3, None)
+
+
+def test_training_separates_trees_better_than_the_initial_metric(walks):
+    from treeworld.agents.training import separation_auc
+
+    tem = model()
+    config = WorldConfig(**TASKS["noisy"])
+    before = separation_auc(tem.percept_metric, config, generator=torch.Generator().manual_seed(0))
+    optimizer = torch.optim.Adam([tem.percept_metric.embedding], lr=3e-3)
+    for update in range(12):
+        loss, _ = tem.loss(walks, tem.noise(walks, torch.Generator().manual_seed(update)))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = separation_auc(tem.percept_metric, config, generator=torch.Generator().manual_seed(0))
+    assert after > before + 0.01, (before, after)
