@@ -308,26 +308,41 @@ class TEMModel(nn.Module):
         result["belief_error"] = (result["belief"] - seq.position.to(like.dtype)).norm(dim=-1)
         return result
 
-    def forward(self, sequences: Sequences, noise: torch.Tensor, consistency_weight: float = 1.0):
-        """:meth:`loss` (so ``DistributedDataParallel`` wraps it)."""
-        return self.loss(sequences, noise, consistency_weight)
+    def alignment(self, sequences: Sequences) -> torch.Tensor:
+        """The privileged auxiliary loss (after the seed's alignment loss of a latent subspace with a
+        physical target; off by default): every module's reading of the observed motion
+        (``implied_displacements``) against the true displacement of that step (from the privileged
+        positions), mean squared error per step.  # ()"""
+        device = self.metric.alphas.device
+        true = (sequences.position[1:] - sequences.position[:-1]).to(device).reshape(-1, 1, 2)
+        readings = self.integrator.implied_displacements(sequences.motion[1:].to(device).reshape(-1, 2))
+        return (readings - true.to(readings.dtype)).square().sum(-1).mean()
 
-    def loss(self, sequences: Sequences, noise: torch.Tensor,
-             consistency_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, sequences: Sequences, noise: torch.Tensor, consistency_weight: float = 1.0,
+                alignment_weight: float = 0.0):
+        """:meth:`loss` (so ``DistributedDataParallel`` wraps it)."""
+        return self.loss(sequences, noise, consistency_weight, alignment_weight)
+
+    def loss(self, sequences: Sequences, noise: torch.Tensor, consistency_weight: float = 1.0,
+             alignment_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
         """Negative mean ELBO per step plus ``consistency_weight`` times the displacement-variance
-        loss; and the figures to log (means over this batch)."""
+        loss plus ``alignment_weight`` times the privileged :meth:`alignment` loss (reported on its
+        own: the ELBO's result stays the objective's); and the figures to log (batch means)."""
         terms = self.elbo(sequences, noise)
         consistency = self.displacement_variance(sequences.motion.to(self.metric.alphas.device))
         elbo = terms["elbo"].mean()
         loss = -elbo + consistency_weight * consistency
         counted = terms["counted"]
-        stats = {"loss": loss.item(), "elbo": elbo.item(), "kl": terms["kl"].mean().item(),
+        stats = {"elbo": elbo.item(), "kl": terms["kl"].mean().item(),
                  "log_likelihood": (terms["log_likelihood"].sum() / counted.sum().clamp_min(1)).item(),
                  "displacement_variance": consistency.item(),
                  "belief_error": float(terms["belief_error"][-1].median()),
                  "closure": float(terms["closure"].mean())}
-        return loss, stats
-
+        if alignment_weight:
+            aligned = self.alignment(sequences)
+            loss = loss + alignment_weight * aligned
+            stats["alignment"] = aligned.item()
+        return loss, {"loss": loss.item(), **stats}
 
 
 def separation_auc(percept_metric: PseudoMetric, config: Any, pairs: int = 2000,

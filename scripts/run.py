@@ -27,7 +27,7 @@ from typing import Any
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # the agents' per-step products are tiny: a second thread only spins
 
 from treeworld.agents import registry  # noqa: E402
-from treeworld.config import WorldConfig  # noqa: E402
+from treeworld.config import WorldConfig, parse_overrides  # noqa: E402
 from treeworld.envs import TASKS  # noqa: E402
 
 RENDER_MODES = ("human", "rgb_array", "none")
@@ -44,42 +44,6 @@ COLUMNS = (  # (metrics key, table header, row format, mean format)
     ("truncated", "truncated", "{}", "{:.2f}"),
 )
 METRICS = tuple(key for key, _, _, mean in COLUMNS if mean is not None)
-
-
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """``key=value`` strings -> {key: value} parsed to the WorldConfig field types.
-
-    Unknown keys raise ValueError (from ``WorldConfig.replace``); unparsable values raise ValueError.
-    """
-    types = {f.name: str(f.type) for f in dataclasses.fields(WorldConfig)}
-    overrides: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        key, text = key.strip(), text.strip()
-        if not sep or not key:
-            raise ValueError(f"{pair!r}: expected key=value")
-        if key not in types:
-            WorldConfig().replace(**{key: text})  # raises the config's "unknown config key(s)" error
-        overrides[key] = _parse_value(key, text, types[key])
-    return overrides
-
-
-def _parse_value(key: str, text: str, type_name: str) -> Any:
-    if "None" in type_name and text.lower() == "none":
-        return None
-    base = type_name.split("|")[0].strip()
-    try:
-        if base == "bool":
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return text.lower() in ("true", "1", "yes")
-        if base == "int":
-            return int(text)
-        if base == "float":
-            return float(text)
-    except ValueError:
-        raise ValueError(f"{key}={text}: expected {type_name}") from None
-    return text
 
 
 def run_episode(env: Any, agent: Any, seed: int, world_seed: int | None, frames: list | None, frame_every: int,

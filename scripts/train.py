@@ -41,7 +41,7 @@ import torch.distributed as dist  # noqa: E402
 
 from treeworld.agents import evaluation, registry  # noqa: E402
 from treeworld.agents.training import CHECKPOINT_FORMAT, TEMModel, collect, read_checkpoint, separation_auc  # noqa: E402
-from treeworld.config import WorldConfig  # noqa: E402
+from treeworld.config import WorldConfig, parse_overrides  # noqa: E402
 from treeworld.envs import TASKS  # noqa: E402
 
 #: World seeds: training 0 .. VALIDATION_SEED - 1, validation VALIDATION_SEED .. EVAL_SEED - 1.
@@ -58,6 +58,8 @@ class TrainConfig:
                                                       "(self-supervised TEM VAE)"})
     task: str = field(default="noisy", metadata={"doc": "world senses: forage (clean) or noisy; health costs "
                                                         "are off so walks last"})
+    world: str = field(default="", metadata={"doc": "comma-separated world overrides key=value, e.g. "
+                                                     "motion_gain=1.25,motion_rotation=0.1"})
     behaviour: str = field(default="forager", metadata={"doc": "behaviour policy (an agent name: random, forager, "
                                                                 "tem)"})
     updates: int = field(default=300, metadata={"doc": "gradient updates in all (a resumed run continues to this)"})
@@ -67,6 +69,9 @@ class TrainConfig:
     lr: float = field(default=3e-3, metadata={"doc": "Adam learning rate of E and the scales"})
     integrator_lr: float = field(default=1e-4, metadata={"doc": "Adam learning rate of the path integration"})
     consistency_weight: float = field(default=1.0, metadata={"doc": "weight of the displacement-variance loss"})
+    alignment_weight: float = field(default=0.0, metadata={
+        "doc": "weight of the privileged alignment loss (the integrator's readings against the true step; "
+               "an auxiliary after spacelearn, off by default, logged on its own as train/alignment)"})
     metric_rank: int = field(default=32, metadata={"doc": "rank of the learned percept pseudometric E"})
     memory_size: int = field(default=128, metadata={"doc": "newest sightings the model's memory keeps per walk"})
     seed: int = field(default=0, metadata={"doc": "seed of data, noise and initialisation"})
@@ -100,9 +105,16 @@ def parse(argv: list[str] | None = None) -> TrainConfig:
         registry.parse(config.behaviour)
     except ValueError as e:
         problems.append(f"--behaviour: {e}")
+    try:
+        world_config(config)
+    except (TypeError, ValueError) as e:
+        problems.append(f"--world: {e}")
     for name in ("updates", "walks", "steps", "reuse", "metric_rank", "memory_size", "eval_walks", "checkpoint_every"):
         if getattr(config, name) < 1:
             problems.append(f"--{name.replace('_', '-')}: expected an int >= 1, got {getattr(config, name)}")
+    for name in ("consistency_weight", "alignment_weight"):
+        if not getattr(config, name) >= 0:
+            problems.append(f"--{name.replace('_', '-')}: expected >= 0, got {getattr(config, name)}")
     for name in ("lr", "integrator_lr"):
         if not getattr(config, name) > 0:
             problems.append(f"--{name.replace('_', '-')}: expected > 0, got {getattr(config, name)}")
@@ -117,7 +129,9 @@ def parse(argv: list[str] | None = None) -> TrainConfig:
 
 
 def world_config(config: TrainConfig) -> WorldConfig:
-    return WorldConfig(**{**TASKS[config.task], "living_cost": 0.0, "move_cost": 0.0})
+    """The task's world with ``--world`` overrides and health costs off (walks last)."""
+    overrides = parse_overrides([pair for pair in config.world.split(",") if pair.strip()])
+    return WorldConfig(**{**TASKS.get(config.task, {}), **overrides, "living_cost": 0.0, "move_cost": 0.0})
 
 
 def batch_seeds(config: TrainConfig, batch: int, validation: bool = False) -> tuple[list[int], int]:
@@ -263,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
             walks = rollouts(config, world_seeds, seed, rows).to(device)
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + update)
         noise = torch.randn((config.steps, config.walks, 2), generator=generator, dtype=model.metric.alphas.dtype)
-        loss, stats = trained(walks, noise[:, rows].to(device), config.consistency_weight)
+        loss, stats = trained(walks, noise[:, rows].to(device), config.consistency_weight, config.alignment_weight)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

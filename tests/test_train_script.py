@@ -30,14 +30,14 @@ def metrics(folder):
 
 def test_a_tiny_run_writes_checkpoint_metrics_events_and_figure(tmp_path):
     done = train("--updates", "2", "--walks", "2", "--steps", "24", "--eval-every", "2", "--eval-walks", "2",
-                 "--out", str(tmp_path))
+                 "--world", "motion_gain=1.1", "--alignment-weight", "0.5", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
     lines = metrics(tmp_path)
     assert [line["update"] for line in lines] == [0, 1, 2]  # 0: the untrained parts
     assert "train" not in lines[0] and "validation" in lines[0] and "validation" in lines[-1]
     assert 0.0 <= lines[-1]["validation"]["recall_accuracy"] <= 1.0
     assert 0.5 < lines[-1]["validation"]["separation_auc"] <= 1.0
-    assert {"elbo", "kl", "log_likelihood", "displacement_variance", "belief_error"} <= set(lines[1]["train"])
+    assert {"elbo", "kl", "log_likelihood", "displacement_variance", "belief_error", "alignment"} <= set(lines[1]["train"])
     assert list(tmp_path.glob("events.out.tfevents.*")) and (tmp_path / "training.png").stat().st_size > 0
     assert json.loads(done.stdout.splitlines()[-1])["updates"] == 2
 
@@ -74,6 +74,7 @@ def test_bad_input_names_the_option(tmp_path):
              (["--algo", "dqn"], "--algo: unknown algorithm 'dqn'"),
              (["--behaviour", "wizard"], "--behaviour: agent: unknown agent 'wizard'"),
              (["--walks", "0"], "--walks: expected an int >= 1"),
+             (["--world", "gravity=2"], "--world: unknown config key(s) ['gravity']"),
              (["--resume", "--out", str(tmp_path / "none")], "--resume: no checkpoint at")]
     for argv, message in cases:
         done = train(*argv)

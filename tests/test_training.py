@@ -217,3 +217,36 @@ def test_training_separates_trees_better_than_the_initial_metric(walks):
         optimizer.step()
     after = separation_auc(tem.percept_metric, config, generator=torch.Generator().manual_seed(0))
     assert after > before + 0.01, (before, after)
+
+
+def mean_reading(tem):
+    """The integrator's mean map (2, 2) from observed to believed motion, and its spread over modules."""
+    with torch.no_grad():
+        maps = tem.integrator.implied_displacements(torch.eye(2, dtype=tem.metric.alphas.dtype)).permute(1, 2, 0)
+    return maps.mean(0), (maps - maps.mean(0)).abs().max().item()
+
+
+def test_the_privileged_alignment_loss_recovers_a_gain_and_rotation_bias_and_the_exact_lattice():
+    """The auxiliary (off by default): with motion_gain 1.25 and motion_rotation 0.1 the learned
+    integrator must invert the odometry, every module on one reading, from a perturbed lattice."""
+    gain, rotation = 1.25, 0.1
+    envs = walks_env(4, motion_noise=0.0, percept_noise=0.0, motion_gain=gain, motion_rotation=rotation)
+    agent = registry.make_batch_agent("random", envs.config, 4, envs.single_action_space, 0)
+    walks = collect(envs, agent, 40, seed=0, world_seeds=[1, 2, 3, 4])
+    envs.close()
+    tem = model(motion_noise=0.05)
+    with torch.no_grad():  # every module's lattice off by up to a few per cent
+        tem.integrator.lattice.mul_(1 + 0.03 * torch.randn(len(tem.integrator.lattice), 1, 1,
+                                                           generator=torch.Generator().manual_seed(0),
+                                                           dtype=tem.integrator.lattice.dtype))
+    optimizer = torch.optim.Adam(tem.integrator.parameters(), lr=3e-3)
+    for _ in range(300):  # the alignment loss alone: cheap, no ELBO
+        loss = tem.alignment(walks)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    c, s = math.cos(rotation), math.sin(rotation)
+    inverse = torch.tensor([[c, s], [-s, c]], dtype=torch.float64) / gain
+    mean, spread = mean_reading(tem)
+    torch.testing.assert_close(mean.double(), inverse, atol=5e-3, rtol=0)
+    assert spread < 5e-3 and tem.alignment(walks).item() < 1e-4
