@@ -3,8 +3,8 @@
 A spec is a kind, optionally with a file: ``"random"``, ``"forager"``, ``"tem"`` (a fresh
 :class:`~treeworld.agents.tem.TEMAgent` matched to the world's sensors), ``"tem:PATH"`` (a saved
 one, ``TEMAgent.save``, or a fresh one with the trained parts of a ``scripts/train.py``
-checkpoint). Other kinds are added with :func:`register` (the RL work adds ``"sb3"``
-for saved stable-baselines3 policies, ``"sb3:PATH"``). Scripts list :func:`kinds` in their help
+checkpoint), ``"sb3:PATH"`` (a saved stable-baselines3 PPO, SAC or RecurrentPPO policy, acting
+deterministically). Other kinds are added with :func:`register`. Scripts list :func:`kinds` in their help
 and build agents with :func:`make_batch_agent` (B envs of a vector env) or :func:`make_agent` (one
 env); no script keeps its own list of names.
 
@@ -103,6 +103,16 @@ def _tem(config, num_envs, action_space, seed, path):
     return agent
 
 
+def _sb3(config, num_envs, action_space, seed, path):
+    from treeworld.agents.sb3_agent import load_policy
+    from treeworld.envs.batch import observation_space
+    from treeworld.vocabulary import Vocabulary
+    if path is None:
+        raise ValueError("agent: 'sb3' needs a saved policy: sb3:PATH")
+    return load_policy(path, observation_space(config, Vocabulary.for_config(config).dim), action_space, num_envs)
+
+
 register("random", _random)
 register("forager", _forager)
 register("tem", _tem, takes_file=True)
+register("sb3", _sb3, takes_file=True)

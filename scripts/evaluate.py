@@ -78,14 +78,15 @@ def check_task(name: str) -> None:
         raise ValueError(f"unknown task {name!r}; expected one of {', '.join(TASK_IDS)}")
 
 
-def capabilities(spec: str, worlds: int) -> set[str]:
+def capabilities(spec: str, worlds: int, tasks: list[str]) -> set[str]:
     """Which of ``position`` (a belief) and ``recall_here`` (a spatial memory) the agent ``spec``
-    (for ``worlds`` envs) offers."""
+    (for ``worlds`` envs) offers; ValueError if it cannot run one of ``tasks`` (e.g. a policy
+    trained on another observation space)."""
     import gymnasium as gym
 
     actions = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
-    agent = registry.make_batch_agent(spec, WorldConfig(), worlds, actions)
-    return {name for name in ("position", "recall_here") if callable(getattr(agent, name, None))}
+    agents = [registry.make_batch_agent(spec, WorldConfig(**TASKS[task]), worlds, actions) for task in tasks]
+    return {name for name in ("position", "recall_here") if callable(getattr(agents[0], name, None))}
 
 
 def path_integration(spec: str, noise: float, worlds: int, steps: int, seed: int, progress) -> dict:
@@ -344,7 +345,7 @@ def main(argv: list[str] | None = None) -> dict:
     report: dict = {"agents": agents, "tasks": tasks, "worlds": args.seeds, "episodes": args.episodes,
                     "seeds": [args.seed, args.seed + args.seeds - 1], "steps": args.steps}
     try:
-        offers = {agent: capabilities(agent, args.seeds) for agent in agents}
+        offers = {agent: capabilities(agent, args.seeds, tasks) for agent in agents}
     except (TypeError, ValueError) as e:
         parser.error(f"--agents: {e}")
     believers = [a for a in agents if "position" in offers[a]]

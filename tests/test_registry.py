@@ -18,7 +18,7 @@ ACTIONS = gym.spaces.Box(-1.0, 1.0, (3,), np.float32)
 
 
 def test_kinds_name_every_builtin_and_which_load_files():
-    assert registry.kinds()[:3] == ("random", "forager", "tem[:PATH]")
+    assert registry.kinds()[:4] == ("random", "forager", "tem[:PATH]", "sb3[:PATH]")
 
 
 @pytest.mark.parametrize("spec, kind", [("random", Batched), ("forager", Batched), ("tem", TEMAgent)])
@@ -53,7 +53,7 @@ def test_a_saved_tem_agent_loads_by_path_and_must_fit(tmp_path):
 
 
 @pytest.mark.parametrize("spec, message", [
-    ("sb3", "^agent: unknown agent 'sb3'; expected one of random, forager, tem"),
+    ("dqn", r"^agent: unknown agent 'dqn'; expected one of random, forager, tem\[:PATH\], sb3\[:PATH\]"),
     ("forager:x.pt", "^agent: 'forager' takes no file"),
     ("tem:", "^agent: no file at ''"),
     ("tem:/no/such/file.pt", "^agent: no file at '/no/such/file.pt'"),
@@ -83,3 +83,41 @@ def test_bad_arguments_and_registering_a_kind():
         assert made == [(2, 7, None)]
     finally:
         registry._FACTORIES.pop("still")
+
+
+@pytest.mark.parametrize("algorithm", ["PPO", "RecurrentPPO"])
+def test_a_saved_sb3_policy_acts_as_it_did_before_saving(tmp_path, algorithm):
+    import stable_baselines3
+    import sb3_contrib
+
+    from treeworld.envs import TreeWorldSB3VecEnv
+
+    venv = TreeWorldSB3VecEnv(num_envs=2, max_episode_steps=50)
+    policy = "MultiInputLstmPolicy" if algorithm == "RecurrentPPO" else "MultiInputPolicy"
+    algo = getattr(sb3_contrib if algorithm == "RecurrentPPO" else stable_baselines3, algorithm)
+    model = algo(policy, venv, n_steps=16, batch_size=16, n_epochs=1, seed=0, device="cpu")
+    model.learn(32)
+    path = tmp_path / "policy.zip"
+    model.save(path)
+    envs = gym.make_vec("treeworld/TreeWorld-v0", num_envs=2, vectorization_mode="vector_entry_point",
+                        max_episode_steps=50)
+    agent = registry.make_batch_agent(f"sb3:{path}", envs.config, 2, envs.single_action_space)
+    assert isinstance(agent, BatchAgent) and agent.num_agents == 2
+    agent.reset()
+    observation, _ = envs.reset(seed=3)
+    state, starts = None, np.ones(2, dtype=bool)
+    for _ in range(5):  # the loaded policy's actions are the saved model's, its memory carried per row
+        expected, state = model.predict(observation, state=state, episode_start=starts, deterministic=True)
+        starts[:] = False
+        got = agent.act(observation)
+        np.testing.assert_allclose(got, expected, atol=1e-6)
+        observation, *_ = envs.step(got)
+    other = WorldConfig(vocabulary="hashed", percept_dim=16)
+    with pytest.raises(ValueError, match="^agent: .* was trained on the observation space"):
+        registry.make_batch_agent(f"sb3:{path}", other, 2, envs.single_action_space)
+    with pytest.raises(ValueError, match="^agent: 'sb3' needs a saved policy"):
+        registry.make_batch_agent("sb3", envs.config, 2, envs.single_action_space)
+    (tmp_path / "junk.zip").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="is not a stable-baselines3 file"):
+        registry.make_batch_agent(f"sb3:{tmp_path / 'junk.zip'}", envs.config, 2, envs.single_action_space)
+    envs.close()

@@ -219,7 +219,8 @@ def test_run_tem_agent_from_file(tmp_path):
     for spec, message in ((f"tem:{path}", "--agent: " + str(path) + " holds a TEMAgent of num_agents 2, expected 1"),
                           (f"forager:{path}", "--agent: 'forager' takes no file"),
                           (f"tem:{tmp_path / 'missing.pt'}", "--agent: no file at"),
-                          ("sb3", "--agent: unknown agent 'sb3'; expected one of random, forager, tem[:PATH]")):
+                          ("dqn", "--agent: unknown agent 'dqn'; expected one of random, forager, tem[:PATH], "
+                                  "sb3[:PATH]")):
         bad = run_script("--agent", spec, "--max-steps", "5")
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
