@@ -10,7 +10,7 @@ import pytest
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = ["--walks", "4", "--steps", "24", "--eval-every", "0", "--reuse", "2"]
+TINY = ["--walks", "2", "--steps", "16", "--eval-every", "0", "--reuse", "2"]
 
 
 def train(*args, env=None, launcher=None):
@@ -69,19 +69,40 @@ def test_two_torchrun_processes_match_one_process_with_the_same_global_batch(tmp
     assert metrics(two)[0]["train"]["elbo"] == pytest.approx(metrics(one)[0]["train"]["elbo"], rel=1e-5)
 
 
-def test_bad_input_names_the_option(tmp_path):
-    cases = [(["--nope", "1"], "unrecognized arguments: --nope"),
-             (["--algo", "dqn"], "--algo: unknown algorithm 'dqn'"),
-             (["--behaviour", "wizard"], "--behaviour: agent: unknown agent 'wizard'"),
-             (["--walks", "0"], "--walks: expected an int >= 1"),
-             (["--world", "gravity=2"], "--world: unknown config key(s) ['gravity']"),
-             (["--resume", "--out", str(tmp_path / "none")], "--resume: no checkpoint at")]
-    for argv, message in cases:
-        done = train(*argv)
-        assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
-    done = train("--walks", "2", env={"WORLD_SIZE": "4"})  # more processes than walks
-    assert done.returncode == 2 and "--walks: expected a multiple of the 4 processes" in done.stderr
-    # a checkpoint of another model shape, and a corrupted one
+def load_train_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("treeworld_scripts_train", ROOT / "scripts" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--nope", "1"], "unrecognized arguments: --nope"),
+    (["--algo", "dqn"], "--algo: unknown algorithm 'dqn'"),
+    (["--behaviour", "wizard"], "--behaviour: agent: unknown agent 'wizard'"),
+    (["--walks", "0"], "--walks: expected an int >= 1"),
+    (["--world", "gravity=2"], "--world: unknown config key(s) ['gravity']"),
+    (["--alignment-weight", "-1"], "--alignment-weight: expected >= 0"),
+])
+def test_bad_options_are_named(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_train_module().parse(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_more_processes_than_walks_is_refused(capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    with pytest.raises(SystemExit):
+        load_train_module().parse(["--walks", "2"])
+    assert "--walks: expected a multiple of the 4 processes" in capsys.readouterr().err
+
+
+def test_resume_refuses_missing_foreign_shaped_and_corrupted_checkpoints(tmp_path):
+    done = train("--resume", "--out", str(tmp_path / "none"))
+    assert done.returncode == 2 and "--resume: no checkpoint at" in done.stderr and "Traceback" not in done.stderr
     assert train("--updates", "1", "--walks", "2", "--steps", "12", "--eval-every", "0", "--metric-rank", "8",
                  "--out", str(tmp_path)).returncode == 0
     done = train("--updates", "2", "--walks", "2", "--steps", "12", "--out", str(tmp_path), "--resume")

@@ -132,6 +132,7 @@ def test_walks_are_independent_so_shards_give_the_full_batch_terms(walks):
 
 
 def test_the_elbo_rises_over_a_short_training_run(walks):
+    walks = walks.rows(slice(0, 2))
     tem = model()
     noise = tem.noise(walks, torch.Generator().manual_seed(4))
     optimizer = torch.optim.Adam(tem.parameters(), lr=1e-2)
@@ -206,6 +207,7 @@ def test_a_training_checkpoint_gives_a_tem_agent_with_the_trained_parts(tmp_path
 def test_training_separates_trees_better_than_the_initial_metric(walks):
     from treeworld.agents.training import separation_auc
 
+    walks = walks.rows(slice(0, 2))
     tem = model()
     config = WorldConfig(**TASKS["noisy"])
     before = separation_auc(tem.percept_metric, config, generator=torch.Generator().manual_seed(0))
@@ -216,7 +218,7 @@ def test_training_separates_trees_better_than_the_initial_metric(walks):
         loss.backward()
         optimizer.step()
     after = separation_auc(tem.percept_metric, config, generator=torch.Generator().manual_seed(0))
-    assert after > before + 0.01, (before, after)
+    assert after > before + 0.01, (before, after)  # 0.952 -> 0.965
 
 
 def mean_reading(tem):
