@@ -153,7 +153,8 @@ def test_bench_runs_every_suite_at_a_tiny_budget(tmp_path):
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     report = json.loads(out.read_text())
-    assert {"env", "fourier", "topography", "memory", "agent"} <= report.keys()
+    assert {"env", "fourier", "topography", "memory", "agent", "training"} <= report.keys()
+    assert report["training"]["updates_per_second"] > 0 and report["training"]["ratio_update_to_collect_time"] > 0
     assert report["env"]["single"]["treeworld"] > 0 and report["env"]["single"]["cartpole"] > 0
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--suites", "nope"],
                          capture_output=True, text=True)
