@@ -28,6 +28,7 @@ number of steps done (e.g. a tqdm bar's ``update``).
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from typing import Any, Callable
 
@@ -337,17 +338,29 @@ BEARING_SECTORS = 8
 VISIT_BINS = 5
 
 
-def percept_identity(config: Any, percepts: np.ndarray) -> np.ndarray:
-    """(N, D) percepts -> (N,) int64 index of the (kind, name) pair of the nearest noise-free sight
-    percept (any fruit count) of the world's vocabulary (``info["tree_identity"]``'s labels);
-    -1 for a zero percept (nothing recalled). The evaluator's labelling: agents never use it."""
+@functools.lru_cache(maxsize=8)
+def sight_looks(config: Any) -> np.ndarray:
+    """(pairs, F, D) float64, read-only: the noise-free sight percept of every (kind, name) pair of
+    the world's vocabulary (``info["tree_identity"]`` indexes the first axis) at each of the ``F``
+    fruit counts; computed once per config."""
     from treeworld.sensors import PerceptTables
     from treeworld.vocabulary import FRUIT_PHRASES, Vocabulary
 
-    rows = np.asarray(PerceptTables.build(config, Vocabulary.for_config(config)).sight[:-1], dtype=np.float64)
+    sight = np.asarray(PerceptTables.build(config, Vocabulary.for_config(config)).sight[:-1], dtype=np.float64)
+    looks = sight.reshape(-1, len(FRUIT_PHRASES), sight.shape[-1])
+    looks.flags.writeable = False
+    return looks
+
+
+def percept_identity(config: Any, percepts: np.ndarray) -> np.ndarray:
+    """(N, D) percepts -> (N,) int64 index of the (kind, name) pair of the nearest noise-free sight
+    percept (any fruit count, :func:`sight_looks`); -1 for a zero percept (nothing recalled). The
+    evaluator's labelling: agents never use it."""
+    looks = sight_looks(config)
+    rows = looks.reshape(-1, looks.shape[-1])
     percepts = np.asarray(percepts, dtype=np.float64).reshape(-1, rows.shape[1])
     distance = (percepts ** 2).sum(1, keepdims=True) - 2 * percepts @ rows.T + (rows ** 2).sum(1)
-    identity = distance.argmin(1) // len(FRUIT_PHRASES)
+    identity = distance.argmin(1) // looks.shape[1]
     return np.where(np.abs(percepts).max(1) > 0, identity, -1)
 
 

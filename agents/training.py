@@ -351,14 +351,12 @@ def separation_auc(percept_metric: PseudoMetric, config: Any, pairs: int = 2000,
     sight percepts of the same tree at two fruit counts against two different trees (each percept
     with the world's ``percept_noise``), over ``pairs`` pairs of each: the probability that a
     same-tree pair is nearer than a different-tree pair (Mann-Whitney). 0.5 is chance."""
-    from treeworld.sensors import PerceptTables
-    from treeworld.vocabulary import FRUIT_PHRASES, Vocabulary
+    from treeworld.agents.evaluation import sight_looks
 
     pairs = checks.count(pairs, "pairs")
     generator = checks.generator(generator)
-    F = len(FRUIT_PHRASES)
-    sight = torch.tensor(np.array(PerceptTables.build(config, Vocabulary.for_config(config)).sight[:-1]))
-    trees = sight.reshape(-1, F, sight.shape[-1])  # (kinds * names, F, D)
+    trees = torch.tensor(sight_looks(config), dtype=torch.float32)  # (kinds * names, F, D)
+    F = trees.shape[1]
 
     def draw(high, n):
         return torch.randint(high, (n,), generator=generator)

@@ -158,10 +158,14 @@ def rollouts(config: TrainConfig, world_seeds: list[int], seed: int, rows: slice
         envs.close()
 
 
-def validate(model: TEMModel, config: TrainConfig) -> dict[str, float]:
-    """ELBO terms, final belief error and revisit recall accuracy on the validation walks."""
+def validation_walks(config: TrainConfig):
+    """The validation walks (the same for every check of a run)."""
     world_seeds, seed = batch_seeds(config, 0, validation=True)
-    walks = rollouts(config, world_seeds, seed, slice(0, len(world_seeds)))
+    return rollouts(config, world_seeds, seed, slice(0, len(world_seeds)))
+
+
+def validate(model: TEMModel, config: TrainConfig, walks) -> dict[str, float]:
+    """ELBO terms, final belief error and revisit recall accuracy on the validation ``walks``."""
     noise = model.noise(walks, torch.Generator().manual_seed(config.seed))
     with torch.no_grad():
         terms = model.elbo(walks.to(config.device), noise)
@@ -266,8 +270,9 @@ def main(argv: list[str] | None = None) -> dict:
         writer = SummaryWriter(str(out))
         progress = tqdm(total=config.updates, initial=start, desc="train", unit="update", file=sys.stderr)
     started, walks = time.perf_counter(), None
+    held_out = validation_walks(config) if rank == 0 and config.eval_every else None
     if rank == 0 and config.eval_every and start == 0:  # the untrained parts, for comparison
-        lines.append({"update": 0, "validation": validate(model, config)})
+        lines.append({"update": 0, "validation": validate(model, config, held_out)})
         with open(out / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(lines[-1]) + "\n")
     for update in range(start, config.updates):
@@ -289,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict:
             line = {"update": update + 1, "train": stats, "scales": model.scales(),
                     "seconds": time.perf_counter() - started}
             if config.eval_every and ((update + 1) % config.eval_every == 0 or update + 1 == config.updates):
-                line["validation"] = validate(model, config)
+                line["validation"] = validate(model, config, held_out)
             lines.append(line)
             with open(out / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps(line) + "\n")
