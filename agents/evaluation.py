@@ -41,6 +41,9 @@ from treeworld.tasks import spl
 
 #: Held-out evaluation world seeds start here; training and tuning use seeds below it.
 EVAL_SEED = 10_000
+#: Training uses world seeds below this; validation during training (checks, model selection) the
+#: seeds from here up to EVAL_SEED.
+VALIDATION_SEED = 9_000
 
 
 def check_held_out(seed: int, count: int, name: str = "seed") -> int:

@@ -44,7 +44,7 @@ or one of other shapes, raises ValueError.
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -64,6 +64,22 @@ from treeworld.agents.topography import Topography
 from treeworld.agents.valence import ValenceReadout
 
 FORMAT = "treeworld.TEMAgent/1"
+
+
+class Perception(NamedTuple):
+    """What :meth:`TEMAgent.perceive` made of one step's observations (B rows)."""
+
+    sight: torch.Tensor  # (B, P) the look in sight (zeros: none)
+    seen: torch.Tensor  # (B,) bool, a tree in sight
+    distance: torch.Tensor  # (B,) its distance over the sight range (0: none)
+    health: torch.Tensor  # (B,) float64 health over max_health
+    heading: torch.Tensor  # (B, 2) the observed heading
+    sight_valence: torch.Tensor  # (B,) the readout's valence mean of the sight
+    sight_valence_std: torch.Tensor  # (B,) and its std
+    sighted: torch.Tensor  # (B,) long, the memory slot the sight was recognised as or written to (-1: none)
+    goal: torch.Tensor | None  # (B, 2) the homing goal's recalled place (None: no goal in any row)
+    goal_mask: torch.Tensor | None  # (B,) bool, rows with a recalled goal
+    goal_confidence: torch.Tensor  # (B,) float64 the recall's weight in [0, 1] (0: no goal)
 
 
 def _percept_metric(P: int, rank: int | None) -> PseudoMetric:
@@ -188,6 +204,17 @@ class TEMAgent(nn.Module):
         return self.variance.clamp_min(0.0).sqrt()
 
     # ------------------------------------------------------------------------------ helpers
+    @torch.no_grad()
+    def remembered_trees(self) -> tuple[torch.Tensor, ...]:
+        """What the agent knows of its remembered trees now (C slots per row): believed places
+        (B, C, 2), valid slots (B, C) bool, the fruit estimate at the last sight (B, C) float64 (1 when
+        stored, 0 when marked bare), the step of that estimate (B, C) long and the fruit expected
+        now with the world's regrowth since (B, C) float64."""
+        fruit = torch.nan_to_num(self.landmarks.fruit.double(), nan=1.0).clamp_min(0.0)
+        last_seen = self.fruit_since.clamp(max=self.steps[:, None])
+        expected = self.planner.expected_fruit(fruit, last_seen, self.steps[:, None])
+        return self.landmarks.position.float(), self.memory.valid.clone(), fruit, last_seen, expected
+
     @property
     def memory(self) -> SpatialMemory:
         return self.landmarks.memory
@@ -264,8 +291,10 @@ class TEMAgent(nn.Module):
         self._last_mode[chosen] = 0
 
     @torch.no_grad()
-    def act(self, observations: Mapping[str, np.ndarray]) -> np.ndarray:
-        """(B, 3) float32 actions in [-1, 1] for a dict of (B, ...) observation arrays."""
+    def perceive(self, observations: Mapping[str, np.ndarray]) -> Perception:
+        """Steps 1-5 of the module docstring for a dict of (B, ...) observation arrays: the belief,
+        valence, landmarks, map and goal are updated; nothing is decided. Follow it with
+        :meth:`finish_step` once the actions are chosen (``act`` does both, with the planner between)."""
         c = self.config
         arrays = _check_batch(observations, self.num_agents)
         for key in ("sight", "sight_distance", "motion", "heading", "health"):
@@ -329,6 +358,7 @@ class TEMAgent(nn.Module):
 
         # 5. homing goal
         goal = goal_mask = None
+        goal_confidence = torch.zeros(B, dtype=torch.float64)
         self.goal_position.fill_(math.nan)
         if "goal" in arrays:
             goal_percept = as_t("goal")
@@ -337,29 +367,50 @@ class TEMAgent(nn.Module):
                 codes, weights = self.memory.recall_location(goal_percept, 1)  # (B, 1, L), (B, 1)
                 goal = torch.nan_to_num(self.metric.decode(codes[:, 0])[1], nan=0.0, posinf=0.0, neginf=0.0)
                 goal_mask = wants & (weights[:, 0] > 0)
+                goal_confidence = torch.where(goal_mask, weights[:, 0].double(), 0.0)
                 self.goal_position.copy_(torch.where(goal_mask[:, None], goal, torch.full_like(goal, math.nan)))
+
+        return Perception(sight=sight, seen=seen, distance=distance, health=health, sight_valence=sight_mean,
+                          sight_valence_std=sight_std, sighted=sighted, goal=goal, goal_mask=goal_mask,
+                          goal_confidence=goal_confidence, heading=obs_heading)
+
+    @torch.no_grad()
+    def finish_step(self, perception: Perception, eat: torch.Tensor) -> None:
+        """End the step begun by :meth:`perceive`: ``eat`` (B,) bool are the eat flags sent to the
+        world; a bite at a tree in sight is learned from on the next step's health."""
+        eat = torch.as_tensor(eat, dtype=torch.bool).reshape(self.num_agents) & perception.seen
+        self.ate.copy_(eat)
+        self.eaten_percept.copy_(torch.where(eat[:, None], perception.sight, torch.zeros_like(perception.sight)))
+        self.previous_health.copy_(perception.health.float())
+        self.steps += 1
+        self.clock += 1
+
+    @torch.no_grad()
+    def act(self, observations: Mapping[str, np.ndarray]) -> np.ndarray:
+        """(B, 3) float32 actions in [-1, 1] for a dict of (B, ...) observation arrays."""
+        c = self.config
+        B = self.num_agents
+        p = self.perceive(observations)
+        seen, distance, sighted, goal, goal_mask = p.seen, p.distance, p.sighted, p.goal, p.goal_mask
+        rows = torch.arange(B)
 
         # 6. plan
         position = self.belief.position().float()
-        trees = self.landmarks.position.float()
-        valid = self.memory.valid.clone()
-        fruit = torch.nan_to_num(self.landmarks.fruit.double(), nan=1.0).clamp_min(0.0)
-        last_seen = self.fruit_since.clamp(max=self.steps[:, None])  # when each fruit estimate was made
+        trees, valid, fruit, last_seen, expected = self.remembered_trees()
         places, places_mask = trees, valid
         mapped = self._map_places()
         if mapped is not None:
             places = torch.cat([trees, mapped[0]], dim=1)
             places_mask = torch.cat([valid, mapped[1]], dim=1)
-        heading = torch.where((self.heading.norm(dim=-1) > 0)[:, None], self.heading, obs_heading)
-        expected = self.planner.expected_fruit(fruit, last_seen, self.steps[:, None])
+        heading = torch.where((self.heading.norm(dim=-1) > 0)[:, None], self.heading, p.heading)
         in_sight = torch.where(seen & (sighted >= 0), expected[rows, sighted.clamp_min(0)],
                                torch.ones(B, dtype=torch.float64))
         plan = self.planner.act(
-            position, heading, health * c["max_health"], self.steps[:, None],
+            position, heading, p.health * c["max_health"], self.steps[:, None],
             tree_positions=trees, valid=valid, valence_mean=self.tree_valence,
             valence_std=self.tree_valence_std, fruit_estimate=fruit.float(),
             last_seen=last_seen, current=self.target.clone(),
-            sight_valence_mean=sight_mean.float(), sight_valence_std=sight_std.float(),
+            sight_valence_mean=p.sight_valence.float(), sight_valence_std=p.sight_valence_std.float(),
             sight_distance=torch.where(seen, distance.double() * c["sight_range"],
                                        torch.full((B,), math.inf, dtype=torch.float64)).float(),
             fruit_in_sight=in_sight.float(), sighted=torch.where(seen, sighted, -1), goal=goal, goal_mask=goal_mask,
@@ -380,12 +431,8 @@ class TEMAgent(nn.Module):
             self.scan_steps[lost] = 0
         self.target.copy_(plan.target)
         self.heading.copy_(plan.heading.float())
-        self.ate.copy_(eat)
-        self.eaten_percept.copy_(torch.where(eat[:, None], sight, torch.zeros_like(sight)))
-        self.previous_health.copy_(health.float())
-        self.steps += 1
-        self.clock += 1
         self._last_mode = plan.mode
+        self.finish_step(p, eat)
         return action.numpy().astype(np.float32)
 
     # ------------------------------------------------------------------------------ overlays

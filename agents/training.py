@@ -412,12 +412,13 @@ def model_from_checkpoint(state: dict, name: str = "path") -> TEMModel:
     return model
 
 
-def tem_agent(model: TEMModel, config: Any, num_agents: int = 1):
+def tem_agent(model: TEMModel, config: Any, num_agents: int = 1, **overrides):
     """A fresh ``TEMAgent`` for ``config`` with ``model``'s trained parts: the learned path
     integration and the percept pseudometric ``E`` (novelty gate ``GATE_PER_MATCH_SCALE`` match
     scales). The odometry noise stays the world's: the ELBO's step scale is not a calibrated noise
     estimate (the likelihood favours narrow posteriors: 300 updates took it from 0.5 to 0.40 on
-    motion noise 0.5), and as the filter's noise it made the agent overconfident."""
+    motion noise 0.5), and as the filter's noise it made the agent overconfident. Keyword
+    ``overrides`` go to ``TEMAgent.for_config``."""
     from treeworld.agents.tem import TEMAgent
 
     scales = model.scales()
@@ -425,7 +426,7 @@ def tem_agent(model: TEMModel, config: Any, num_agents: int = 1):
         raise ValueError(f"model: trained on {model.config['percept_dim']}-d percepts, the world's are "
                          f"{config.percept_dim}-d")
     agent = TEMAgent.for_config(config, num_agents, learned_pi=True, percept_rank=model.config["metric_rank"],
-                                percept_radius=GATE_PER_MATCH_SCALE * scales["match_scale"])
+                                percept_radius=GATE_PER_MATCH_SCALE * scales["match_scale"], **overrides)
     with torch.no_grad():
         agent.belief.integrator.load_state_dict(model.integrator.state_dict())
         agent.memory.percept_metric.embedding.copy_(model.percept_metric.embedding)

@@ -30,11 +30,26 @@ class TreeWorldSB3VecEnv(VecEnv):
         max_episode_steps: truncate episodes after this many steps (``TimeLimit.truncated`` in infos).
         discrete: Discrete(10) actions as in :class:`~treeworld.envs.DiscreteActions` (for DQN).
         render_mode: None or "rgb_array": ``get_images()`` returns a frame of every env.
+        world_seed_range: None, or ``(low, high)``: every episode's layout is then the world seed
+            drawn uniformly from it by the env's generator (a training split of layouts), unless
+            ``set_options`` fixes one.
+
+    Homing episodes' infos add ``goals_reached``, ``goals_failed`` and ``spl``: Success weighted
+    by Path Length over the goals that ended in the episode (NaN for none).
     """
 
     def __init__(self, num_envs: int = 8, config: WorldConfig | None = None, max_episode_steps: int = 2000,
-                 discrete: bool = False, render_mode: str | None = None, **overrides: Any):
+                 discrete: bool = False, render_mode: str | None = None,
+                 world_seed_range: tuple[int, int] | None = None, **overrides: Any):
         max_episode_steps = checks.count(max_episode_steps, "max_episode_steps")
+        if world_seed_range is not None:
+            seeds = world_seed_range
+            if (not isinstance(seeds, (tuple, list)) or len(seeds) != 2
+                    or not all(isinstance(s, int) and s >= 0 for s in seeds) or seeds[0] >= seeds[1]):
+                raise ValueError(f"world_seed_range: expected None or (low, high), ints with 0 <= low < high, "
+                                 f"got {seeds!r}")
+            world_seed_range = (int(seeds[0]), int(seeds[1]))
+        self.world_seed_range = world_seed_range
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode: expected None or 'rgb_array', got {render_mode!r}")
         self.config = make_config(config, overrides)
@@ -45,7 +60,9 @@ class TreeWorldSB3VecEnv(VecEnv):
         self._renderer = None
         self._actions: np.ndarray | None = None
         self._returns = np.zeros(self.batch.num_envs)
+        self._spl = np.zeros((self.batch.num_envs, 2))  # per episode: sum of S * l / max(p, l), goals ended
         self._start = time.perf_counter()
+        self._fixed = [False] * self.batch.num_envs  # layouts fixed by set_options
         super().__init__(self.batch.num_envs, observation_space(self.config, self.batch.vocabulary.dim),
                          DISCRETE_SPACE if self.discrete else ACTION_SPACE)
 
@@ -61,10 +78,10 @@ class TreeWorldSB3VecEnv(VecEnv):
         self.batch.seed(self._seeds)
         if any(self._options):
             world_seeds = [(check_reset_options(options or {}) or [None])[0] for options in self._options]
+            self._fixed = [seed is not None for seed in world_seeds]
         else:
             world_seeds = None  # no options: layouts stay as they are
-        self.batch.reset(range(self.num_envs), world_seeds)
-        self._returns[:] = 0.0
+        self._restart(range(self.num_envs), world_seeds)
         self._reset_seeds()
         self._reset_options()
         return self.batch.observe()
@@ -83,6 +100,12 @@ class TreeWorldSB3VecEnv(VecEnv):
         state = self.batch.state
         rewards = transition.reward.astype(np.float32)
         self._returns += rewards
+        goals = transition.goals
+        if goals is not None:
+            ended = goals.reached | goals.failed
+            self._spl[:, 0] += np.where(ended, goals.reached * goals.shortest
+                                        / np.maximum(np.maximum(goals.path, goals.shortest), 1e-12), 0.0)
+            self._spl[:, 1] += ended
         truncated = (state.steps >= self.max_episode_steps) & ~transition.terminated
         dones = transition.terminated | truncated
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
@@ -96,10 +119,25 @@ class TreeWorldSB3VecEnv(VecEnv):
                             "episode": {"r": float(self._returns[i]), "l": int(state.steps[i]), "t": elapsed},
                             "fruit_eaten": int(state.fruit_eaten[i]), "poison_eaten": int(state.poison_eaten[i])}
                 if self.config.task == "homing":
-                    infos[i].update(goals_reached=int(state.goals_reached[i]), goals_failed=int(state.goals_failed[i]))
-            self._returns[ended] = 0.0
-            self.batch.reset(ended)
+                    total, count = self._spl[i]
+                    infos[i].update(goals_reached=int(state.goals_reached[i]), goals_failed=int(state.goals_failed[i]),
+                                    spl=float(total / count) if count else float("nan"))
+            self._restart(ended)
         return self.batch.observe(), rewards, dones, infos
+
+    def _restart(self, rows, world_seeds=None) -> None:
+        """New episodes in ``rows``: layouts from ``world_seeds`` (one per row; None keeps the
+        stored one), except that with a ``world_seed_range`` every row whose layout ``set_options``
+        did not fix draws its seed from that range."""
+        rows = list(rows)
+        if self.world_seed_range is not None:
+            given = [None] * len(rows) if world_seeds is None else list(world_seeds)
+            world_seeds = [seed if seed is not None or self._fixed[i] else int(self.batch.rngs[i].integers(*self.world_seed_range))
+                           for i, seed in zip(rows, given)]
+            world_seeds = [self.batch.world_seeds[i] if seed is None else seed for i, seed in zip(rows, world_seeds)]
+        self.batch.reset(rows, world_seeds)
+        self._returns[rows] = 0.0
+        self._spl[rows] = 0.0
 
     def close(self) -> None:
         self._actions = None

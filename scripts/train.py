@@ -1,11 +1,28 @@
-"""Train the TEM agent's learned parts by self-supervision (the TEM VAE objective), on one process or many.
+"""Train agents: the TEM agent's learned parts by self-supervision (--algo tem, the TEM VAE
+objective, on one process or many), or a policy by reinforcement learning (--algo ppo, sac or
+recurrent_ppo: stable-baselines3 / sb3-contrib, optionally reading the TEM memory's features).
 
 Examples:
-    python scripts/train.py --updates 300 --out out/train                 # CPU, progress bar, TensorBoard
+    python scripts/train.py --updates 300 --out out/train                 # TEM VAE: CPU, progress bar, TensorBoard
     python scripts/train.py --updates 600 --out out/train --resume        # continue the same run exactly
     torchrun --nproc_per_node=2 scripts/train.py --walks 16 --out out/ddp  # data-parallel (gloo on CPU)
-    tensorboard --logdir out/train                                         # the curves
+    python scripts/train.py --algo ppo --task noisy --timesteps 1000000 --out out/ppo
+    python scripts/train.py --algo ppo --tem-features --tem-checkpoint out/train/checkpoint.pt --out out/ppo_tem
+    python scripts/train.py --algo recurrent_ppo --task homing --out out/lstm
+    tensorboard --logdir out                                               # the curves
 
+Reinforcement learning (treeworld.agents.rl): --envs worlds on the batched SB3 adapter with the
+task's rules (health costs on), episodes of --max-episode-steps, layouts drawn from the training
+split of world seeds (0 .. 8,999). With --tem-features a TEM agent (untrained, or the trained parts
+of --tem-checkpoint) runs inside the env wrapper and its memory readouts join the observations.
+Every --eval-steps environment steps the deterministic policy runs one episode on each of
+--eval-envs validation worlds (seeds 9,000 and up): eval/ figures in TensorBoard and metrics.jsonl.
+Writes in --out: policy.zip (+ policy.memory.pt with TEM features; every --checkpoint-steps and at
+the end; --resume continues from them), metrics.jsonl, TensorBoard events, learning.png. Run the
+policy with scripts/run.py --agent sb3:OUT/policy.zip, evaluate it with scripts/evaluate.py
+--agents sb3:OUT/policy.zip.
+
+Self-supervised training (--algo tem):
 What it does (treeworld.agents.training): each update rolls the behaviour policy through --walks
 worlds for --steps steps (layouts fixed per walk by a world seed drawn from the training split,
 0 .. 8,999) and takes a gradient step on minus the mean ELBO per step plus the displacement-variance
@@ -39,15 +56,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
 
-from treeworld.agents import evaluation, registry  # noqa: E402
+from treeworld.agents import evaluation, registry, rl  # noqa: E402
 from treeworld.agents.training import CHECKPOINT_FORMAT, TEMModel, collect, read_checkpoint, separation_auc  # noqa: E402
 from treeworld.config import WorldConfig, parse_overrides  # noqa: E402
 from treeworld.envs import TASKS  # noqa: E402
 
-#: World seeds: training 0 .. VALIDATION_SEED - 1, validation VALIDATION_SEED .. EVAL_SEED - 1.
-VALIDATION_SEED = 9_000
-ALGORITHMS = ("tem",)
-SENSES = ("forage", "noisy")
+ALGORITHMS = ("tem",) + rl.ALGORITHMS
+SENSES = ("forage", "noisy")  # the tasks --algo tem trains on; RL takes every task
 
 
 @dataclass
@@ -55,9 +70,9 @@ class TrainConfig:
     """Every field is a command-line option (``--name value``)."""
 
     algo: str = field(default="tem", metadata={"doc": f"training algorithm, one of {', '.join(ALGORITHMS)} "
-                                                      "(self-supervised TEM VAE)"})
-    task: str = field(default="noisy", metadata={"doc": "world senses: forage (clean) or noisy; health costs "
-                                                        "are off so walks last"})
+                                                      "(tem: self-supervised TEM VAE; the others RL)"})
+    task: str = field(default="noisy", metadata={"doc": f"task, one of {', '.join(TASKS)} (tem: forage or noisy, "
+                                                        "with health costs off so walks last)"})
     world: str = field(default="", metadata={"doc": "comma-separated world overrides key=value, e.g. "
                                                      "motion_gain=1.25,motion_rotation=0.1"})
     behaviour: str = field(default="forager", metadata={"doc": "behaviour policy (an agent name: random, forager, "
@@ -74,6 +89,17 @@ class TrainConfig:
                "an auxiliary after spacelearn, off by default, logged on its own as train/alignment)"})
     metric_rank: int = field(default=32, metadata={"doc": "rank of the learned percept pseudometric E"})
     memory_size: int = field(default=128, metadata={"doc": "newest sightings the model's memory keeps per walk"})
+    timesteps: int = field(default=1_000_000, metadata={"doc": "RL: environment steps in all (a resumed run "
+                                                                "continues to this)"})
+    envs: int = field(default=16, metadata={"doc": "RL: worlds stepped together"})
+    max_episode_steps: int = field(default=1000, metadata={"doc": "RL: episode time limit"})
+    tem_features: bool = field(default=False, metadata={"doc": "RL: add the TEM memory's features to the "
+                                                                "observations"})
+    tem_checkpoint: str = field(default="", metadata={"doc": "RL: the trained TEM parts for --tem-features "
+                                                             "(a --algo tem checkpoint.pt; default untrained)"})
+    eval_steps: int = field(default=100_000, metadata={"doc": "RL: environment steps between held-out evaluations"})
+    eval_envs: int = field(default=8, metadata={"doc": "RL: validation worlds per evaluation (one episode each)"})
+    checkpoint_steps: int = field(default=100_000, metadata={"doc": "RL: environment steps between checkpoints"})
     seed: int = field(default=0, metadata={"doc": "seed of data, noise and initialisation"})
     device: str = field(default="cpu", metadata={"doc": "torch device: cpu or cuda (NCCL under torchrun)"})
     eval_every: int = field(default=50, metadata={"doc": "updates between validation figures (0: never)"})
@@ -99,16 +125,32 @@ def parse(argv: list[str] | None = None) -> TrainConfig:
     problems = []
     if config.algo not in ALGORITHMS:
         problems.append(f"--algo: unknown algorithm {config.algo!r}; expected one of {', '.join(ALGORITHMS)}")
-    if config.task not in SENSES:
-        problems.append(f"--task: expected one of {', '.join(SENSES)}, got {config.task!r}")
+    tasks = SENSES if config.algo == "tem" else tuple(TASKS)
+    if config.task not in tasks:
+        problems.append(f"--task: expected one of {', '.join(tasks)}{' for --algo tem' * (config.algo == 'tem')}, "
+                        f"got {config.task!r}")
+    if config.algo == "tem" and (config.tem_features or config.tem_checkpoint):
+        problems.append("--tem-features, --tem-checkpoint: RL options; --algo tem trains the TEM parts themselves")
+    if config.tem_checkpoint and not config.tem_features:
+        problems.append("--tem-checkpoint: given without --tem-features")
+    for name in ("timesteps", "envs", "max_episode_steps", "eval_steps", "eval_envs", "checkpoint_steps"):
+        if getattr(config, name) < 1:
+            problems.append(f"--{name.replace('_', '-')}: expected an int >= 1, got {getattr(config, name)}")
     try:
         registry.parse(config.behaviour)
     except ValueError as e:
         problems.append(f"--behaviour: {e}")
     try:
-        world_config(config)
+        world = world_config(config)
     except (TypeError, ValueError) as e:
         problems.append(f"--world: {e}")
+    else:
+        if config.tem_features and config.task in tasks:
+            from treeworld.agents.memory_features import MemoryReader
+            try:
+                MemoryReader.for_config(world, 1, config.tem_checkpoint or None)
+            except ValueError as e:
+                problems.append(f"--tem-checkpoint: {e}")
     for name in ("updates", "walks", "steps", "reuse", "metric_rank", "memory_size", "eval_walks", "checkpoint_every"):
         if getattr(config, name) < 1:
             problems.append(f"--{name.replace('_', '-')}: expected an int >= 1, got {getattr(config, name)}")
@@ -129,18 +171,20 @@ def parse(argv: list[str] | None = None) -> TrainConfig:
 
 
 def world_config(config: TrainConfig) -> WorldConfig:
-    """The task's world with ``--world`` overrides and health costs off (walks last)."""
+    """The task's world with ``--world`` overrides; for --algo tem with health costs off (walks last)."""
     overrides = parse_overrides([pair for pair in config.world.split(",") if pair.strip()])
-    return WorldConfig(**{**TASKS.get(config.task, {}), **overrides, "living_cost": 0.0, "move_cost": 0.0})
+    if config.algo == "tem":
+        overrides.update(living_cost=0.0, move_cost=0.0)
+    return WorldConfig(**{**TASKS.get(config.task, {}), **overrides})
 
 
 def batch_seeds(config: TrainConfig, batch: int, validation: bool = False) -> tuple[list[int], int]:
     """World seeds (one per walk) and the first episode seed of collected batch ``batch``."""
     if validation:
         rng = np.random.default_rng([config.seed, 1])
-        return rng.integers(VALIDATION_SEED, evaluation.EVAL_SEED, config.eval_walks).tolist(), 10 ** 6
+        return rng.integers(evaluation.VALIDATION_SEED, evaluation.EVAL_SEED, config.eval_walks).tolist(), 10 ** 6
     rng = np.random.default_rng([config.seed, 0, batch])
-    return rng.integers(0, VALIDATION_SEED, config.walks).tolist(), (config.seed * 7919 + batch * config.walks) % 2 ** 31
+    return rng.integers(0, evaluation.VALIDATION_SEED, config.walks).tolist(), (config.seed * 7919 + batch * config.walks) % 2 ** 31
 
 
 def rollouts(config: TrainConfig, world_seeds: list[int], seed: int, rows: slice):
@@ -226,8 +270,140 @@ def plot(lines: list[dict], path: pathlib.Path) -> None:
     plt.close(figure)
 
 
+class Checkpoint:
+    """SB3 callback factory: every ``every`` environment steps, save the policy (and its memory
+    reader) to ``out`` through a temporary file."""
+
+    @staticmethod
+    def make(out: pathlib.Path, reader, every: int):
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        class _Checkpoint(BaseCallback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.next = every
+
+            def _init_callback(self) -> None:
+                self.next = (self.model.num_timesteps // every + 1) * every
+
+            def _on_step(self) -> bool:
+                if self.num_timesteps >= self.next:
+                    self.next += every
+                    save_policy(out, self.model, reader)
+                return True
+
+        return _Checkpoint()
+
+
+def save_policy(out: pathlib.Path, model, reader) -> None:
+    """policy.zip (+ policy.memory.pt, + SAC's replay_buffer.pkl), each written then renamed."""
+    from treeworld.agents.sb3_agent import reader_path
+
+    temporary = out / "policy.tmp.zip"
+    model.save(temporary)
+    temporary.replace(out / "policy.zip")
+    if reader is not None:
+        reader.save(out / "reader.tmp")
+        (out / "reader.tmp").replace(reader_path(out / "policy.zip"))
+    if hasattr(model, "replay_buffer"):
+        model.save_replay_buffer(out / "replay_buffer.tmp.pkl")
+        (out / "replay_buffer.tmp.pkl").replace(out / "replay_buffer.pkl")
+
+
+def plot_rl(lines: list[dict], path: pathlib.Path, task: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ("return", "fruit", "survived") + (("spl",) if task == "homing" else ())
+    figure, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5))
+    for axis, key in zip(axes, keys):
+        for group, style in (("train", "-"), ("validation", "o-")):
+            points = [(line["timesteps"], line[group][key]) for line in lines if group in line]
+            if points:
+                axis.plot(*zip(*points), style, label=f"{group} episodes")
+        axis.set(xlabel="environment steps", title=key)
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def train_rl(config: TrainConfig) -> dict:
+    """RL with stable-baselines3 (see the module docstring)."""
+    from treeworld.agents.memory_features import MemoryReader
+    from treeworld.agents.sb3_agent import load_policy, reader_path
+
+    torch.set_num_threads(1)
+    world = world_config(config)
+    out = pathlib.Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    reader = validation_reader = None
+    if config.tem_features:
+        reader = MemoryReader.for_config(world, config.envs, config.tem_checkpoint or None)
+        validation_reader = MemoryReader.for_config(world, config.eval_envs, config.tem_checkpoint or None)
+    env = rl.make_env(world, config.envs, config.seed, reader=reader, max_episode_steps=config.max_episode_steps)
+    validation_env = rl.make_env(world, config.eval_envs, 0, validation=True, reader=validation_reader,
+                                 max_episode_steps=config.max_episode_steps)
+    metrics_path = out / "metrics.jsonl"
+    lines: list[dict] = []
+    if config.resume:
+        try:
+            policy = load_policy(out / "policy.zip", env.observation_space if reader is None else
+                                 validation_env.venv.venv.observation_space, env.action_space, config.envs)
+        except ValueError as e:
+            print(f"train.py: error: --resume: {e}", file=sys.stderr)
+            raise SystemExit(2)
+        model = type(policy.model).load(out / "policy.zip", env=env, device="cpu", tensorboard_log=str(out))
+        if reader is not None:
+            reader.learn_from(policy.reader)
+        if (out / "replay_buffer.pkl").exists() and hasattr(model, "load_replay_buffer"):
+            model.load_replay_buffer(out / "replay_buffer.pkl")
+        if metrics_path.exists():
+            lines = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
+            lines = [line for line in lines if line["timesteps"] <= model.num_timesteps]
+    else:
+        model = rl.make_model(config.algo, env, config.seed, tensorboard_log=str(out))
+    metrics_path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    stats = rl.EpisodeStats()
+    seen = [0]  # training episodes already summarised
+
+    def sink(timesteps: int, validation: dict) -> None:
+        episodes = [figures for _, figures in stats.history[seen[0]:]]
+        seen[0] = len(stats.history)
+        line = {"timesteps": timesteps, "validation": validation}
+        if episodes:
+            line["train"] = rl.summary({key: [e[key] for e in episodes] for key in rl.EPISODE_FIGURES})
+            line["train"]["episodes"] = len(episodes)
+        lines.append(line)
+        with open(metrics_path, "a") as handle:
+            handle.write(json.dumps(line) + "\n")
+
+    prepare = (lambda: validation_reader.learn_from(reader)) if reader is not None else None
+    callbacks = [stats, rl.HeldOutEvaluation(validation_env, config.eval_steps, sink, prepare=prepare),
+                 Checkpoint.make(out, reader, config.checkpoint_steps)]
+    remaining = config.timesteps - model.num_timesteps
+    started = time.perf_counter()
+    if remaining > 0:
+        model.learn(remaining, callback=callbacks, progress_bar=True, reset_num_timesteps=not config.resume,
+                    tb_log_name=config.algo)
+    seconds = time.perf_counter() - started
+    save_policy(out, model, reader)
+    if lines:
+        plot_rl(lines, out / "learning.png", config.task)
+    result = {"timesteps": int(model.num_timesteps), "seconds": seconds,
+              "steps_per_second": remaining / seconds if remaining > 0 else None,
+              "final": lines[-1] if lines else None, "policy": str(out / "policy.zip"),
+              "reader": str(reader_path(out / "policy.zip")) if reader is not None else None}
+    print(json.dumps(result))
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     config = parse(argv)
+    if config.algo != "tem":
+        return train_rl(config)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         dist.init_process_group("nccl" if config.device.startswith("cuda") else "gloo")
