@@ -110,3 +110,48 @@ def test_resume_refuses_missing_foreign_shaped_and_corrupted_checkpoints(tmp_pat
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     done = train("--updates", "2", "--walks", "2", "--steps", "12", "--out", str(tmp_path), "--resume")
     assert done.returncode == 2 and "is not a readable checkpoint" in done.stderr, done.stderr
+
+
+RL_TINY = ["--envs", "2", "--max-episode-steps", "40", "--eval-steps", "512", "--eval-envs", "2",
+           "--checkpoint-steps", "512"]
+
+
+def test_an_rl_run_with_tem_features_trains_resumes_and_its_policy_runs(tmp_path):
+    done = train("--algo", "ppo", "--task", "homing", "--tem-features", "--timesteps", "1024", *RL_TINY,
+                 "--world", "explore_steps=10", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["timesteps"] == 1024 and result["reader"].endswith("policy.memory.pt")
+    assert [line["timesteps"] for line in metrics(tmp_path)] == [512, 1024]
+    assert {"fruit", "survived", "success", "spl"} <= set(metrics(tmp_path)[-1]["validation"])
+    assert list(tmp_path.glob("ppo_1/events.out.tfevents.*")) and (tmp_path / "learning.png").stat().st_size > 0
+    resumed = load_train_module().main(["--algo", "ppo", "--task", "homing", "--tem-features", "--timesteps", "2048",
+                                        *RL_TINY, "--world", "explore_steps=10", "--out", str(tmp_path), "--resume"])
+    assert resumed["timesteps"] == 2048
+    assert [line["timesteps"] for line in metrics(tmp_path)] == [512, 1024, 1536, 2048]
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), "--agent", f"sb3:{tmp_path / 'policy.zip'}",
+                          "--task", "homing", "--episodes", "1", "--max-steps", "20", "--set", "explore_steps=10"],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "SDL_VIDEODRIVER": "dummy"})
+    assert run.returncode == 0, run.stderr
+
+
+def test_rl_options_and_foreign_tem_checkpoints_are_named(tmp_path, capsys):
+    module = load_train_module()
+    from treeworld.agents.training import TEMModel
+
+    small = TEMModel(16, 4, 0.5, 0.9, 8)
+    optimizer = torch.optim.Adam(small.parameters())
+    module.save(tmp_path / "small.pt", small, optimizer, module.TrainConfig(), 1)
+    for argv, message in [
+        (["--algo", "ppo", "--task", "maze"], "--task: expected one of forage, noisy, homing, got 'maze'"),
+        (["--task", "homing"], "--task: expected one of forage, noisy for --algo tem, got 'homing'"),
+        (["--algo", "ppo", "--tem-checkpoint", "x.pt"], "--tem-checkpoint: given without --tem-features"),
+        (["--algo", "ppo", "--tem-features", "--tem-checkpoint", str(tmp_path / "none.pt")],
+         "--tem-checkpoint: checkpoint: no checkpoint at"),
+        (["--algo", "ppo", "--tem-features", "--tem-checkpoint", str(tmp_path / "small.pt")],
+         "does not fit this world: model: trained on 16-d percepts, the world's are 384-d"),
+        (["--algo", "sac", "--timesteps", "0"], "--timesteps: expected an int >= 1, got 0"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            module.parse(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err, argv
