@@ -26,7 +26,7 @@ import torch
 
 from reporting import emit_json
 
-SUITES = ("env", "fourier", "topography", "memory", "agent", "training")
+SUITES = ("env", "fourier", "topography", "memory", "agent", "training", "rl")
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -85,7 +85,7 @@ def plot(task: str, runs: dict[str, list[list[dict]]], path: pathlib.Path, times
         for (variant, data), color in zip(curves(runs, key).items(), ("C0", "C1", "C2")):
             if not data["timesteps"]:
                 continue
-            x, v = np.array(data["timesteps"]), data["values"]
+            x, v = np.array(data["timesteps"]) / 1000, data["values"]
             for row in v:
                 axis.plot(x, row, color=color, alpha=0.25, lw=0.8)
             stats = [mean_ci(v[:, i][~np.isnan(v[:, i])]) for i in range(v.shape[1])]
@@ -93,7 +93,7 @@ def plot(task: str, runs: dict[str, list[list[dict]]], path: pathlib.Path, times
             half = np.array([s["ci95"] or 0.0 for s in stats])
             axis.plot(x, mean, color=color, lw=2, label=f"{LABELS[variant]} ({v.shape[0]} seeds)")
             axis.fill_between(x, mean - half, mean + half, color=color, alpha=0.15)
-        axis.set(xlabel="environment steps", title=f"{task}: validation {key}")
+        axis.set(xlabel="environment steps (thousands)", title=f"{task}: validation {key}")
     axes[0].legend(fontsize=7)
     figure.suptitle(f"{task}: {timesteps:,} steps per run, mean and 95% interval over seeds", fontsize=9)
     figure.tight_layout()
