@@ -55,6 +55,7 @@ import treeworld  # noqa: E402,F401  (first: its OpenMP spin setting must preced
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
+from stable_baselines3.common.callbacks import BaseCallback  # noqa: E402
 
 from treeworld.agents import evaluation, registry, rl  # noqa: E402
 from treeworld.agents.training import CHECKPOINT_FORMAT, TEMModel, collect, read_checkpoint, separation_auc  # noqa: E402
@@ -270,29 +271,22 @@ def plot(lines: list[dict], path: pathlib.Path) -> None:
     plt.close(figure)
 
 
-class Checkpoint:
-    """SB3 callback factory: every ``every`` environment steps, save the policy (and its memory
-    reader) to ``out`` through a temporary file."""
+class PolicyCheckpoint(BaseCallback):
+    """Every ``every`` environment steps, :func:`save_policy` to ``out``."""
 
-    @staticmethod
-    def make(out: pathlib.Path, reader, every: int):
-        from stable_baselines3.common.callbacks import BaseCallback
+    def __init__(self, out: pathlib.Path, reader, every: int) -> None:
+        super().__init__()
+        self.out, self.reader, self.every = out, reader, every
+        self.next = every
 
-        class _Checkpoint(BaseCallback):
-            def __init__(self) -> None:
-                super().__init__()
-                self.next = every
+    def _init_callback(self) -> None:
+        self.next = (self.model.num_timesteps // self.every + 1) * self.every
 
-            def _init_callback(self) -> None:
-                self.next = (self.model.num_timesteps // every + 1) * every
-
-            def _on_step(self) -> bool:
-                if self.num_timesteps >= self.next:
-                    self.next += every
-                    save_policy(out, self.model, reader)
-                return True
-
-        return _Checkpoint()
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.next:
+            self.next += self.every
+            save_policy(self.out, self.model, self.reader)
+        return True
 
 
 def save_policy(out: pathlib.Path, model, reader) -> None:
@@ -350,8 +344,7 @@ def train_rl(config: TrainConfig) -> dict:
     lines: list[dict] = []
     if config.resume:
         try:
-            policy = load_policy(out / "policy.zip", env.observation_space if reader is None else
-                                 validation_env.venv.venv.observation_space, env.action_space, config.envs)
+            policy = load_policy(out / "policy.zip", env.unwrapped.observation_space, env.action_space, config.envs)
         except ValueError as e:
             print(f"train.py: error: --resume: {e}", file=sys.stderr)
             raise SystemExit(2)
@@ -382,7 +375,7 @@ def train_rl(config: TrainConfig) -> dict:
 
     prepare = (lambda: validation_reader.learn_from(reader)) if reader is not None else None
     callbacks = [stats, rl.HeldOutEvaluation(validation_env, config.eval_steps, sink, prepare=prepare),
-                 Checkpoint.make(out, reader, config.checkpoint_steps)]
+                 PolicyCheckpoint(out, reader, config.checkpoint_steps)]
     remaining = config.timesteps - model.num_timesteps
     started = time.perf_counter()
     if remaining > 0:

@@ -156,8 +156,7 @@ def test_a_tiny_training_saves_a_policy_that_acts_identically_after_loading(tmp_
     model.save(path)
     if tem:
         reader.save(reader_path(path))
-    raw_space = env.venv.venv.observation_space if tem else env.observation_space
-    loaded = load_policy(path, raw_space, env.action_space, 2)
+    loaded = load_policy(path, env.unwrapped.observation_space, env.action_space, 2)
     assert (loaded.reader is not None) == tem
     # a fresh env; the loaded policy reads the same raw observations and keeps its own memory
     fresh_reader = MemoryReader.for_config(config, 2) if tem else None
