@@ -29,11 +29,11 @@ ALGORITHMS = ("ppo", "sac", "recurrent_ppo")
 #: Per algorithm, the keyword arguments of its constructor (PPO's tuned on the raw forage task:
 #: 16 envs, 1,000-step episodes; RecurrentPPO shares them but for 4 epochs instead of 10, which cut
 #: its CPU time per step by 2.8x (its padded-sequence minibatches dominate), with an LSTM of 128 units).
+_PPO = dict(n_steps=512, batch_size=2048, n_epochs=10, gamma=0.995, gae_lambda=0.95, ent_coef=0.01,
+            learning_rate=3e-4, clip_range=0.2)
 HYPERPARAMETERS = {
-    "ppo": dict(n_steps=512, batch_size=2048, n_epochs=10, gamma=0.995, gae_lambda=0.95, ent_coef=0.01,
-                learning_rate=3e-4, clip_range=0.2),
-    "recurrent_ppo": dict(n_steps=512, batch_size=2048, n_epochs=4, gamma=0.995, gae_lambda=0.95, ent_coef=0.01,
-                          learning_rate=3e-4, clip_range=0.2),
+    "ppo": _PPO,
+    "recurrent_ppo": {**_PPO, "n_epochs": 4},
     "sac": dict(buffer_size=50_000, learning_starts=1_000, batch_size=256, gamma=0.995, train_freq=16,
                 gradient_steps=4, learning_rate=3e-4),
 }

@@ -132,12 +132,19 @@ class TreeWorldSB3VecEnv(VecEnv):
         rows = list(rows)
         if self.world_seed_range is not None:
             given = [None] * len(rows) if world_seeds is None else list(world_seeds)
-            world_seeds = [seed if seed is not None or self._fixed[i] else int(self.batch.rngs[i].integers(*self.world_seed_range))
-                           for i, seed in zip(rows, given)]
-            world_seeds = [self.batch.world_seeds[i] if seed is None else seed for i, seed in zip(rows, world_seeds)]
+            world_seeds = [self._layout_seed(i, seed) for i, seed in zip(rows, given)]
         self.batch.reset(rows, world_seeds)
         self._returns[rows] = 0.0
         self._spl[rows] = 0.0
+
+    def _layout_seed(self, row: int, seed: int | None) -> int:
+        """Row's next world seed under a ``world_seed_range``: ``seed`` when given, else the one
+        ``set_options`` fixed, else a draw from the range by the row's generator."""
+        if seed is not None:
+            return seed
+        if self._fixed[row]:
+            return self.batch.world_seeds[row]
+        return int(self.batch.rngs[row].integers(*self.world_seed_range))
 
     def close(self) -> None:
         self._actions = None

@@ -129,7 +129,7 @@ def test_the_wrapped_env_keeps_its_spaces_like_check_env():
             assert rewards.shape == (2,) and dones.shape == (2,) and len(infos) == 2
             for i in np.flatnonzero(dones):
                 assert space.contains(infos[i]["terminal_observation"])
-                figures = rl.episode_figures({**infos[i], "episode": infos[i]["episode"]})
+                figures = rl.episode_figures(infos[i])
                 assert figures["length"] == 15 and figures["survived"] == 1.0
                 assert (task == "homing") != math.isnan(figures["spl"]) or infos[i].get("goals_reached", 0) == 0
 
