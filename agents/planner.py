@@ -10,7 +10,9 @@ The rules (constants in :class:`PlannerConfig`):
 - Kinds. From a valence mean ``m`` in (-1, 1) and its std ``s``: *poisonous* when
   ``m < -poison_threshold`` and ``s <= known_std`` (never targeted, never eaten, whatever else
   holds); *edible* when ``m > 0`` and ``s <= known_std``; anything else is *unknown* (a first
-  bite is a risk of ``fruit_health``): allowed only when ``health >= risk_reserve * fruit_health``.
+  bite is a risk of ``fruit_health``): allowed only when ``health >= risk_reserve * fruit_health``
+  and ``m >= 0`` (a bite's expected health change is ``m * fruit_health``: where the readout leans
+  poisonous, even without certainty, it is not taken).
 - Expected fruit. The world regrows one fruit on every tree on a global clock (steps that are
   multiples of ``regrow_every``), so the fruit now of a tree seen with ``f`` at step ``t`` is
   ``min(max_fruit, f + floor(now / R) - floor(t / R))`` (exact when nobody ate it since).
@@ -25,8 +27,13 @@ The rules (constants in :class:`PlannerConfig`):
 - Hysteresis. The current target is kept unless another scores more than ``hysteresis`` times
   its score (or it no longer scores above 0).
 - Eating. Eat when the tree in sight is within ``eat_radius``, shows fruit, and is edible (or
-  unknown and the risk affordable); never when it is poisonous. Caveat: the world feeds on the
-  nearest tree in reach, which may be another tree than the one in sight (behind the agent).
+  unknown and the risk affordable); never when it is poisonous. The world feeds on the nearest
+  tree in reach, which may be another tree than the one in sight: a bite is also declined unless
+  every remembered tree the agent would not eat (a *hazard*: not edible and a valence mean below 0,
+  other than the one in sight) is believed at
+  least ``hazard_margin`` farther than the tree in sight, and a target tree with a hazard within
+  ``eat_radius + hazard_margin`` of it is approached to ``crowded_stop`` instead of
+  ``stop_fraction * eat_radius``.
 - Exploring. Head away from the density of given places (visited places, map units, remembered
   trees: repulsion ``sum (p - v) / |p - v| * exp(-|p - v| / explore_scale)``), bent inward over the
   last ``wall_margin`` before the arena wall, turning at most ``max_turn`` radians per step (plus
@@ -34,7 +41,8 @@ The rules (constants in :class:`PlannerConfig`):
   the clock, a full turn in place (``scan_turn`` per step): sight is a narrow cone, and a straight
   walk past trees 30 units to the side never sees them.
 - :meth:`Planner.act` combines them: a homing goal place (rows with ``goal_mask``) -> straight
-  there, stopping on it; else a target -> to it, slowing to stop ``stop_fraction * eat_radius``
+  there (or, with the goal tree in sight, straight at it along the heading), turning in place
+  there until the goal tree is in sight; else a target -> to it, slowing to stop ``stop_fraction * eat_radius``
   short; else explore. A target in sight (``sighted``, the slot the sight was recognised as, is
   the target) is approached straight along the heading, the freshest estimate of where it is
   (it is in the cone ahead), to ``stop_fraction * eat_radius``; a target not in sight once its
@@ -69,17 +77,20 @@ class PlannerConfig:
     arena_radius: float | None = 500.0  # disc arena radius (None: open plane, no wall bias)
     regrow_every: int = 100  # steps between the world's regrowth ticks (one fruit per tree)
     max_fruit: int = 5  # most fruit a tree carries
+    initial_fruit: float = 2.5  # expected fruit of a tree at the episode start (drawn uniformly in 0..max_fruit)
     fruit_health: float = 25.0  # health gained (edible) or lost (poison) per bite
     poison_threshold: float = 0.3  # valence mean below -this (with a known std) = believed poisonous
     known_std: float = 0.5  # valence std at or below this = the kind is known; above = unknown
     unknown_discount: float = 0.5  # value of an unknown kind's fruit, relative to a sure one
     risk_reserve: float = 4.0  # a first bite needs health >= risk_reserve * fruit_health (100)
     distance_offset: float = 20.0  # added to the distance: score = value / (distance + offset)
-    min_fruit: float = 2.0  # a tree is worth a trip with at least this much expected fruit ...
-    hungry_health: float = 500.0  # ... or with any, below this health (else explore: find more trees)
-    explore_until: int = 6  # while fewer trees worth eating are known, a sated trip needs max_fruit - 1
+    min_fruit: float = 3.0  # a tree is worth a trip with at least this much expected fruit ...
+    hungry_health: float = 200.0  # ... or with any, below this health (else explore: find more trees)
+    explore_until: int = 8  # while fewer trees worth eating are known, a sated trip needs max_fruit - 1
     hysteresis: float = 1.5  # switch targets only to one scoring > hysteresis * current score
     stop_fraction: float = 0.5  # stop this fraction of eat_radius short of a target tree
+    hazard_margin: float = 5.0  # a bite needs every hazard believed this much farther than the tree in sight
+    crowded_stop: float = 1.0  # stop this close to a target tree with a hazard near it (world units)
     nudge: float = 0.1  # step (world units) toward a target already within the stop distance
     explore_scale: float = 50.0  # length scale (world units) of the repulsion from known places
     wall_margin: float = 100.0  # start bending inward this far from the arena wall
@@ -102,10 +113,12 @@ class PlannerConfig:
                 checks.real(value, f.name, low=0.0, high=1.0)
             elif f.name in ("poison_threshold", "known_std"):
                 checks.real(value, f.name, low=0.0, high=1.0)
-            elif f.name in ("max_step", "eat_radius", "explore_scale", "max_turn", "scan_turn"):
+            elif f.name in ("max_step", "eat_radius", "explore_scale", "max_turn", "scan_turn", "crowded_stop"):
                 checks.positive(value, f.name)
             else:
                 checks.positive(value, f.name, strict=False)
+        if self.initial_fruit > self.max_fruit:
+            raise ValueError(f"initial_fruit: expected at most max_fruit={self.max_fruit}, got {self.initial_fruit}")
 
 
 class Plan(NamedTuple):
@@ -191,7 +204,7 @@ class Planner:
         known = valence_std <= c.known_std
         poisonous = known & (valence_mean < -c.poison_threshold)
         edible = known & (valence_mean > 0)
-        affordable = health >= c.risk_reserve * c.fruit_health
+        affordable = (health >= c.risk_reserve * c.fruit_health) & (valence_mean >= 0)
         risky = ~poisonous & ~edible & affordable
         return poisonous, edible, risky
 
@@ -261,10 +274,11 @@ class Planner:
 
     # ------------------------------------------------------------------------------------ eating
     def eat_decision(self, sight_valence_mean, sight_valence_std, sight_distance, fruit_in_sight,
-                     health) -> torch.Tensor:
+                     health, hazard_distance=None) -> torch.Tensor:
         """(B,) bool: eat now. The tree in sight (``sight_distance`` +inf when none) must be within
         ``eat_radius``, show fruit (``fruit_in_sight > 0``) and be edible, or unknown with the risk
-        affordable; a kind believed poisonous is never eaten."""
+        affordable; a kind believed poisonous is never eaten; the nearest hazard (``hazard_distance``
+        (B,), +inf or None for none) must be believed ``hazard_margin`` farther than the tree in sight."""
         checks.float_tensor(sight_valence_mean, "sight_valence_mean")
         if sight_valence_mean.ndim != 1:
             raise ValueError(f"sight_valence_mean: expected shape (B,), got {tuple(sight_valence_mean.shape)}")
@@ -286,7 +300,11 @@ class Planner:
             checks.finite_tensor(fruit_in_sight, "fruit_in_sight")
         health = _health(health, batch, mean)
         poisonous, edible, risky = self.kinds(mean, std, health)
-        return (distance <= self.config.eat_radius) & (fruit_in_sight.to(mean.device) > 0) & ~poisonous & (edible | risky)
+        eat = (distance <= self.config.eat_radius) & (fruit_in_sight.to(mean.device) > 0) & ~poisonous & (edible | risky)
+        if hazard_distance is not None:
+            hazard = _float(hazard_distance, "hazard_distance", (batch,), allow_inf=True).double().to(mean.device)
+            eat &= hazard - distance >= self.config.hazard_margin
+        return eat
 
     # --------------------------------------------------------------------------------- exploring
     def explore_direction(self, position, places, heading, places_mask: torch.Tensor | None = None,
@@ -344,14 +362,15 @@ class Planner:
             tree_positions=None, valid=None, valence_mean=None, valence_std=None, fruit_estimate=None,
             last_seen=None, current=None,
             sight_valence_mean=None, sight_valence_std=None, sight_distance=None, fruit_in_sight=None,
-            sighted=None, goal=None, goal_mask=None, places=None, places_mask=None,
+            sighted=None, goal=None, goal_mask=None, goal_sighted=None, places=None, places_mask=None,
             generator: torch.Generator | None = None) -> Plan:
         """One step for B agents: homing goal -> go there; else target tree -> go to it; else explore.
 
         Remembered trees (``tree_positions`` ... ``last_seen``) may be omitted together (no trees
         known), as may the sight arguments (nothing in sight; ``sighted`` (B,) int64 is the
         remembered tree the sight was recognised as, -1 for none), ``goal``/``goal_mask`` (no homing:
-        ``goal`` (B, 2), ``goal_mask`` (B,) bool, rows with a goal place) and ``places`` (nothing
+        ``goal`` (B, 2), ``goal_mask`` (B,) bool, rows with a goal place; ``goal_sighted`` (B,) bool,
+        the tree in sight is the goal's) and ``places`` (nothing
         to explore away from: the remembered trees are used if given)."""
         batch = _batch(position)
         heading = _float(heading, "heading", (batch, 2))
@@ -368,6 +387,8 @@ class Planner:
             target = self.choose_targets(position, tree_positions, valid, valence_mean, valence_std,
                                          fruit_estimate, last_seen, now, health_t, current)
             tree_xy = tree_positions.double()
+            poisonous, edible, _ = self.kinds(valence_mean.double(), valence_std.double(), health_t[:, None])
+            hazard = valid & ~edible & (poisonous | (valence_mean < 0))  # (B, M) trees it would not eat
         homing = torch.zeros(batch, dtype=torch.bool, device=device)
         if goal is not None or goal_mask is not None:
             goal = _float(goal, "goal", (batch, 2)).double()
@@ -391,7 +412,12 @@ class Planner:
         if tree_xy is not None:
             aim = tree_xy.gather(1, target.clamp_min(0)[:, None, None].expand(batch, 1, 2))[:, 0]
             towards, dist = _unit(aim - p)
-            stop = c.stop_fraction * c.eat_radius
+            rows = torch.arange(batch, device=device)
+            apart = (tree_xy - aim[:, None]).norm(dim=-1)  # (B, M) from the target
+            near = hazard & (apart <= c.eat_radius + c.hazard_margin)
+            if near.shape[1]:
+                near[rows, target.clamp_min(0)] = False
+            stop = torch.where(near.any(1), c.crowded_stop, c.stop_fraction * c.eat_radius)
             go = target >= 0
             step = (dist - stop).clamp(0.0, c.max_step)
             move = torch.where(go[:, None], towards * step[:, None], move)
@@ -403,6 +429,8 @@ class Planner:
                 seen_at = _float(sight_distance, "sight_distance", (batch,), allow_inf=True).double()
                 seen = go & (sighted == target) & torch.isfinite(seen_at)
                 reach = (seen_at - stop).clamp(0.0, c.max_step).nan_to_num(0.0, 0.0, 0.0)
+                if hazard.shape[1]:
+                    hazard[rows, sighted.clamp_min(0)] &= sighted < 0  # the tree in sight is not its own hazard
                 ahead = _unit(heading.double())[0] * reach[:, None]
                 move = torch.where(seen[:, None], ahead, move)
                 # arrived, target not in sight: turn in place to look for it
@@ -412,12 +440,24 @@ class Planner:
         # homing
         if bool(homing.any()):
             towards, dist = _unit(goal - p)
-            step = dist.clamp(max=c.max_step)
-            move = torch.where(homing[:, None], towards * step[:, None], move)
+            home = towards * dist.clamp(max=c.max_step)[:, None]
+            if goal_sighted is not None:  # the goal tree in sight: straight at it along the heading
+                at = _float(sight_distance, "sight_distance", (batch,), allow_inf=True).double()
+                seen_goal = _bool(goal_sighted, "goal_sighted", (batch,)) & torch.isfinite(at)
+                reach = (at - c.stop_fraction * c.eat_radius).clamp(0.0, c.max_step).nan_to_num(0.0, 0.0, 0.0)
+                home = torch.where(seen_goal[:, None], _unit(heading.double())[0] * reach[:, None], home)
+                # at the remembered place with the goal tree not in sight: turn in place to find it
+                home = torch.where((~seen_goal & (dist <= c.max_step / 2))[:, None], turning, home)
+            move = torch.where(homing[:, None], home, move)
             mode = torch.where(homing, HOMING, mode)
         # eating
         if sight_valence_mean is not None:
-            eat = self.eat_decision(sight_valence_mean, sight_valence_std, sight_distance, fruit_in_sight, health_t)
+            hazard_distance = None
+            if tree_xy is not None:
+                mine = (tree_xy - p[:, None]).norm(dim=-1)
+                hazard_distance = torch.where(hazard, mine, math.inf).min(1).values if tree_xy.shape[1] else None
+            eat = self.eat_decision(sight_valence_mean, sight_valence_std, sight_distance, fruit_in_sight, health_t,
+                                    hazard_distance)
         else:
             eat = torch.zeros(batch, dtype=torch.bool, device=device)
         moved = move.norm(dim=-1, keepdim=True)

@@ -18,7 +18,8 @@ vocabulary):
    (``SpatialMemory.consolidate`` over a shared ``Topography``); the map units' decoded places are
    extra places the explorer moves away from.
 5. Homing: where ``obs["goal"]`` is non-zero, ``recall_location(goal, 1)`` gives the remembered
-   place with the most similar look; its decoded position is the planner's goal.
+   place with the most similar look; its decoded position is the planner's goal, and a sight
+   recognised as that slot is the goal tree in sight (approached along the heading).
 6. ``Planner.act`` on the remembered trees (positions decoded from their codes, kept per slot by
    the ``LandmarkMap``; valence from the readout on their stored percepts, cached per slot and
    refreshed for changed slots every step and for all after the readout learned, at most every
@@ -80,6 +81,7 @@ class Perception(NamedTuple):
     goal: torch.Tensor | None  # (B, 2) the homing goal's recalled place (None: no goal in any row)
     goal_mask: torch.Tensor | None  # (B,) bool, rows with a recalled goal
     goal_confidence: torch.Tensor  # (B,) float64 the recall's weight in [0, 1] (0: no goal)
+    goal_slot: torch.Tensor  # (B,) long, the memory slot the goal was recalled from (-1: no goal)
 
 
 def _percept_metric(P: int, rank: int | None) -> PseudoMetric:
@@ -114,7 +116,7 @@ class TEMAgent(nn.Module):
     """
 
     def __init__(self, num_agents: int = 1, *, percept_dim: int = 384, capacity: int = 256,
-                 place_radius: float = 20.0, percept_radius: float = 0.7, percept_rank: int | None = None,
+                 place_radius: float = 20.0, percept_radius: float = 0.9, percept_rank: int | None = None,
                  motion_noise: float = 0.5,
                  motion_gain: float = 1.0, learned_pi: bool = False, sight_range: float = 100.0,
                  cone_cos: float = 0.9, max_health: float = 1000.0, fruit_health: float = 25.0,
@@ -210,7 +212,7 @@ class TEMAgent(nn.Module):
         (B, C, 2), valid slots (B, C) bool, the fruit estimate at the last sight (B, C) float64 (1 when
         stored, 0 when marked bare), the step of that estimate (B, C) long and the fruit expected
         now with the world's regrowth since (B, C) float64."""
-        fruit = torch.nan_to_num(self.landmarks.fruit.double(), nan=1.0).clamp_min(0.0)
+        fruit = torch.nan_to_num(self.landmarks.fruit.double(), nan=self.planner.config.initial_fruit).clamp_min(0.0)
         last_seen = self.fruit_since.clamp(max=self.steps[:, None])
         expected = self.planner.expected_fruit(fruit, last_seen, self.steps[:, None])
         return self.landmarks.position.float(), self.memory.valid.clone(), fruit, last_seen, expected
@@ -338,7 +340,7 @@ class TEMAgent(nn.Module):
             self._mark_bare(mark, sighted)
         written = result["written"]
         new = (written >= 0) & (self.memory.counts[rows, written.clamp_min(0)] == 1)
-        self.fruit_since[rows[new], written[new]] = self.steps[new]
+        self.fruit_since[rows[new], written[new]] = 0  # never eaten from: the episode start's fruit, regrown since
         self._sync_belief_out()
 
         # 4. consolidation into the map layer
@@ -359,20 +361,22 @@ class TEMAgent(nn.Module):
         # 5. homing goal
         goal = goal_mask = None
         goal_confidence = torch.zeros(B, dtype=torch.float64)
+        goal_slot = torch.full((B,), -1, dtype=torch.long)
         self.goal_position.fill_(math.nan)
         if "goal" in arrays:
             goal_percept = as_t("goal")
             wants = goal_percept.abs().sum(-1) > 0
             if bool(wants.any()) and bool(self.memory.valid.any()):
-                codes, weights = self.memory.recall_location(goal_percept, 1)  # (B, 1, L), (B, 1)
+                codes, weights, slots = self.memory.recall_location(goal_percept, 1, return_slots=True)  # (B, 1, ...)
                 goal = torch.nan_to_num(self.metric.decode(codes[:, 0])[1], nan=0.0, posinf=0.0, neginf=0.0)
                 goal_mask = wants & (weights[:, 0] > 0)
                 goal_confidence = torch.where(goal_mask, weights[:, 0].double(), 0.0)
+                goal_slot = torch.where(goal_mask, slots[:, 0], -1)
                 self.goal_position.copy_(torch.where(goal_mask[:, None], goal, torch.full_like(goal, math.nan)))
 
         return Perception(sight=sight, seen=seen, distance=distance, health=health, sight_valence=sight_mean,
                           sight_valence_std=sight_std, sighted=sighted, goal=goal, goal_mask=goal_mask,
-                          goal_confidence=goal_confidence, heading=obs_heading)
+                          goal_confidence=goal_confidence, goal_slot=goal_slot, heading=obs_heading)
 
     @torch.no_grad()
     def finish_step(self, perception: Perception, eat: torch.Tensor) -> None:
@@ -414,6 +418,7 @@ class TEMAgent(nn.Module):
             sight_distance=torch.where(seen, distance.double() * c["sight_range"],
                                        torch.full((B,), math.inf, dtype=torch.float64)).float(),
             fruit_in_sight=in_sight.float(), sighted=torch.where(seen, sighted, -1), goal=goal, goal_mask=goal_mask,
+            goal_sighted=seen & (sighted >= 0) & (sighted == p.goal_slot),
             places=places, places_mask=places_mask, generator=self.generator)
         action = plan.action.clone()
         eat = (action[:, 2] > 0) & seen

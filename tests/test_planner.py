@@ -79,10 +79,11 @@ def test_picks_best_expected_fruit_per_distance_among_edible_trees():
 
 def test_a_sated_agent_skips_trees_with_less_than_min_fruit():
     planner = Planner(PlannerConfig(explore_until=2))
-    mem = memory([(0, 15), (300, 0)], [1, 2], [EDIBLE] * 2)
+    less, enough = CONFIG.min_fruit - 1, CONFIG.min_fruit
+    mem = memory([(0, 15), (300, 0)], [less, enough], [EDIBLE] * 2)
     assert planner.choose_targets(torch.zeros(1, 2), **mem, now=0, health=SATED).item() == 1
     assert planner.choose_targets(torch.zeros(1, 2), **mem, now=0, health=HUNGRY).item() == 0
-    mem = memory([(0, 15), (300, 0)], [1, 1], [EDIBLE] * 2)
+    mem = memory([(0, 15), (300, 0)], [less, less], [EDIBLE] * 2)
     assert planner.choose_targets(torch.zeros(1, 2), **mem, now=0, health=SATED).item() == -1  # explore
 
 
@@ -129,7 +130,8 @@ def test_never_targets_or_eats_a_kind_believed_poisonous():
 
 def test_unknown_kinds_are_tried_only_when_health_affords_the_risk():
     planner = Planner()
-    mem = memory([(50, 0)], [3], [UNKNOWN])
+    full = CONFIG.max_fruit
+    mem = memory([(50, 0)], [full], [UNKNOWN])
     sight = dict(sight_valence_mean=torch.tensor([0.0]), sight_valence_std=torch.tensor([0.8]),
                  sight_distance=torch.tensor([6.0]), fruit_in_sight=torch.tensor([3.0]))
     low, high = 2 * CONFIG.fruit_health, 10 * CONFIG.fruit_health
@@ -140,8 +142,15 @@ def test_unknown_kinds_are_tried_only_when_health_affords_the_risk():
     # a known edible tree is eaten at any health; an unknown one is worth less than a sure one
     assert planner.eat_decision(torch.tensor([0.9]), torch.tensor([0.1]), torch.tensor([6.0]),
                                 torch.tensor([1]), health=1.0).item()
-    mem = memory([(50, 0), (70, 0)], [3, 3], [UNKNOWN, EDIBLE])
+    mem = memory([(50, 0), (70, 0)], [full, full], [UNKNOWN, EDIBLE])
     assert planner.choose_targets(torch.zeros(1, 2), **mem, now=0, health=high).item() == 1
+    # a bite's expected health change is mean * fruit_health: an unknown kind the readout leans
+    # poisonous on (mean < 0, not yet below -poison_threshold) is neither tried nor targeted
+    leaning = (-0.1, 0.8)
+    assert not planner.eat_decision(torch.tensor([leaning[0]]), torch.tensor([leaning[1]]), torch.tensor([6.0]),
+                                    torch.tensor([3.0]), health=high).item()
+    mem = memory([(50, 0)], [full], [leaning])
+    assert planner.choose_targets(torch.zeros(1, 2), **mem, now=0, health=high).item() == -1
 
 
 def test_hysteresis_keeps_the_target_against_a_marginally_better_one():
@@ -206,6 +215,37 @@ def test_a_target_in_sight_is_approached_straight_along_the_heading():
     plan = planner.act(torch.zeros(1, 2), heading, HUNGRY, 0, **mem, current=torch.tensor([0]),
                        **sight_args(0, 7.0))  # in reach: stop short, eat
     torch.testing.assert_close(plan.action[0], torch.tensor([0.0, 2.0 / CONFIG.max_step, 1.0]))
+
+
+
+def test_a_bite_is_declined_where_a_tree_it_would_not_eat_may_be_the_nearest_in_reach():
+    # the world feeds on the nearest tree in reach: a remembered poisonous tree believed at 7 units
+    # while the edible tree in sight is at 6 would likely be the one eaten
+    planner = Planner()
+    eat = dict(sight_valence_mean=torch.tensor([0.9]), sight_valence_std=torch.tensor([0.1]),
+               sight_distance=torch.tensor([6.0]), fruit_in_sight=torch.tensor([3.0]), health=SATED)
+    assert planner.eat_decision(**eat).item()
+    assert planner.eat_decision(**eat, hazard_distance=torch.tensor([math.inf])).item()
+    assert not planner.eat_decision(**eat, hazard_distance=torch.tensor([7.0])).item()
+    assert planner.eat_decision(**eat, hazard_distance=torch.tensor([6.0 + CONFIG.hazard_margin])).item()
+    # in act: the hazard is any remembered tree it would not eat, never the tree in sight itself
+    for neighbour, eats in ((POISON, False), ((-0.1, 0.8), False), (EDIBLE, True), (UNKNOWN, True)):
+        mem = memory([(0, 6), (3, 4)], [3, 3], [EDIBLE, neighbour])
+        plan = planner.act(torch.zeros(1, 2), torch.tensor([[0.0, 1.0]]), SATED, 0, **mem,
+                           current=torch.tensor([0]), **sight_args(0, 6.0))
+        assert bool(plan.action[0, 2] > 0) == eats, neighbour
+
+
+def test_a_target_with_a_hazard_next_to_it_is_approached_to_crowded_stop():
+    planner = Planner()
+    heading = torch.tensor([[0.0, 1.0]])
+    for neighbour, stop in ((POISON, CONFIG.crowded_stop), (EDIBLE, CONFIG.stop_fraction * CONFIG.eat_radius)):
+        mem = memory([(0, 40), (8, 40)], [3, 3], [EDIBLE, neighbour])
+        position = torch.zeros(1, 2)
+        for _ in range(20):
+            plan = planner.act(position, heading, HUNGRY, 0, **mem, current=torch.tensor([0]))
+            position = position + plan.action[:, :2] * CONFIG.max_step
+        assert (torch.tensor([[0.0, 40.0]]) - position).norm().item() == pytest.approx(stop, abs=1e-4)
 
 
 # --------------------------------------------------------------------------------- exploring
@@ -281,6 +321,27 @@ def test_homing_goes_straight_to_the_goal_place():
     assert step + 1 <= math.ceil(distance / CONFIG.max_step) + 2
 
 
+def test_homing_turns_at_the_goal_place_to_find_the_goal_tree_then_walks_at_it():
+    planner = Planner()
+    goal, mask = torch.tensor([[0.0, 0.0]]), torch.tensor([True])
+    heading = torch.tensor([[1.0, 0.0]])
+    unseen = dict(sight_valence_mean=torch.tensor([0.0]), sight_valence_std=torch.tensor([0.8]),
+                  sight_distance=torch.tensor([math.inf]), fruit_in_sight=torch.tensor([0.0]))
+    # at the remembered place, the goal tree not in sight: turn in place (not stand still)
+    plan = planner.act(torch.zeros(1, 2), heading, 500.0, 600, goal=goal, goal_mask=mask,
+                       goal_sighted=torch.tensor([False]), **unseen)
+    assert plan.mode.item() == HOMING
+    assert (plan.action[0, :2] * CONFIG.max_step).norm().item() == pytest.approx(CONFIG.nudge, rel=1e-5)
+    angle = math.atan2(plan.heading[0, 1], plan.heading[0, 0])
+    assert angle == pytest.approx(CONFIG.scan_turn, rel=1e-5)
+    # the goal tree in sight 25 units ahead, though remembered elsewhere: straight at it
+    plan = planner.act(torch.zeros(1, 2), plan.heading, 500.0, 601, goal=torch.tensor([[-30.0, 5.0]]),
+                       goal_mask=mask, goal_sighted=torch.tensor([True]),
+                       **{**unseen, "sight_distance": torch.tensor([25.0])})
+    torch.testing.assert_close(plan.action[0, :2], plan.heading[0] * 1.0)
+    assert math.atan2(plan.heading[0, 1], plan.heading[0, 0]) == pytest.approx(angle, rel=1e-5)
+
+
 # ---------------------------------------------------------------------------- batch, inputs
 def _scenario(B, seed):
     gen = torch.Generator().manual_seed(seed)
@@ -346,5 +407,7 @@ def test_bad_inputs_raise_value_error_naming_the_argument():
         expected_fruit(torch.zeros(1, 1), 0, 1, regrow_every=0)
     with pytest.raises(ValueError, match="^hysteresis"):
         PlannerConfig(hysteresis=0.5)
+    with pytest.raises(ValueError, match="^initial_fruit"):
+        PlannerConfig(initial_fruit=6.0)
     with pytest.raises(TypeError, match="^valid"):
         planner.act(**{**args, "valid": torch.ones(3, 7)})

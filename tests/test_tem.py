@@ -224,3 +224,19 @@ def test_a_tree_not_found_at_its_remembered_place_is_given_up_after_one_full_sca
     assert targets[0] == 0 and max(scans) >= 8  # went there and turned a full circle
     assert float(agent.landmarks.fruit[0, 0]) == 0.0  # given up: counted bare ...
     assert targets[-1] == -1  # ... so the agent moved on
+
+
+def test_a_tree_first_seen_is_expected_to_carry_the_episode_start_fruit_plus_the_regrowth_since():
+    # never eaten from, a tree seen first at step t carries its start-of-episode fruit (uniform in
+    # 0..max_fruit: initial_fruit on average) plus every regrowth tick since the episode began
+    rng = np.random.default_rng(7)
+    agent = TEMAgent(1)
+    agent.reset(seed=0)
+    config = agent.planner.config
+    for step in range(2 * config.regrow_every + 10):
+        seen = step == 2 * config.regrow_every + 5
+        agent.act(_obs(1, rng, _percept(rng)[None] if seen else None, 0.5 if seen else 0.0))
+    _, valid, fruit, last_seen, expected = agent.remembered_trees()
+    slot = int(valid[0].nonzero()[0, 0])
+    assert int(valid.sum()) == 1 and float(fruit[0, slot]) == config.initial_fruit and int(last_seen[0, slot]) == 0
+    assert float(expected[0, slot]) == min(config.max_fruit, config.initial_fruit + 2)
