@@ -116,7 +116,7 @@ class TEMAgent(nn.Module):
     """
 
     def __init__(self, num_agents: int = 1, *, percept_dim: int = 384, capacity: int = 256,
-                 place_radius: float = 20.0, percept_radius: float = 0.9, percept_rank: int | None = None,
+                 place_radius: float = 20.0, percept_radius: float = 0.7, percept_rank: int | None = None,
                  motion_noise: float = 0.5,
                  motion_gain: float = 1.0, learned_pi: bool = False, sight_range: float = 100.0,
                  cone_cos: float = 0.9, max_health: float = 1000.0, fruit_health: float = 25.0,
