@@ -189,6 +189,13 @@ def _unit(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return v / norm.clamp_min(_EPS), norm[..., 0]
 
 
+def _ahead(heading: torch.Tensor, distance: torch.Tensor, stop: Any, max_step: float) -> torch.Tensor:
+    """(B, 2) float64 step along ``heading`` (B, 2) towards a tree seen ``distance`` (B,) ahead, stopping
+    ``stop`` (a number or (B,)) short of it; no step where nothing is seen (distance +inf)."""
+    reach = (distance - stop).clamp(0.0, max_step).nan_to_num(0.0, 0.0, 0.0)
+    return _unit(heading.double())[0] * reach[:, None]
+
+
 # -------------------------------------------------------------------------------------- planner
 class Planner:
     """The planner of a TEM agent (stateless: state goes in and comes back in :class:`Plan`)."""
@@ -387,8 +394,8 @@ class Planner:
             target = self.choose_targets(position, tree_positions, valid, valence_mean, valence_std,
                                          fruit_estimate, last_seen, now, health_t, current)
             tree_xy = tree_positions.double()
-            poisonous, edible, _ = self.kinds(valence_mean.double(), valence_std.double(), health_t[:, None])
-            hazard = valid & ~edible & (poisonous | (valence_mean < 0))  # (B, M) trees it would not eat
+            _, edible, _ = self.kinds(valence_mean.double(), valence_std.double(), health_t[:, None])
+            hazard = valid & ~edible & (valence_mean < 0)  # (B, M) trees it would not eat (poisonous ones included)
         homing = torch.zeros(batch, dtype=torch.bool, device=device)
         if goal is not None or goal_mask is not None:
             goal = _float(goal, "goal", (batch, 2)).double()
@@ -428,11 +435,7 @@ class Planner:
                     raise ValueError("sighted: needs sight_distance")
                 seen_at = _float(sight_distance, "sight_distance", (batch,), allow_inf=True).double()
                 seen = go & (sighted == target) & torch.isfinite(seen_at)
-                reach = (seen_at - stop).clamp(0.0, c.max_step).nan_to_num(0.0, 0.0, 0.0)
-                if hazard.shape[1]:
-                    hazard[rows, sighted.clamp_min(0)] &= sighted < 0  # the tree in sight is not its own hazard
-                ahead = _unit(heading.double())[0] * reach[:, None]
-                move = torch.where(seen[:, None], ahead, move)
+                move = torch.where(seen[:, None], _ahead(heading, seen_at, stop, c.max_step), move)
                 # arrived, target not in sight: turn in place to look for it
                 scan = go & ~seen & (dist <= stop + c.max_step / 2)  # (a tolerance: the float tail of the approach)
                 move = torch.where(scan[:, None], turning, move)
@@ -444,8 +447,7 @@ class Planner:
             if goal_sighted is not None:  # the goal tree in sight: straight at it along the heading
                 at = _float(sight_distance, "sight_distance", (batch,), allow_inf=True).double()
                 seen_goal = _bool(goal_sighted, "goal_sighted", (batch,)) & torch.isfinite(at)
-                reach = (at - c.stop_fraction * c.eat_radius).clamp(0.0, c.max_step).nan_to_num(0.0, 0.0, 0.0)
-                home = torch.where(seen_goal[:, None], _unit(heading.double())[0] * reach[:, None], home)
+                home = torch.where(seen_goal[:, None], _ahead(heading, at, c.stop_fraction * c.eat_radius, c.max_step), home)
                 # at the remembered place with the goal tree not in sight: turn in place to find it
                 home = torch.where((~seen_goal & (dist <= c.max_step / 2))[:, None], turning, home)
             move = torch.where(homing[:, None], home, move)
@@ -453,9 +455,11 @@ class Planner:
         # eating
         if sight_valence_mean is not None:
             hazard_distance = None
-            if tree_xy is not None:
+            if tree_xy is not None and tree_xy.shape[1]:
+                if sighted is not None:  # the tree in sight is not its own hazard
+                    hazard[torch.arange(batch, device=device), sighted.clamp_min(0)] &= sighted < 0
                 mine = (tree_xy - p[:, None]).norm(dim=-1)
-                hazard_distance = torch.where(hazard, mine, math.inf).min(1).values if tree_xy.shape[1] else None
+                hazard_distance = torch.where(hazard, mine, math.inf).min(1).values
             eat = self.eat_decision(sight_valence_mean, sight_valence_std, sight_distance, fruit_in_sight, health_t,
                                     hazard_distance)
         else:

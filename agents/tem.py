@@ -23,7 +23,8 @@ vocabulary):
 6. ``Planner.act`` on the remembered trees (positions decoded from their codes, kept per slot by
    the ``LandmarkMap``; valence from the readout on their stored percepts, cached per slot and
    refreshed for changed slots every step and for all after the readout learned, at most every
-   ``valence_every`` steps; fruit: 1 when stored, 0 when marked bare, plus the world's regrowth
+   ``valence_every`` steps; fruit: ``initial_fruit`` from the episode start when stored (never eaten
+   from), 0 from the step it was marked bare, plus the world's regrowth
    ticks since) -> actions and eat flags.
 7. Targets that disappoint: a full scan at a remembered tree's place that does not see it, or a
    target in sight and in reach that the eat rule declines (its look says no fruit, or not edible),
@@ -161,7 +162,7 @@ class TEMAgent(nn.Module):
         self.register_buffer("heading", torch.zeros(B, 2))
         self.register_buffer("target", torch.full((B,), -1, dtype=torch.long))
         self.register_buffer("scan_steps", torch.zeros(B, dtype=torch.long))  # consecutive scanning steps
-        # step of each slot's fruit estimate (stored: 1 fruit; marked bare: 0), for the regrowth count
+        # step of each slot's fruit estimate (stored: 0, the episode start; marked bare: that step), for the regrowth count
         self.register_buffer("fruit_since", torch.zeros(B, c["capacity"], dtype=torch.long))
         self.register_buffer("previous_health", torch.full((B,), math.nan))
         self.register_buffer("ate", torch.zeros(B, dtype=torch.bool))
@@ -209,8 +210,8 @@ class TEMAgent(nn.Module):
     @torch.no_grad()
     def remembered_trees(self) -> tuple[torch.Tensor, ...]:
         """What the agent knows of its remembered trees now (C slots per row): believed places
-        (B, C, 2), valid slots (B, C) bool, the fruit estimate at the last sight (B, C) float64 (1 when
-        stored, 0 when marked bare), the step of that estimate (B, C) long and the fruit expected
+        (B, C, 2), valid slots (B, C) bool, the fruit estimate (B, C) float64 (``initial_fruit``
+        when stored, 0 when marked bare), the step of that estimate (B, C) long and the fruit expected
         now with the world's regrowth since (B, C) float64."""
         fruit = torch.nan_to_num(self.landmarks.fruit.double(), nan=self.planner.config.initial_fruit).clamp_min(0.0)
         last_seen = self.fruit_since.clamp(max=self.steps[:, None])
