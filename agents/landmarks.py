@@ -12,9 +12,25 @@ sees a tree:
    that prediction, ``nu = FourierMetric.displacement(belief.code, m (-) o)`` (world units, exact
    within the metric's ``scale``). A proposal is consistent when ``nu^T S^-1 nu <= chi2_gate``
    (9.21: the 99% point of chi-square with 2 dof); the most consistent one (smallest statistic)
-   is fused in a Kalman update in displacement space: ``code <- code (+) K nu``, ``K = D S^-1``,
-   ``variance <- variance - D^2 tr(S^-1) / 2`` (below for ``D`` and ``S``). A look-alike tree far
-   from where the belief puts the agent fails the gate and leaves the belief untouched.
+   is fused in displacement space, ``code <- code (+) K nu``, by one of two rules (``fusion``):
+   ``"intersection"`` (the default) or ``"kalman"`` (both below). A look-alike tree far from where
+   the belief puts the agent fails the gate and leaves the belief untouched.
+
+Fusion. Every landmark is mapped from the belief of its time, so the errors of landmarks mapped
+along one stretch of walk are correlated with each other and with the belief; keeping those
+correlations is full EKF-SLAM (a ``(2C + 2)^2`` covariance per agent, too big for thousands of
+batched agents). ``"kalman"`` keeps only each landmark's correlation with the current belief
+(``shared``, below) and takes landmarks as independent of each other: on the TEM agent's walks
+(noisy task, 32 validation worlds) its belief error exceeded 3 reported stds in 42-72% of the
+steps (1.1% for a calibrated Gaussian). ``"intersection"`` fuses by covariance intersection
+(:func:`covariance_intersection`, consistent whatever the correlation): the belief takes
+``C = (w P^-1 + (1 - w) R^-1)^-1`` with ``R = cov + Sigma_t`` the landmark's prediction of the
+agent's place, ``K = (1 - w) C R^-1`` and ``variance <- tr(C) / 2``; the landmark is refined the
+same way against the belief's prediction of it (``P I + Sigma_t``). On the same walks its error
+exceeded 3 stds in 1% of the steps, at a similar median error; it never makes the belief more
+certain than the better of the two estimates, so the agent's own std tells when a walk back to a
+precise landmark would pay (``closure_variance``, used by the planner to relocalize). The gate
+takes ``S = P I + cov + Sigma_t`` (no shared part).
 2. Object-vector write. Where no loop was closed and no landmark is tracked (below), the tree is stored at ``g_t (+) o``
    (``apply_displacement`` of the belief code) with its sight percept (``memory.write``, whose
    novelty gate merges it into an entry of the same place and look, or stores a new one); the
@@ -30,7 +46,7 @@ radially and spread laterally (std ``0.26 r`` for ``cone_cos = 0.9``). Every sto
 therefore lies within ``r sin(phi_m)`` laterally and ``r (E[cos phi] - cone_cos)`` radially of the
 tree.
 
-Uncertainties. The belief is isotropic (``Belief.variance`` ``P`` per axis). A landmark keeps
+Uncertainties (the ``"kalman"`` rule). The belief is isotropic (``Belief.variance`` ``P`` per axis). A landmark keeps
 its position covariance ``cov`` ``(2, 2)`` (the belief's at storage plus the sighting's: anisotropic)
 and ``shared`` ``c``, the covariance per axis between its error and the agent's current belief
 error. The innovation ``nu = e_l - e_t - n_t`` then has covariance ``S = (P - 2 c) I + cov +
@@ -107,6 +123,33 @@ from treeworld.agents.valence import ValenceReadout
 
 #: 99% point of the chi-square distribution with 2 degrees of freedom.
 CHI2_99_2DOF = 9.2103
+#: How a consistent proposal is fused (module docstring).
+FUSIONS = ("intersection", "kalman")
+
+
+def _inverse2(m: torch.Tensor) -> torch.Tensor:
+    """Inverse of (..., 2, 2) matrices in closed form."""
+    a, b, c, d = m[..., 0, 0], m[..., 0, 1], m[..., 1, 0], m[..., 1, 1]
+    det = (a * d - b * c)[..., None, None]
+    return torch.stack((torch.stack((d, -b), -1), torch.stack((-c, a), -1)), -2) / det
+
+
+def covariance_intersection(A: torch.Tensor, B: torch.Tensor, grid: int = 33) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fuse two estimates ``a``, ``b`` of one 2-d point whose errors have covariances ``A``, ``B``
+    ``(..., 2, 2)`` and an unknown cross-covariance: ``x = a + G (b - a)`` with covariance
+    ``C = (w A^-1 + (1 - w) B^-1)^-1`` and ``G = (1 - w) C B^-1``, ``w`` in [0, 1] the point of a
+    ``grid`` that minimises ``tr C``. ``C`` bounds the error covariance for every ``w`` whatever the
+    correlation (Julier and Uhlmann 1997), so the grid costs optimality, never consistency.
+    Returns ``G`` and ``C`` ``(..., 2, 2)`` float64."""
+    eye = torch.eye(2, dtype=torch.float64, device=A.device)
+    A_inv = _inverse2(A.double() + 1e-9 * eye)[..., None, :, :]  # (..., 1, 2, 2)
+    B_inv = _inverse2(B.double() + 1e-9 * eye)[..., None, :, :]
+    w = torch.linspace(0.0, 1.0, grid, dtype=torch.float64, device=A.device)[:, None, None]  # (grid, 1, 1)
+    fused = _inverse2(w * A_inv + (1.0 - w) * B_inv)  # (..., grid, 2, 2)
+    best = fused.diagonal(dim1=-2, dim2=-1).sum(-1).argmin(-1, keepdim=True)  # (..., 1)
+    C = fused.gather(-3, best[..., None, None].expand(*best.shape, 2, 2)).squeeze(-3)
+    w_best = w[..., 0, 0][best]  # (..., 1)
+    return (1.0 - w_best)[..., None] * (C @ B_inv.squeeze(-3)), C
 
 
 def cone_moments(cone_cos: float) -> tuple[float, float, float]:
@@ -140,8 +183,11 @@ class LandmarkMap(nn.Module):
 
     def __init__(self, memory: SpatialMemory, sight_range: float = 100.0, cone_cos: float = 0.9, k: int = 4,
                  chi2_gate: float = CHI2_99_2DOF, valence_readout: ValenceReadout | None = None,
-                 min_gap: int = 10) -> None:
+                 min_gap: int = 10, fusion: str = "intersection") -> None:
         super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion: expected one of {FUSIONS}, got {fusion!r}")
+        self.fusion = fusion
         self.memory = checks.instance(memory, SpatialMemory, "memory")
         if memory.location_metric.dim != 2:
             raise ValueError(f"memory: expected a 2-d location metric, got dim={memory.location_metric.dim}")
@@ -173,7 +219,7 @@ class LandmarkMap(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"sight_range={self.sight_range}, cone_cos={self.cone_cos}, k={self.k}, "
-                f"chi2_gate={self.chi2_gate}")
+                f"chi2_gate={self.chi2_gate}, fusion={self.fusion!r}")
 
     @property
     def batch_size(self) -> int:
@@ -301,12 +347,8 @@ class LandmarkMap(nn.Module):
                 nu = metric.displacement(code[:, None, :].expand_as(predicted).to(predicted.dtype),
                                          predicted)[1].to(torch.float64)  # (B, k, 2)
                 cov = self.cov[rows[:, None], safe].to(torch.float64)  # (B, k, 2, 2)
-                floor = torch.linalg.eigvalsh(cov)[..., 0].clamp_min(0.0)  # (B, k)
-                c = torch.minimum(self.shared.gather(1, safe).to(torch.float64).clamp_min(0.0),
-                                  (P[:, None] * floor).sqrt())  # shared by the landmark and the belief
-                D = P[:, None] - c  # (B, k)
-                S = (P[:, None] - 2.0 * c)[..., None, None] * eye + cov + sight_cov[:, None]  # (B, k, 2, 2)
-                S = S + 1e-9 * eye  # a noiseless sighting of a noiseless landmark: keep S invertible
+                shared = self.shared.gather(1, safe) if self.fusion == "kalman" else torch.zeros_like(weights)
+                c, D, S = self._innovation_terms(P, cov, shared, sight_cov[:, None])
                 S_inv = torch.linalg.inv(S)
                 stat = torch.einsum("bki,bkij,bkj->bk", nu, S_inv, nu)
                 stat = stat.masked_fill(~usable, math.inf)
@@ -325,13 +367,27 @@ class LandmarkMap(nn.Module):
                 innovation = torch.where(has[:, None], nu[rows, best], innovation)
                 slot = torch.where(consistent, slots[rows, best], slot)
                 if bool(tracked.any()):  # recognised, seen moments ago: refresh the side tensors only
-                    a, s = rows[tracked], slot[tracked]
-                    self.last_seen[a, s] = step[tracked]
-                    if fruit is not None:
-                        self.fruit[a, s] = fruit[tracked].to(self.fruit.dtype)
-                    if valence is not None:
-                        self.valence[a, s] = valence[tracked].to(self.valence.dtype)
-                if bool(closed.any()):
+                    self._refresh(rows[tracked], slot[tracked], step[tracked], fruit, valence, tracked)
+                if bool(closed.any()) and self.fusion == "intersection":
+                    a, s = rows[closed], slot[closed]
+                    cov_b = cov[rows, best]  # (B, 2, 2)
+                    own = P[:, None, None] * eye
+                    G, fused = covariance_intersection(own, cov_b + sight_cov)  # the belief: itself vs the landmark's prediction
+                    delta = torch.where(closed[:, None], torch.einsum("bij,bj->bi", G, innovation), 0.0)
+                    gain = torch.where(closed, G.diagonal(dim1=-2, dim2=-1).sum(-1) / 2.0, gain)
+                    belief.code = torch.where(closed[:, None], metric.apply_displacement(belief.code, delta.to(belief.code.dtype)),
+                                              belief.code)
+                    belief.variance = torch.where(closed, fused.diagonal(dim1=-2, dim2=-1).sum(-1) / 2.0, P
+                                                  ).to(belief.variance.dtype)
+                    self.last_closure = torch.where(closed, step, self.last_closure)
+                    # the landmark: itself vs the belief's prediction of it (innovation -nu)
+                    G_l, refined = covariance_intersection(cov_b, own + sight_cov)
+                    shift = -torch.einsum("bij,bj->bi", G_l, innovation)[closed]
+                    memory.codes[a, s] = metric.apply_displacement(memory.codes[a, s], shift.to(memory.codes.dtype))
+                    self._locate(a, s)
+                    self.cov[a, s] = refined[closed].to(self.cov.dtype)
+                    self._refresh(a, s, step[closed], fruit, valence, closed)
+                elif bool(closed.any()):
                     a, s = rows[closed], slot[closed]
                     Db, S_inv_b, cov_b, c_b = D[rows, best], S_inv[rows, best], cov[rows, best], c[rows, best]
                     K = Db[:, None, None] * S_inv_b  # (B, 2, 2)
@@ -358,11 +414,7 @@ class LandmarkMap(nn.Module):
                     decay = torch.where(closed, 1.0 - gain, torch.ones_like(gain))
                     self.shared.mul_(decay[:, None].to(self.shared.dtype))
                     self.shared[a, s] = c_new[closed].to(self.shared.dtype)
-                    self.last_seen[a, s] = step[closed]
-                    if fruit is not None:
-                        self.fruit[a, s] = fruit[closed].to(self.fruit.dtype)
-                    if valence is not None:
-                        self.valence[a, s] = valence[closed].to(self.valence.dtype)
+                    self._refresh(a, s, step[closed], fruit, valence, closed)
 
         # 2. Object-vector write of the trees not recognised, at the (uncorrected) belief (+) o.
         write = seen & ~closed & ~tracked
@@ -399,6 +451,47 @@ class LandmarkMap(nn.Module):
         return {"seen": seen, "closed": closed, "gated": gated, "tracked": tracked,
                 "innovation": innovation.to(code.dtype),
                 "chi2": chi2, "gain": gain, "slot": slot, "written": written}
+
+    @staticmethod
+    def _innovation_terms(P: torch.Tensor, cov: torch.Tensor, shared: torch.Tensor, sight_cov) -> tuple:
+        """For belief variance ``P`` (B,) and landmarks of covariance ``cov`` (B, k, 2, 2) sharing
+        ``shared`` (B, k) with the belief, seen with covariance ``sight_cov`` (broadcast to ``cov``):
+        the clamped shared variance ``c`` (B, k), ``D = P - c`` (B, k) and the innovation covariance
+        ``S`` (B, k, 2, 2) (module docstring), all float64."""
+        eye = torch.eye(2, dtype=torch.float64, device=cov.device)
+        floor = torch.linalg.eigvalsh(cov)[..., 0].clamp_min(0.0)  # (B, k)
+        c = torch.minimum(shared.to(torch.float64).clamp_min(0.0), (P[:, None] * floor).sqrt())
+        S = (P[:, None] - 2.0 * c)[..., None, None] * eye + cov + sight_cov
+        S = S + 1e-9 * eye  # a noiseless sighting of a noiseless landmark: keep S invertible
+        return c, P[:, None] - c, S
+
+    @torch.no_grad()
+    def closure_variance(self, variance: torch.Tensor, distance: float = 0.0) -> torch.Tensor:
+        """(B, C) float64 belief variance per axis that a loop closure at each stored tree would
+        leave, for a belief of ``variance`` (B,) looking at it from ``distance`` world units (the
+        sighting's covariance averaged over headings); +inf for empty slots."""
+        P = self._vector(variance, "variance")
+        if bool((P < 0).any()):
+            raise ValueError("variance: expected values >= 0")
+        distance = checks.real(distance, "distance", low=0.0)
+        eye = torch.eye(2, dtype=torch.float64, device=P.device)
+        sight = distance ** 2 * (self.var_along + self.var_across) / 2.0 * eye
+        cov = self.cov.to(torch.float64) + sight
+        if self.fusion == "intersection":
+            left = covariance_intersection(P[:, None, None, None] * eye, cov)[1].diagonal(dim1=-2, dim2=-1).sum(-1) / 2.0
+        else:
+            c, D, S = self._innovation_terms(P, self.cov.to(torch.float64), self.shared, sight)
+            left = P[:, None] - D.square() * torch.linalg.inv(S).diagonal(dim1=-2, dim2=-1).sum(-1) / 2.0
+        return left.clamp_min(0.0).masked_fill(~self.memory.valid, math.inf)
+
+    def _refresh(self, agents, slots, step, fruit, valence, rows) -> None:
+        """A recognised tree (agents[i], slots[i]) was seen at ``step`` (M,): its side tensors take
+        the sighting's ``fruit`` and ``valence`` estimates (B,) of the ``rows`` (B,) bool mask, if given."""
+        self.last_seen[agents, slots] = step
+        for name, value in (("fruit", fruit), ("valence", valence)):
+            if value is not None:
+                side = getattr(self, name)
+                side[agents, slots] = value[rows].to(side.dtype)
 
     def _locate(self, agents: torch.Tensor, slots: torch.Tensor) -> None:
         """Decode the codes of (agents[i], slots[i]) into ``position`` (after they changed)."""

@@ -40,12 +40,18 @@ The rules (constants in :class:`PlannerConfig`):
   ``explore_jitter`` radians of noise), at full speed; and every ``explore_scan_every`` steps of
   the clock, a full turn in place (``scan_turn`` per step): sight is a narrow cone, and a straight
   walk past trees 30 units to the side never sees them.
+- Relocalizing. With no target and health at least ``relocalize_health`` (below, finding food
+  comes first), a belief std per axis (``position_std``) above ``relocalize_std``
+  sends the agent to the nearest remembered tree whose loop closure would leave a std
+  (``closure_std``, the caller's filter computes it) below ``relocalize_ratio`` times its own: the
+  active loop closing of SLAM. The explorer walks away from what it knows, so without it the
+  belief drifts with the odometry for as long as the frontier lasts.
 - :meth:`Planner.act` combines them: a homing goal place (rows with ``goal_mask``) -> straight
   there (or, with the goal tree in sight, straight at it along the heading), turning in place
   there until the goal tree is in sight; else a target -> to it, slowing to stop ``stop_fraction * eat_radius``
-  short; else explore. A target in sight (``sighted``, the slot the sight was recognised as, is
+  short; else a landmark to relocalize at, the same way; else explore. A target in sight (``sighted``, the slot the sight was recognised as, is
   the target) is approached straight along the heading, the freshest estimate of where it is
-  (it is in the cone ahead), to ``stop_fraction * eat_radius``; a target not in sight once its
+  (it is in the cone ahead), to ``stop_fraction * eat_radius``; a target (or landmark) not in sight once its
   remembered place is reached is looked for: the heading turns ``scan_turn`` per step in place
   (mode ``SCAN``; a full turn that does not find it tells the caller the memory was wrong).
   Eating follows :meth:`Planner.eat_decision` in every mode.
@@ -98,6 +104,9 @@ class PlannerConfig:
     scan_turn: float = 0.8  # heading change per scanning step (radians; the sight cone is 0.9 wide)
     explore_scan_every: int = 30  # exploring, turn a full circle in place every this many steps (0: never)
     explore_jitter: float = 0.05  # std of the random heading noise per exploring step (radians)
+    relocalize_std: float = 4.0  # sated with no target, a belief std (per axis) above this sends it to a landmark
+    relocalize_ratio: float = 0.8  # ... one whose loop closure would leave under this fraction of the std (0: never)
+    relocalize_health: float = 600.0  # ... and only with at least this health (below, finding food comes first)
 
     def __post_init__(self):
         for f in fields(self):
@@ -111,9 +120,10 @@ class PlannerConfig:
                 checks.real(value, f.name, low=1.0)
             elif f.name in ("stop_fraction", "unknown_discount"):
                 checks.real(value, f.name, low=0.0, high=1.0)
-            elif f.name in ("poison_threshold", "known_std"):
+            elif f.name in ("poison_threshold", "known_std", "relocalize_ratio"):
                 checks.real(value, f.name, low=0.0, high=1.0)
-            elif f.name in ("max_step", "eat_radius", "explore_scale", "max_turn", "scan_turn", "crowded_stop"):
+            elif f.name in ("max_step", "eat_radius", "explore_scale", "max_turn", "scan_turn", "crowded_stop",
+                            "relocalize_std"):
                 checks.positive(value, f.name)
             else:
                 checks.positive(value, f.name, strict=False)
@@ -125,10 +135,12 @@ class Plan(NamedTuple):
     action: torch.Tensor  # (B, 3) float32 in [-1, 1]: (dx, dy) / max_step, eat (> 0) or not
     target: torch.Tensor  # (B,) int64 remembered tree targeted, -1 for none
     heading: torch.Tensor  # (B, 2) unit direction of this step's move (the previous one if no move)
-    mode: torch.Tensor  # (B,) int64: 0 explore, 1 go to a target tree, 2 homing, 3 scan for the target
+    mode: torch.Tensor  # (B,) int64: 0 explore, 1 go to a target tree, 2 homing, 3 scan for the tree sought,
+    #                     4 go to a landmark to relocalize
+    landmark: torch.Tensor  # (B,) int64 remembered tree sought to relocalize, -1 for none
 
 
-EXPLORE, FORAGE, HOMING, SCAN = 0, 1, 2, 3
+EXPLORE, FORAGE, HOMING, SCAN, RELOCALIZE = 0, 1, 2, 3, 4
 
 
 # ---------------------------------------------------------------------------------------- checks
@@ -364,13 +376,49 @@ class Planner:
         cos, sin = math.cos(self.config.scan_turn), math.sin(self.config.scan_turn)
         return torch.stack([head[:, 0] * cos - head[:, 1] * sin, head[:, 0] * sin + head[:, 1] * cos], -1)
 
+    def relocalization_landmarks(self, position, tree_positions, valid, position_std, closure_std) -> torch.Tensor:
+        """(B,) int64 remembered tree to walk to for a loop closure (-1 for none): where the belief
+        std ``position_std`` (B,) exceeds ``relocalize_std``, the nearest valid tree whose closure
+        would leave a std ``closure_std`` (B, M) below ``relocalize_ratio * position_std`` (+inf: not a
+        candidate, e.g. looked for there and not found)."""
+        batch = _batch(position)
+        shape = (batch, tree_positions.shape[1])
+        if position_std is None or closure_std is None:
+            raise ValueError("position_std: position_std and closure_std go together")
+        own = _float(position_std, "position_std", (batch,)).double()
+        closing = _float(closure_std, "closure_std", shape, allow_inf=True).double()
+        if bool((own < 0).any()) or bool((closing < 0).any()):
+            raise ValueError("position_std: expected stds >= 0 (closure_std too)")
+        c = self.config
+        candidate = valid & (closing < c.relocalize_ratio * own[:, None]) & (own[:, None] > c.relocalize_std)
+        distance = (tree_positions.double() - position.double()[:, None]).norm(dim=-1).masked_fill(~candidate, math.inf)
+        if shape[1] == 0:
+            return torch.full((batch,), -1, dtype=torch.int64, device=position.device)
+        best, slot = distance.min(1)
+        return torch.where(torch.isfinite(best), slot, -1)
+
+    def _approach(self, p, tree_xy, slot, stop, heading, sighted, seen_at) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step (B, 2) float64 towards remembered tree ``slot`` (B,) of ``tree_xy`` (B, M, 2), to
+        ``stop`` (B,) short of it: along the heading when the sight (``sighted``, at ``seen_at``) is
+        that tree, else at its remembered place; and (B,) bool rows arrived there without seeing it."""
+        batch = p.shape[0]
+        aim = tree_xy.gather(1, slot.clamp_min(0)[:, None, None].expand(batch, 1, 2))[:, 0]
+        towards, dist = _unit(aim - p)
+        move = towards * (dist - stop).clamp(0.0, self.config.max_step)[:, None]
+        if sighted is None:
+            return move, torch.zeros(batch, dtype=torch.bool, device=p.device)
+        seen = (sighted == slot) & torch.isfinite(seen_at)
+        move = torch.where(seen[:, None], _ahead(heading, seen_at, stop, self.config.max_step), move)
+        # (a tolerance: the float tail of the approach)
+        return move, ~seen & (dist <= stop + self.config.max_step / 2)
+
     # ------------------------------------------------------------------------------------- acting
     def act(self, position, heading, health, now, *,
             tree_positions=None, valid=None, valence_mean=None, valence_std=None, fruit_estimate=None,
             last_seen=None, current=None,
             sight_valence_mean=None, sight_valence_std=None, sight_distance=None, fruit_in_sight=None,
             sighted=None, goal=None, goal_mask=None, goal_sighted=None, places=None, places_mask=None,
-            generator: torch.Generator | None = None) -> Plan:
+            position_std=None, closure_std=None, generator: torch.Generator | None = None) -> Plan:
         """One step for B agents: homing goal -> go there; else target tree -> go to it; else explore.
 
         Remembered trees (``tree_positions`` ... ``last_seen``) may be omitted together (no trees
@@ -415,31 +463,33 @@ class Planner:
             clock = _steps(now, "now", (batch, 1), p)[:, 0]
             look = torch.remainder(clock, c.explore_scan_every) < math.ceil(2 * math.pi / c.scan_turn)
             move = torch.where(look[:, None], turning, move)
-        # a target tree
+        # a target tree, else (belief too uncertain) a landmark to relocalize at
+        landmark = torch.full((batch,), -1, dtype=torch.int64, device=device)
         if tree_xy is not None:
-            aim = tree_xy.gather(1, target.clamp_min(0)[:, None, None].expand(batch, 1, 2))[:, 0]
-            towards, dist = _unit(aim - p)
+            if sighted is not None:
+                sighted = _steps(sighted, "sighted", (batch,), p).to(torch.int64)
+                if sight_distance is None:
+                    raise ValueError("sighted: needs sight_distance")
+                seen_at = _float(sight_distance, "sight_distance", (batch,), allow_inf=True).double()
             rows = torch.arange(batch, device=device)
+            aim = tree_xy.gather(1, target.clamp_min(0)[:, None, None].expand(batch, 1, 2))[:, 0]
             apart = (tree_xy - aim[:, None]).norm(dim=-1)  # (B, M) from the target
             near = hazard & (apart <= c.eat_radius + c.hazard_margin)
             if near.shape[1]:
                 near[rows, target.clamp_min(0)] = False
             stop = torch.where(near.any(1), c.crowded_stop, c.stop_fraction * c.eat_radius)
             go = target >= 0
-            step = (dist - stop).clamp(0.0, c.max_step)
-            move = torch.where(go[:, None], towards * step[:, None], move)
-            mode = torch.where(go, FORAGE, mode)
-            if sighted is not None:
-                sighted = _steps(sighted, "sighted", (batch,), p).to(torch.int64)
-                if sight_distance is None:
-                    raise ValueError("sighted: needs sight_distance")
-                seen_at = _float(sight_distance, "sight_distance", (batch,), allow_inf=True).double()
-                seen = go & (sighted == target) & torch.isfinite(seen_at)
-                move = torch.where(seen[:, None], _ahead(heading, seen_at, stop, c.max_step), move)
-                # arrived, target not in sight: turn in place to look for it
-                scan = go & ~seen & (dist <= stop + c.max_step / 2)  # (a tolerance: the float tail of the approach)
-                move = torch.where(scan[:, None], turning, move)
-                mode = torch.where(scan, SCAN, mode)
+            if position_std is not None or closure_std is not None:
+                landmark = self.relocalization_landmarks(position, tree_positions, valid, position_std, closure_std)
+                landmark = torch.where(go | homing | (health_t < c.relocalize_health), -1, landmark)
+            seek = torch.where(go, target, landmark)
+            sought = seek >= 0
+            stop = torch.where(go, stop, c.stop_fraction * c.eat_radius)
+            step, scan = self._approach(p, tree_xy, seek, stop, heading, sighted, None if sighted is None else seen_at)
+            move = torch.where(sought[:, None], step, move)
+            mode = torch.where(go, FORAGE, torch.where(sought, RELOCALIZE, mode))
+            move = torch.where((sought & scan)[:, None], turning, move)
+            mode = torch.where(sought & scan, SCAN, mode)
         # homing
         if bool(homing.any()):
             towards, dist = _unit(goal - p)
@@ -468,7 +518,7 @@ class Planner:
         new_heading = torch.where(moved > 0, move / moved.clamp_min(_EPS), heading.double())
         action = torch.cat([(move / c.max_step).clamp(-1, 1),
                             torch.where(eat, 1.0, -1.0)[:, None].to(move)], dim=-1)
-        return Plan(action.float(), target, new_heading.to(position.dtype), mode)
+        return Plan(action.float(), target, new_heading.to(position.dtype), mode, landmark)
 
 
 def expected_fruit(fruit_estimate: torch.Tensor, last_seen: Any, now: Any, regrow_every: int = 100,

@@ -28,7 +28,9 @@ vocabulary):
    ticks since) -> actions and eat flags.
 7. Targets that disappoint: a full scan at a remembered tree's place that does not see it, or a
    target in sight and in reach that the eat rule declines (its look says no fruit, or not edible),
-   marks the tree bare, so the planner moves on.
+   marks the tree bare, so the planner moves on. A landmark sought to relocalize (the planner's
+   rule, given the belief std and each tree's closure std from ``LandmarkMap.closure_variance``)
+   that a full scan does not find is not sought again until it is seen.
 
 The frame is the agent's own: at ``reset`` the belief is the origin code with zero variance.
 The valence readout and the learned path-integration parameters are shared knowledge and persist
@@ -112,6 +114,7 @@ class TEMAgent(nn.Module):
         consolidate_every: steps between consolidations (0: never); map_height, map_width, map_epochs.
         valence_every: calls between refreshes of the remembered trees' valence after the readout learned.
         min_gap: the LandmarkMap's: a tree in view is fused into the belief at most every this many steps.
+        fusion: the LandmarkMap's: "intersection" (consistent whatever the correlations) or "kalman".
         planner: keyword overrides of ``PlannerConfig``.
         prior_var: the valence readout's prior variance.
     """
@@ -123,7 +126,8 @@ class TEMAgent(nn.Module):
                  cone_cos: float = 0.9, max_health: float = 1000.0, fruit_health: float = 25.0,
                  consolidate_every: int = 200, valence_every: int = 10, min_gap: int = 5,
                  map_height: int = 4, map_width: int = 4, map_epochs: int = 2,
-                 planner: Mapping[str, Any] | None = None, prior_var: float = 16.0) -> None:
+                 planner: Mapping[str, Any] | None = None, prior_var: float = 16.0,
+                 fusion: str = "intersection") -> None:
         super().__init__()
         self.config = dict(num_agents=checks.count(num_agents, "num_agents"),
                            percept_dim=checks.count(percept_dim, "percept_dim"),
@@ -141,7 +145,7 @@ class TEMAgent(nn.Module):
                            map_height=checks.count(map_height, "map_height"),
                            map_width=checks.count(map_width, "map_width"),
                            map_epochs=checks.count(map_epochs, "map_epochs"),
-                           planner=dict(planner or {}), prior_var=float(prior_var))
+                           planner=dict(planner or {}), prior_var=float(prior_var), fusion=fusion)
         c = self.config
         B, P = c["num_agents"], c["percept_dim"]
         self.num_agents = B
@@ -152,7 +156,7 @@ class TEMAgent(nn.Module):
                                percept_radius=c["percept_radius"])
         self.readout = ValenceReadout(P, prior_var=c["prior_var"])
         self.landmarks = LandmarkMap(memory, sight_range=c["sight_range"], cone_cos=c["cone_cos"],
-                                     valence_readout=self.readout, min_gap=c["min_gap"])
+                                     valence_readout=self.readout, min_gap=c["min_gap"], fusion=c["fusion"])
         planner_config = {"fruit_health": c["fruit_health"], "known_std": 0.8, **c["planner"]}
         self.planner = Planner(PlannerConfig(**planner_config))
         # Episode state (persistent buffers: saved, so a loaded agent continues exactly).
@@ -164,6 +168,8 @@ class TEMAgent(nn.Module):
         self.register_buffer("scan_steps", torch.zeros(B, dtype=torch.long))  # consecutive scanning steps
         # step of each slot's fruit estimate (stored: 0, the episode start; marked bare: that step), for the regrowth count
         self.register_buffer("fruit_since", torch.zeros(B, c["capacity"], dtype=torch.long))
+        # step a full scan at a slot's place sought to relocalize did not see it (-1: never; a candidate again once seen)
+        self.register_buffer("missed", torch.full((B, c["capacity"]), -1, dtype=torch.long))
         self.register_buffer("previous_health", torch.full((B,), math.nan))
         self.register_buffer("ate", torch.zeros(B, dtype=torch.bool))
         self.register_buffer("eaten_percept", torch.zeros(B, P))
@@ -217,6 +223,15 @@ class TEMAgent(nn.Module):
         last_seen = self.fruit_since.clamp(max=self.steps[:, None])
         expected = self.planner.expected_fruit(fruit, last_seen, self.steps[:, None])
         return self.landmarks.position.float(), self.memory.valid.clone(), fruit, last_seen, expected
+
+    @torch.no_grad()
+    def _closure_std(self) -> torch.Tensor:
+        """(B, C) float64 belief std a loop closure at each remembered tree would leave, seen from where
+        the planner stops short of a tree (+inf for
+        empty slots and for trees sought there since they were last seen, and not found)."""
+        c = self.planner.config
+        left = self.landmarks.closure_variance(self.variance, c.stop_fraction * c.eat_radius).sqrt()
+        return left.masked_fill(self.missed > self.landmarks.last_seen, math.inf)
 
     @property
     def memory(self) -> SpatialMemory:
@@ -287,6 +302,7 @@ class TEMAgent(nn.Module):
         self.target[chosen] = -1
         self.scan_steps[chosen] = 0
         self.fruit_since[chosen] = 0
+        self.missed[chosen] = -1
         self.previous_health[chosen] = math.nan
         self.ate[chosen] = False
         self.eaten_percept[chosen] = 0.0
@@ -420,7 +436,8 @@ class TEMAgent(nn.Module):
                                        torch.full((B,), math.inf, dtype=torch.float64)).float(),
             fruit_in_sight=in_sight.float(), sighted=torch.where(seen, sighted, -1), goal=goal, goal_mask=goal_mask,
             goal_sighted=seen & (sighted >= 0) & (sighted == p.goal_slot),
-            places=places, places_mask=places_mask, generator=self.generator)
+            places=places, places_mask=places_mask, position_std=self.sigma().float(),
+            closure_std=self._closure_std().float(), generator=self.generator)
         action = plan.action.clone()
         eat = (action[:, 2] > 0) & seen
         action[:, 2] = torch.where(eat, 1.0, -1.0)
@@ -433,8 +450,11 @@ class TEMAgent(nn.Module):
         lost |= (plan.target >= 0) & seen & (sighted == plan.target) & ~eat \
             & (distance * c["sight_range"] <= self.planner.config.eat_radius)
         if bool(lost.any()):
-            self._mark_bare(lost, plan.target)
             self.scan_steps[lost] = 0
+            relocalizing = lost & (plan.landmark >= 0)
+            self.missed[rows[relocalizing], plan.landmark[relocalizing]] = self.steps[relocalizing]
+            lost &= plan.target >= 0
+            self._mark_bare(lost, plan.target)
         self.target.copy_(plan.target)
         self.heading.copy_(plan.heading.float())
         self._last_mode = plan.mode

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from treeworld.agents.planner import EXPLORE, FORAGE, HOMING, SCAN, Planner, PlannerConfig, expected_fruit
+from treeworld.agents.planner import (EXPLORE, FORAGE, HOMING, RELOCALIZE, SCAN, Planner, PlannerConfig,
+                                     expected_fruit)
 
 torch.set_num_threads(1)
 
@@ -349,7 +350,7 @@ def _scenario(B, seed):
     pos = torch.rand(B, 2, generator=gen) * 300 - 150
     return dict(
         position=pos, heading=torch.nn.functional.normalize(torch.randn(B, 2, generator=gen), dim=-1),
-        health=torch.rand(B, generator=gen) * 400, now=350,
+        health=torch.rand(B, generator=gen) * 800, now=350,
         tree_positions=pos[:, None] + torch.randn(B, M, 2, generator=gen) * 80,
         valid=torch.rand(B, M, generator=gen) > 0.3,
         valence_mean=torch.rand(B, M, generator=gen) * 2 - 1, valence_std=torch.rand(B, M, generator=gen),
@@ -361,7 +362,40 @@ def _scenario(B, seed):
                                    torch.tensor(math.inf)),
         fruit_in_sight=torch.randint(0, 3, (B,), generator=gen),
         goal=torch.randn(B, 2, generator=gen) * 100, goal_mask=torch.rand(B, generator=gen) > 0.7,
-        places=torch.randn(B, 30, 2, generator=gen) * 100)
+        places=torch.randn(B, 30, 2, generator=gen) * 100,
+        position_std=torch.rand(B, generator=gen) * 8,
+        closure_std=torch.where(torch.rand(B, M, generator=gen) > 0.2, torch.rand(B, M, generator=gen) * 8,
+                                torch.tensor(math.inf)))
+
+
+# ---------------------------------------------------------------------------- relocalizing
+def test_an_uncertain_sated_agent_walks_to_the_nearest_landmark_that_would_relocalize_it():
+    planner = Planner()
+    # three trees known, none worth a trip (no fruit expected): tree 0 near but as uncertain as the agent,
+    # tree 1 farther and precise, tree 2 farthest and precise
+    mem = memory([(20, 0), (0, 60), (-90, 0)], [0, 0, 0], [EDIBLE] * 3, last_seen=0)
+    closure = torch.tensor([[5.5, 1.0, 1.0]])
+    uncertain = dict(position_std=torch.tensor([6.0]), closure_std=closure)  # 5.5 >= 0.8 * 6: no help
+    full = CONFIG.relocalize_health + 100.0
+    position, heading = torch.zeros(1, 2), torch.tensor([[1.0, 0.0]])
+    plan = planner.act(position, heading, full, 5, **mem, **uncertain)
+    assert plan.mode.item() == RELOCALIZE and plan.landmark.item() == 1 and plan.target.item() == -1
+    torch.testing.assert_close(plan.action[0, :2], torch.tensor([0.0, 1.0]))  # straight at it, full speed
+    # walked there, not in sight: it turns in place to find it (SCAN, the landmark kept)
+    plan = planner.act(torch.tensor([[0.0, 56.0]]), heading, full, 5, **mem, **uncertain,
+                       **sight_args(-1, math.inf))
+    assert plan.mode.item() == SCAN and plan.landmark.item() == 1
+    # not when certain enough, nor below relocalize_health, nor with closure_std +inf (looked for, not found)
+    for health, own, closing in ((full, 3.0, closure), (CONFIG.relocalize_health - 1.0, 6.0, closure),
+                                 (full, 6.0, torch.tensor([[5.5, math.inf, math.inf]]))):
+        plan = planner.act(position, heading, health, 5, **mem, position_std=torch.tensor([own]), closure_std=closing)
+        assert plan.mode.item() == EXPLORE and plan.landmark.item() == -1
+    # never with relocalize_ratio 0; and a target tree comes first
+    plan = Planner(PlannerConfig(relocalize_ratio=0.0)).act(position, heading, full, 5, **mem, **uncertain)
+    assert plan.landmark.item() == -1
+    fed = memory([(20, 0), (0, 60), (-90, 0)], [5, 0, 0], [EDIBLE] * 3, last_seen=0)
+    plan = planner.act(position, heading, full, 5, **fed, **uncertain)
+    assert plan.mode.item() == FORAGE and plan.target.item() == 0 and plan.landmark.item() == -1
 
 
 def test_batch_equals_singles():
@@ -372,7 +406,7 @@ def test_batch_equals_singles():
     args["goal_mask"][:4] = False
     batch = planner.act(**{k: v for k, v in args.items() if k != "now"}, now=args["now"])
     modes = set(batch.mode.tolist())
-    assert modes == {EXPLORE, FORAGE, HOMING}
+    assert modes == {EXPLORE, FORAGE, HOMING, RELOCALIZE}
     assert batch.action.dtype == torch.float32 and batch.action.shape == (B, 3)
     assert batch.action.abs().max() <= 1.0
     for b in range(B):
@@ -380,6 +414,7 @@ def test_batch_equals_singles():
         single = planner.act(**row)
         torch.testing.assert_close(single.action, batch.action[b:b + 1], rtol=1e-5, atol=1e-5)
         assert single.target.item() == batch.target[b].item() and single.mode.item() == batch.mode[b].item()
+        assert single.landmark.item() == batch.landmark[b].item()
 
 
 def test_bad_inputs_raise_value_error_naming_the_argument():
@@ -399,6 +434,8 @@ def test_bad_inputs_raise_value_error_naming_the_argument():
         "goal": torch.full((3, 2), math.inf),
         "places": torch.zeros(3, 4, 1),
         "health": torch.zeros(4),
+        "position_std": torch.full((3,), -1.0),
+        "closure_std": torch.full((3, 6), math.nan),
     }
     for name, bad in cases.items():
         with pytest.raises(ValueError, match=f"^{name}"):

@@ -8,7 +8,7 @@ import gymnasium as gym
 
 import treeworld.envs  # noqa: F401  (registers the ids)
 from treeworld.agents.protocol import BatchAgent
-from treeworld.agents.planner import HOMING
+from treeworld.agents.planner import HOMING, RELOCALIZE
 from treeworld.agents.tem import TEMAgent
 
 torch.set_num_threads(1)
@@ -240,3 +240,30 @@ def test_a_tree_first_seen_is_expected_to_carry_the_episode_start_fruit_plus_the
     slot = int(valid[0].nonzero()[0, 0])
     assert int(valid.sum()) == 1 and float(fruit[0, slot]) == config.initial_fruit and int(last_seen[0, slot]) == 0
     assert float(expected[0, slot]) == min(config.max_fruit, config.initial_fruit + 2)
+
+
+def test_an_uncertain_agent_walks_back_to_a_precise_landmark_and_gives_it_up_if_not_found():
+    # A tree seen once at the start (belief variance 0), then never again (it is not there). Sated,
+    # with nothing worth a trip, the agent explores while its odometry noise (0.5 per step) grows its
+    # belief std past relocalize_std; it then walks back to the tree to close a loop, turns a full
+    # circle there without finding it, and does not seek it again.
+    rng = np.random.default_rng(5)
+    agent = TEMAgent(1, motion_noise=0.5, planner={"explore_jitter": 0.0})
+    agent.reset(seed=0)
+    heading, motion = np.array([[1.0, 0.0]], np.float32), np.zeros((1, 2), np.float32)
+    modes, landmarks, sigmas = [], [], []
+    for step in range(240):
+        first = step == 0
+        obs = _obs(1, rng, _percept(rng)[None] if first else None, 0.1 if first else 0.0)
+        obs.update(heading=heading, motion=motion, health=np.full((1, 1), 0.9, np.float32))
+        action = agent.act(obs)
+        motion = action[:, :2] * 5.0
+        moved = np.linalg.norm(motion)
+        heading = (motion / moved).astype(np.float32) if moved > 0 else heading
+        modes.append(int(agent._last_mode[0]))
+        sigmas.append(float(agent.sigma()[0]))
+    relocalizing = [t for t, m in enumerate(modes) if m == RELOCALIZE]
+    assert relocalizing and sigmas[relocalizing[0]] > agent.planner.config.relocalize_std
+    assert int(agent.missed[0, 0]) > relocalizing[0]  # sought, scanned for, not found ...
+    assert RELOCALIZE not in modes[int(agent.missed[0, 0]) + 1:]  # ... and not sought again
+    assert bool(torch.isinf(agent._closure_std()[0, 0]))
