@@ -251,7 +251,7 @@ def test_an_uncertain_agent_walks_back_to_a_precise_landmark_and_gives_it_up_if_
     agent = TEMAgent(1, motion_noise=0.5, planner={"explore_jitter": 0.0})
     agent.reset(seed=0)
     heading, motion = np.array([[1.0, 0.0]], np.float32), np.zeros((1, 2), np.float32)
-    modes, landmarks, sigmas = [], [], []
+    modes, sigmas = [], []
     for step in range(240):
         first = step == 0
         obs = _obs(1, rng, _percept(rng)[None] if first else None, 0.1 if first else 0.0)
