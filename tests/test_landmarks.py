@@ -131,7 +131,7 @@ def test_loop_closure_keeps_the_error_bounded_while_dead_reckoning_drifts():
           f"closed {float(closed.float().mean()):.2f}, gated {float(gated.float().mean()):.3f}, "
           f"seen {float(seen.float().mean()):.2f}, max closure error {float(closed_errors[tail].max()):.2f}, "
           f"entries {lmap.memory.size.tolist()}")
-    # Measured (seed 1, 4 agents): loop closure 5.8, dead reckoning 27.0.
+    # Measured (seed 1, 4 agents): loop closure 6.0 (5.8 with fusion="kalman"), dead reckoning 27.0.
     assert closed_median < 7.5
     assert dead_median > 3.0 * closed_median
     assert float(closed_errors[-10:].max()) < 20.0  # bounded at the end, every agent
@@ -141,7 +141,9 @@ def test_loop_closure_keeps_the_error_bounded_while_dead_reckoning_drifts():
     # in most steps of the TEM agent's walks.
     z = closed_errors[tail] / run.variances[tail].clamp_min(1e-6).sqrt()
     assert float((z > 3.0).float().mean()) < 0.05
-    assert float(z.median()) > 0.3  # and not blown up
+    # Conservative (what covariance intersection gives up for consistency) but not blown up: here,
+    # trees in view 87% of the time, the error is about a quarter of the std (measured 0.28).
+    assert float(z.median()) > 0.15
     # Every tree revisited is recognised, not stored again and again.
     assert int(lmap.memory.size.max()) < 3 * len(world.trees)
 
@@ -379,41 +381,47 @@ def random_covariance(gen: np.random.Generator, scale: float) -> np.ndarray:
     return m @ m.T + 0.01 * np.eye(2)
 
 
-def test_covariance_intersection_is_consistent_whatever_the_correlation():
+def test_covariance_intersection_is_consistent_whatever_the_correlation_of_the_dependent_parts():
     gen = np.random.default_rng(0)
+    n = 200_000
     for case in range(12):
-        A, B = random_covariance(gen, gen.uniform(0.5, 3)), random_covariance(gen, gen.uniform(0.5, 3))
-        # errors (e_a, e_b) with a cross-covariance between none and as much as the pair allows
-        rho = case / 11.0
-        root_a, root_b = np.linalg.cholesky(A), np.linalg.cholesky(B)
-        shared, own_a, own_b = (gen.normal(size=(200_000, 2)) for _ in range(3))
-        e_a = (math.sqrt(rho) * shared + math.sqrt(1 - rho) * own_a) @ root_a.T
-        e_b = (math.sqrt(rho) * shared + math.sqrt(1 - rho) * own_b) @ root_b.T
-        G, C = covariance_intersection(torch.tensor(A), torch.tensor(B))
+        A_dep, B_dep = random_covariance(gen, gen.uniform(0.5, 3)), random_covariance(gen, gen.uniform(0.5, 3))
+        A_ind, B_ind = (random_covariance(gen, gen.uniform(0.0, 2)) * (case % 3 > 0) for _ in range(2))
+        # dependent parts correlated between none and as much as the pair allows; independent ones not
+        rho = (case % 6) / 5.0
+        root = [np.linalg.cholesky(m + 1e-12 * np.eye(2)) for m in (A_dep, B_dep, A_ind, B_ind)]
+        shared, own_a, own_b, ind_a, ind_b = (gen.normal(size=(n, 2)) for _ in range(5))
+        e_a = (math.sqrt(rho) * shared + math.sqrt(1 - rho) * own_a) @ root[0].T + ind_a @ root[2].T
+        e_b = (math.sqrt(rho) * shared + math.sqrt(1 - rho) * own_b) @ root[1].T + ind_b @ root[3].T
+        G, C, M = covariance_intersection(*(torch.tensor(m) for m in (A_dep, A_ind, B_dep, B_ind)))
         fused = e_a + (e_b - e_a) @ G.numpy().T  # the error of a + G (b - a)
-        empirical = np.cov(fused.T)
+        torch.testing.assert_close(M + G, torch.eye(2, dtype=torch.float64))  # x = M a + G b
         # C bounds the fused error's covariance: C - empirical is positive semi-definite (sampling tolerance)
-        assert np.linalg.eigvalsh(C.numpy() - empirical).min() > -0.02 * np.trace(C.numpy())
-        assert np.trace(C.numpy()) <= min(np.trace(A), np.trace(B)) * (1 + 1e-6)  # never worse than the better one
+        assert np.linalg.eigvalsh(C.numpy() - np.cov(fused.T)).min() > -0.02 * np.trace(C.numpy())
+        # never worse than the better of the two
+        assert np.trace(C.numpy()) <= min(np.trace(A_dep + A_ind), np.trace(B_dep + B_ind)) * (1 + 1e-6)
 
 
 def test_covariance_intersection_hand_cases():
-    eye = torch.eye(2, dtype=torch.float64)
-    G, C = covariance_intersection(eye, 4 * eye)  # b adds nothing that a lacks
-    torch.testing.assert_close(G, torch.zeros(2, 2, dtype=torch.float64))
-    torch.testing.assert_close(C, eye, atol=1e-8, rtol=0)
-    # each precise on one axis: w = 1/2, C = 2 (1 + 1/100)^-1 per axis, x takes a's x and b's y (mostly)
+    eye, zero = torch.eye(2, dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64)
+    G, C, _ = covariance_intersection(eye, zero, 4 * eye, zero)  # b adds nothing that a lacks
+    torch.testing.assert_close(G, zero)
+    torch.testing.assert_close(C, eye)
+    # all independent: the Kalman update, (A^-1 + B^-1)^-1 = 0.8 I with gain 0.2
+    G, C, _ = covariance_intersection(zero, eye, zero, 4 * eye)
+    torch.testing.assert_close(C, 0.8 * eye)
+    torch.testing.assert_close(G, 0.2 * eye)
+    # each precise on one axis, all dependent: w = 1/2, C = 2 (1 + 1/100)^-1 per axis
     A, B = torch.diag(torch.tensor([1.0, 100.0])), torch.diag(torch.tensor([100.0, 1.0]))
-    G, C = covariance_intersection(A, B)
+    G, C, _ = covariance_intersection(A, zero, B, zero)
     torch.testing.assert_close(C, torch.diag(torch.tensor([2 / 1.01, 2 / 1.01], dtype=torch.float64)))
     torch.testing.assert_close(G, torch.diag(torch.tensor([0.01 / 1.01, 1 / 1.01], dtype=torch.float64)))
     # batched as one at a time
     As, Bs = torch.stack([eye, A, 3 * eye]), torch.stack([4 * eye, B, torch.diag(torch.tensor([1.0, 9.0]))])
-    Gs, Cs = covariance_intersection(As, Bs)
+    batch = covariance_intersection(As, 0.5 * As, Bs, 0.1 * Bs)
     for i in range(3):
-        g, c = covariance_intersection(As[i], Bs[i])
-        torch.testing.assert_close(Gs[i], g)
-        torch.testing.assert_close(Cs[i], c)
+        for got, single in zip(batch, covariance_intersection(As[i], 0.5 * As[i], Bs[i], 0.1 * Bs[i])):
+            torch.testing.assert_close(got[i], single)
 
 
 @pytest.mark.parametrize("fusion", ["intersection", "kalman"])
