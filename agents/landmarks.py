@@ -141,6 +141,14 @@ def _half_trace(m: torch.Tensor) -> torch.Tensor:
     return m.diagonal(dim1=-2, dim2=-1).sum(-1) / 2.0
 
 
+def _psd2(m: torch.Tensor) -> torch.Tensor:
+    """Symmetric (..., 2, 2) matrices ``m`` raised by ``max(0, -lambda_min) I``: positive semi-definite
+    (a difference of covariances, off by rounding)."""
+    a, b, d = m[..., 0, 0], m[..., 0, 1], m[..., 1, 1]
+    lowest = (a + d) / 2.0 - torch.sqrt(((a - d) / 2.0).square() + b.square())
+    return m + (-lowest).clamp_min(0.0)[..., None, None] * torch.eye(2, dtype=m.dtype, device=m.device)
+
+
 def _inverse2(m: torch.Tensor) -> torch.Tensor:
     """Inverse of (..., 2, 2) matrices in closed form."""
     a, b, c, d = m[..., 0, 0], m[..., 0, 1], m[..., 1, 0], m[..., 1, 1]
@@ -402,16 +410,18 @@ class LandmarkMap(nn.Module):
                     ind_b = self.cov_independent[rows, slot.clamp_min(0)].to(torch.float64)  # its sightings' share
                     own_dep, own_ind = (P - independent)[:, None, None] * eye, independent[:, None, None] * eye
                     # the belief: itself vs the landmark's prediction of it (innovation nu)
-                    G, fused, M = covariance_intersection(own_dep, own_ind, cov_b - ind_b, ind_b + sight_cov)
+                    dep_b = _psd2(cov_b - ind_b)  # the belief error it was mapped with
+                    G, fused, M = covariance_intersection(own_dep, own_ind, dep_b, ind_b + sight_cov)
                     delta = torch.where(closed[:, None], torch.einsum("bij,bj->bi", G, innovation), 0.0)
                     gain = torch.where(closed, _half_trace(G), gain)
                     belief.code = torch.where(closed[:, None], metric.apply_displacement(belief.code, delta.to(belief.code.dtype)),
                                               belief.code)
-                    belief.variance = torch.where(closed, _half_trace(fused), P).to(belief.variance.dtype)
-                    independent = torch.where(closed, _half_trace(M @ own_ind @ M.transpose(-1, -2)), independent)
+                    belief.variance = torch.where(closed, _half_trace(fused).clamp_min(0.0), P).to(belief.variance.dtype)
+                    odometry = _half_trace(M @ own_ind @ M.transpose(-1, -2)).clamp_min(0.0)
+                    independent = torch.where(closed, odometry, independent)
                     self.last_closure = torch.where(closed, step, self.last_closure)
                     # the landmark: itself vs the belief's prediction of it (innovation -nu)
-                    G, refined, M = covariance_intersection(cov_b - ind_b, ind_b, own_dep + own_ind, sight_cov)
+                    G, refined, M = covariance_intersection(dep_b, ind_b, own_dep + own_ind, sight_cov)
                     shift = -torch.einsum("bij,bj->bi", G, innovation)[closed]
                     memory.codes[a, s] = metric.apply_displacement(memory.codes[a, s], shift.to(memory.codes.dtype))
                     self._locate(a, s)
@@ -505,26 +515,39 @@ class LandmarkMap(nn.Module):
         return c, P[:, None] - c, S
 
     @torch.no_grad()
-    def closure_variance(self, variance: torch.Tensor, distance: float = 0.0) -> torch.Tensor:
+    def closure_variance(self, variance: torch.Tensor, distance: float = 0.0,
+                         agents: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C) float64 belief variance per axis that a loop closure at each stored tree would
         leave, for a belief of ``variance`` (B,) looking at it from ``distance`` world units (the
-        sighting's covariance averaged over headings); +inf for empty slots."""
+        sighting's covariance averaged over headings); +inf for empty slots and for the agents
+        not in ``agents`` ((B,) bool, default all: the others are not computed)."""
         P = self._vector(variance, "variance")
         if bool((P < 0).any()):
             raise ValueError("variance: expected values >= 0")
         distance = checks.real(distance, "distance", low=0.0)
+        B = self.batch_size
+        if agents is None:
+            agents = torch.ones(B, dtype=torch.bool, device=P.device)
+        elif not (isinstance(agents, torch.Tensor) and agents.dtype == torch.bool and tuple(agents.shape) == (B,)):
+            raise ValueError(f"agents: expected a bool tensor of shape ({B},)")
+        left = torch.full(tuple(self.memory.valid.shape), math.inf, dtype=torch.float64, device=P.device)
+        which = agents[:, None] & self.memory.valid  # (B, C) the trees computed
+        if not bool(which.any()):
+            return left
+        row = which.nonzero()[:, 0]  # (N,) their agents
         eye = torch.eye(2, dtype=torch.float64, device=P.device)
         sight = distance ** 2 * (self.var_along + self.var_across) / 2.0 * eye
-        cov = self.cov.to(torch.float64)
+        P_n, cov = P[row], self.cov[which].to(torch.float64)  # (N,), (N, 2, 2)
         if self.fusion == "intersection":
-            own = self._independent(P)[:, None, None, None]
-            ind = self.cov_independent.to(torch.float64)
-            left = _half_trace(covariance_intersection((P[:, None, None, None] - own) * eye, own * eye, cov - ind,
-                                                       ind + sight)[1])
+            own = self._independent(P)[row][:, None, None]
+            ind = self.cov_independent[which].to(torch.float64)
+            chosen = _half_trace(covariance_intersection((P_n[:, None, None] - own) * eye, own * eye, _psd2(cov - ind),
+                                                         ind + sight)[1])
         else:
-            c, D, S = self._innovation_terms(P, cov, self.shared, sight)
-            left = P[:, None] - D.square() * _half_trace(torch.linalg.inv(S))
-        return left.clamp_min(0.0).masked_fill(~self.memory.valid, math.inf)
+            c, D, S = self._innovation_terms(P_n, cov[:, None], self.shared[which][:, None], sight)
+            chosen = (P_n[:, None] - D.square() * _half_trace(torch.linalg.inv(S)))[:, 0]
+        left[which] = chosen.clamp_min(0.0)
+        return left
 
     def _independent(self, P: torch.Tensor) -> torch.Tensor:
         """(B,) float64 the part of the belief variance ``P`` (B,) independent of every landmark's

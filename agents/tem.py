@@ -225,12 +225,16 @@ class TEMAgent(nn.Module):
         return self.landmarks.position.float(), self.memory.valid.clone(), fruit, last_seen, expected
 
     @torch.no_grad()
-    def _closure_std(self) -> torch.Tensor:
+    def _closure_std(self, health: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C) float64 belief std a loop closure at each remembered tree would leave, seen from where
-        the planner stops short of a tree (+inf for
-        empty slots and for trees sought there since they were last seen, and not found)."""
+        the planner stops short of a tree (+inf for empty slots, for trees sought there since they
+        were last seen and not found, and for every tree of rows the planner would not relocalize:
+        std at most ``relocalize_std``, or ``health`` (B,) below ``relocalize_health``)."""
         c = self.planner.config
-        left = self.landmarks.closure_variance(self.variance, c.stop_fraction * c.eat_radius).sqrt()
+        rows = self.sigma() > c.relocalize_std
+        if health is not None:
+            rows &= health >= c.relocalize_health
+        left = self.landmarks.closure_variance(self.variance, c.stop_fraction * c.eat_radius, rows).sqrt()
         return left.masked_fill(self.missed > self.landmarks.last_seen, math.inf)
 
     @property
@@ -437,7 +441,7 @@ class TEMAgent(nn.Module):
             fruit_in_sight=in_sight.float(), sighted=torch.where(seen, sighted, -1), goal=goal, goal_mask=goal_mask,
             goal_sighted=seen & (sighted >= 0) & (sighted == p.goal_slot),
             places=places, places_mask=places_mask, position_std=self.sigma().float(),
-            closure_std=self._closure_std().float(), generator=self.generator)
+            closure_std=self._closure_std(p.health * c["max_health"]).float(), generator=self.generator)
         action = plan.action.clone()
         eat = (action[:, 2] > 0) & seen
         action[:, 2] = torch.where(eat, 1.0, -1.0)

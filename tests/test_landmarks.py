@@ -445,5 +445,32 @@ def test_closure_variance_is_what_a_close_look_leaves(fusion):
         lmap.closure_variance(torch.tensor([-1.0]))
     with pytest.raises(ValueError, match="^distance"):
         lmap.closure_variance(belief.variance, distance=-1.0)
+    # only the agents asked for are computed; the others read +inf
+    assert torch.equal(lmap.closure_variance(belief.variance, 5.0, torch.tensor([True])),
+                       lmap.closure_variance(belief.variance, 5.0))
+    assert bool(torch.isinf(lmap.closure_variance(belief.variance, 5.0, torch.tensor([False]))).all())
+    with pytest.raises(ValueError, match="^agents"):
+        lmap.closure_variance(belief.variance, 5.0, torch.tensor([1]))
     with pytest.raises(ValueError, match="^fusion"):
         LandmarkMap(lmap.memory, fusion="average")
+
+
+def test_noiseless_odometry_keeps_every_variance_non_negative():
+    # Zero odometry noise (the clean task): the belief variance stays 0 and a landmark's covariance
+    # is its sightings' alone, so its mapping error, cov - cov_independent, is 0 up to the float32
+    # rounding of the buffers, either way; every variance fused from it stays >= 0 and the belief exact.
+    P = 16
+    for sign in (1.0, -1.0):
+        lmap, belief = build(1, P, step_variance=0.0)
+        percept = torch.nn.functional.normalize(torch.randn(1, P, generator=torch.Generator().manual_seed(6)), dim=-1)
+        north = unit(torch.tensor([0.5 * math.pi]))
+        lmap.observe(belief, percept, torch.tensor([0.01]), north, 0)  # 1 unit away: a tiny covariance
+        cov = lmap.cov[0, 0].clone()
+        lmap.cov_independent[0, 0] = cov * (1.0 + sign * 1e-5)  # float32 rounding either way
+        for t in range(1, 30):
+            belief.step(torch.zeros(1, 2))
+            lmap.observe(belief, percept, torch.tensor([0.01]), unit(torch.tensor([0.5 * math.pi + 0.01 * t])), t)
+            assert float(belief.variance) >= 0.0
+            left = lmap.closure_variance(belief.variance, 5.0)[0, 0]
+            assert 0.0 <= float(left) < 1e-3
+        assert float(belief.position().norm()) < 1e-3
