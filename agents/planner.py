@@ -48,10 +48,11 @@ The rules (constants in :class:`PlannerConfig`):
   belief drifts with the odometry for as long as the frontier lasts.
 - :meth:`Planner.act` combines them: a homing goal place (rows with ``goal_mask``) -> straight
   there (or, with the goal tree in sight, straight at it along the heading), turning in place
-  there until the goal tree is in sight; else a target -> to it, slowing to stop ``stop_fraction * eat_radius``
-  short; else a landmark to relocalize at, the same way; else explore. A target in sight (``sighted``, the slot the sight was recognised as, is
-  the target) is approached straight along the heading, the freshest estimate of where it is
-  (it is in the cone ahead), to ``stop_fraction * eat_radius``; a target (or landmark) not in sight once its
+  there until the goal tree is in sight; else a target -> to it, slowing to stop
+  ``stop_fraction * eat_radius`` short; else a landmark to relocalize at, the same way; else
+  explore. A target in sight (``sighted``, the slot the sight was recognised as, is the target)
+  is approached straight along the heading, the freshest estimate of where it is (it is in the
+  cone ahead), to ``stop_fraction * eat_radius``; a target (or landmark) not in sight once its
   remembered place is reached is looked for: the heading turns ``scan_turn`` per step in place
   (mode ``SCAN``; a full turn that does not find it tells the caller the memory was wrong).
   Eating follows :meth:`Planner.eat_decision` in every mode.
@@ -419,14 +420,15 @@ class Planner:
             sight_valence_mean=None, sight_valence_std=None, sight_distance=None, fruit_in_sight=None,
             sighted=None, goal=None, goal_mask=None, goal_sighted=None, places=None, places_mask=None,
             position_std=None, closure_std=None, generator: torch.Generator | None = None) -> Plan:
-        """One step for B agents: homing goal -> go there; else target tree -> go to it; else explore.
+        """One step for B agents: homing goal -> go there; else target tree -> go to it; else a
+        landmark to relocalize at; else explore.
 
         Remembered trees (``tree_positions`` ... ``last_seen``) may be omitted together (no trees
         known), as may the sight arguments (nothing in sight; ``sighted`` (B,) int64 is the
         remembered tree the sight was recognised as, -1 for none), ``goal``/``goal_mask`` (no homing:
         ``goal`` (B, 2), ``goal_mask`` (B,) bool, rows with a goal place; ``goal_sighted`` (B,) bool,
-        the tree in sight is the goal's) and ``places`` (nothing
-        to explore away from: the remembered trees are used if given)."""
+        the tree in sight is the goal's), ``places`` (nothing to explore away from: the remembered
+        trees are used if given) and ``position_std`` (B,) / ``closure_std`` (B, M) (never relocalize)."""
         batch = _batch(position)
         heading = _float(heading, "heading", (batch, 2))
         health_t = _health(health, batch, position)
