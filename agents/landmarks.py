@@ -383,7 +383,7 @@ class LandmarkMap(nn.Module):
                 nu = metric.displacement(code[:, None, :].expand_as(predicted).to(predicted.dtype),
                                          predicted)[1].to(torch.float64)  # (B, k, 2)
                 cov = self.cov[rows[:, None], safe].to(torch.float64)  # (B, k, 2, 2)
-                shared = self.shared.gather(1, safe) if self.fusion == "kalman" else torch.zeros_like(weights)
+                shared = self.shared.gather(1, safe) if self.fusion == "kalman" else None
                 c, D, S = self._innovation_terms(P, cov, shared, sight_cov[:, None])
                 S_inv = torch.linalg.inv(S)
                 stat = torch.einsum("bki,bkij,bkj->bk", nu, S_inv, nu)
@@ -408,20 +408,19 @@ class LandmarkMap(nn.Module):
                     a, s = rows[closed], slot[closed]
                     cov_b = cov[rows, best]  # (B, 2, 2)
                     ind_b = self.cov_independent[rows, slot.clamp_min(0)].to(torch.float64)  # its sightings' share
-                    own_dep, own_ind = (P - independent)[:, None, None] * eye, independent[:, None, None] * eye
                     # the belief: itself vs the landmark's prediction of it (innovation nu)
-                    dep_b = _psd2(cov_b - ind_b)  # the belief error it was mapped with
-                    G, fused, M = covariance_intersection(own_dep, own_ind, dep_b, ind_b + sight_cov)
+                    G, fused, M = self._meet(P, independent, cov_b, ind_b, sight_cov)
                     delta = torch.where(closed[:, None], torch.einsum("bij,bj->bi", G, innovation), 0.0)
                     gain = torch.where(closed, _half_trace(G), gain)
                     belief.code = torch.where(closed[:, None], metric.apply_displacement(belief.code, delta.to(belief.code.dtype)),
                                               belief.code)
                     belief.variance = torch.where(closed, _half_trace(fused).clamp_min(0.0), P).to(belief.variance.dtype)
-                    odometry = _half_trace(M @ own_ind @ M.transpose(-1, -2)).clamp_min(0.0)
+                    own = independent[:, None, None] * eye
+                    odometry = _half_trace(M @ own @ M.transpose(-1, -2)).clamp_min(0.0)
                     independent = torch.where(closed, odometry, independent)
                     self.last_closure = torch.where(closed, step, self.last_closure)
                     # the landmark: itself vs the belief's prediction of it (innovation -nu)
-                    G, refined, M = covariance_intersection(dep_b, ind_b, own_dep + own_ind, sight_cov)
+                    G, refined, M = covariance_intersection(_psd2(cov_b - ind_b), ind_b, P[:, None, None] * eye, sight_cov)
                     shift = -torch.einsum("bij,bj->bi", G, innovation)[closed]
                     memory.codes[a, s] = metric.apply_displacement(memory.codes[a, s], shift.to(memory.codes.dtype))
                     self._locate(a, s)
@@ -502,14 +501,17 @@ class LandmarkMap(nn.Module):
                 "chi2": chi2, "gain": gain, "slot": slot, "written": written}
 
     @staticmethod
-    def _innovation_terms(P: torch.Tensor, cov: torch.Tensor, shared: torch.Tensor, sight_cov) -> tuple:
+    def _innovation_terms(P: torch.Tensor, cov: torch.Tensor, shared: torch.Tensor | None, sight_cov) -> tuple:
         """For belief variance ``P`` (B,) and landmarks of covariance ``cov`` (B, k, 2, 2) sharing
-        ``shared`` (B, k) with the belief, seen with covariance ``sight_cov`` (broadcast to ``cov``):
-        the clamped shared variance ``c`` (B, k), ``D = P - c`` (B, k) and the innovation covariance
-        ``S`` (B, k, 2, 2) (module docstring), all float64."""
+        ``shared`` (B, k; None: nothing) with the belief, seen with covariance ``sight_cov``
+        (broadcast to ``cov``): the clamped shared variance ``c`` (B, k), ``D = P - c`` (B, k) and the
+        innovation covariance ``S`` (B, k, 2, 2) (module docstring), all float64."""
         eye = torch.eye(2, dtype=torch.float64, device=cov.device)
-        floor = torch.linalg.eigvalsh(cov)[..., 0].clamp_min(0.0)  # (B, k)
-        c = torch.minimum(shared.to(torch.float64).clamp_min(0.0), (P[:, None] * floor).sqrt())
+        if shared is None:
+            c = torch.zeros(cov.shape[:-2], dtype=torch.float64, device=cov.device)
+        else:
+            floor = torch.linalg.eigvalsh(cov)[..., 0].clamp_min(0.0)  # (B, k)
+            c = torch.minimum(shared.to(torch.float64).clamp_min(0.0), (P[:, None] * floor).sqrt())
         S = (P[:, None] - 2.0 * c)[..., None, None] * eye + cov + sight_cov
         S = S + 1e-9 * eye  # a noiseless sighting of a noiseless landmark: keep S invertible
         return c, P[:, None] - c, S
@@ -539,10 +541,8 @@ class LandmarkMap(nn.Module):
         sight = distance ** 2 * (self.var_along + self.var_across) / 2.0 * eye
         P_n, cov = P[row], self.cov[which].to(torch.float64)  # (N,), (N, 2, 2)
         if self.fusion == "intersection":
-            own = self._independent(P)[row][:, None, None]
-            ind = self.cov_independent[which].to(torch.float64)
-            chosen = _half_trace(covariance_intersection((P_n[:, None, None] - own) * eye, own * eye, _psd2(cov - ind),
-                                                         ind + sight)[1])
+            chosen = _half_trace(self._meet(P_n, self._independent(P)[row], cov,
+                                            self.cov_independent[which].to(torch.float64), sight)[1])
         else:
             c, D, S = self._innovation_terms(P_n, cov[:, None], self.shared[which][:, None], sight)
             chosen = (P_n[:, None] - D.square() * _half_trace(torch.linalg.inv(S)))[:, 0]
@@ -553,6 +553,16 @@ class LandmarkMap(nn.Module):
         """(B,) float64 the part of the belief variance ``P`` (B,) independent of every landmark's
         error: the odometry noise since the belief was last written from or fused."""
         return (self.independent + (P - self.variance_after).clamp_min(0.0)).clamp(max=P)
+
+    @staticmethod
+    def _meet(P: torch.Tensor, independent: torch.Tensor, cov: torch.Tensor, cov_independent: torch.Tensor,
+              sight_cov) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:func:`covariance_intersection` of the belief (variance ``P`` (N,), of which ``independent``
+        (N,) independent) with a landmark's prediction of the agent's place (``cov`` (N, 2, 2), of
+        which ``cov_independent`` its sightings', plus the sighting's ``sight_cov``): G, C, M."""
+        eye = torch.eye(2, dtype=torch.float64, device=cov.device)
+        return covariance_intersection((P - independent)[:, None, None] * eye, independent[:, None, None] * eye,
+                                       _psd2(cov - cov_independent), cov_independent + sight_cov)
 
     def _refresh(self, agents, slots, step, fruit, valence, rows) -> None:
         """A recognised tree (agents[i], slots[i]) was seen at ``step`` (M,): its side tensors take

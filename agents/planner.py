@@ -377,11 +377,18 @@ class Planner:
         cos, sin = math.cos(self.config.scan_turn), math.sin(self.config.scan_turn)
         return torch.stack([head[:, 0] * cos - head[:, 1] * sin, head[:, 0] * sin + head[:, 1] * cos], -1)
 
-    def relocalization_landmarks(self, position, tree_positions, valid, position_std, closure_std) -> torch.Tensor:
-        """(B,) int64 remembered tree to walk to for a loop closure (-1 for none): where the belief
-        std ``position_std`` (B,) exceeds ``relocalize_std``, the nearest valid tree whose closure
-        would leave a std ``closure_std`` (B, M) below ``relocalize_ratio * position_std`` (+inf: not a
-        candidate, e.g. looked for there and not found)."""
+    def may_relocalize(self, position_std: torch.Tensor, health: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: rows whose belief std ``position_std`` (B,) exceeds ``relocalize_std`` with
+        ``health`` (B,) at least ``relocalize_health`` (the rows that may seek a landmark)."""
+        c = self.config
+        return (position_std > c.relocalize_std) & (health >= c.relocalize_health)
+
+    def relocalization_landmarks(self, position, tree_positions, valid, position_std, closure_std,
+                                 health) -> torch.Tensor:
+        """(B,) int64 remembered tree to walk to for a loop closure (-1 for none): in the rows that
+        :meth:`may_relocalize`, the nearest valid tree whose closure would leave a std
+        ``closure_std`` (B, M) below ``relocalize_ratio * position_std`` (+inf: not a candidate, e.g.
+        looked for there and not found)."""
         batch = _batch(position)
         shape = (batch, tree_positions.shape[1])
         if position_std is None or closure_std is None:
@@ -390,11 +397,11 @@ class Planner:
         closing = _float(closure_std, "closure_std", shape, allow_inf=True).double()
         if bool((own < 0).any()) or bool((closing < 0).any()):
             raise ValueError("position_std: expected stds >= 0 (closure_std too)")
-        c = self.config
-        candidate = valid & (closing < c.relocalize_ratio * own[:, None]) & (own[:, None] > c.relocalize_std)
-        distance = (tree_positions.double() - position.double()[:, None]).norm(dim=-1).masked_fill(~candidate, math.inf)
         if shape[1] == 0:
             return torch.full((batch,), -1, dtype=torch.int64, device=position.device)
+        wanted = self.may_relocalize(own, _health(health, batch, position))
+        candidate = valid & (closing < self.config.relocalize_ratio * own[:, None]) & wanted[:, None]
+        distance = (tree_positions.double() - position.double()[:, None]).norm(dim=-1).masked_fill(~candidate, math.inf)
         best, slot = distance.min(1)
         return torch.where(torch.isfinite(best), slot, -1)
 
@@ -482,8 +489,9 @@ class Planner:
             stop = torch.where(near.any(1), c.crowded_stop, c.stop_fraction * c.eat_radius)
             go = target >= 0
             if position_std is not None or closure_std is not None:
-                landmark = self.relocalization_landmarks(position, tree_positions, valid, position_std, closure_std)
-                landmark = torch.where(go | homing | (health_t < c.relocalize_health), -1, landmark)
+                landmark = self.relocalization_landmarks(position, tree_positions, valid, position_std, closure_std,
+                                                         health_t)
+                landmark = torch.where(go | homing, -1, landmark)
             seek = torch.where(go, target, landmark)
             sought = seek >= 0
             stop = torch.where(go, stop, c.stop_fraction * c.eat_radius)

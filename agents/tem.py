@@ -228,12 +228,12 @@ class TEMAgent(nn.Module):
     def _closure_std(self, health: torch.Tensor | None = None) -> torch.Tensor:
         """(B, C) float64 belief std a loop closure at each remembered tree would leave, seen from where
         the planner stops short of a tree (+inf for empty slots, for trees sought there since they
-        were last seen and not found, and for every tree of rows the planner would not relocalize:
-        std at most ``relocalize_std``, or ``health`` (B,) below ``relocalize_health``)."""
+        were last seen and not found, and for every tree of rows the planner would not relocalize
+        with ``health`` (B,); None: any health)."""
         c = self.planner.config
-        rows = self.sigma() > c.relocalize_std
-        if health is not None:
-            rows &= health >= c.relocalize_health
+        if health is None:
+            health = torch.full((self.num_agents,), math.inf, dtype=torch.float64)
+        rows = self.planner.may_relocalize(self.sigma(), health)
         left = self.landmarks.closure_variance(self.variance, c.stop_fraction * c.eat_radius, rows).sqrt()
         return left.masked_fill(self.missed > self.landmarks.last_seen, math.inf)
 
