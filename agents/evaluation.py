@@ -370,11 +370,13 @@ def percept_identity(config: Any, percepts: np.ndarray) -> np.ndarray:
 def revisits(envs: Any, agent: Any, steps: int, seed: int, progress: Callable[[int], Any] | None = None) -> dict:
     """The revisit-prediction protocol (the TEM papers' measure) along the agent's own walk.
 
-    An arrival at a tree is a step on which the agent comes within ``eat_radius`` of it (being
-    outside on the step before; a start in reach is not an arrival). At every arrival, before the
-    agent sees that step's observation, ``agent.recall_here()`` gives the percept its memory holds
-    at its believed place; the prediction is right when that percept's nearest vocabulary look
-    (:func:`percept_identity`) is the tree's (kind, name) pair. Arrivals are counted per tree
+    The tree at a place is the nearest tree within ``eat_radius`` of it (none if none is in
+    reach). An arrival at a tree is a step on which it becomes the tree at the agent's place (from
+    none or another tree; a start in reach is not an arrival): where two trees' reaches overlap,
+    the place belongs to the nearer, as it does for any memory of places. At every arrival, before
+    the agent sees that step's observation, ``agent.recall_here()`` gives the percept its memory
+    holds at its believed place; the prediction is right when that percept's nearest vocabulary
+    look (:func:`percept_identity`) is the tree's (kind, name) pair. Arrivals are counted per tree
     (previous visits 0, 1, ...); an arrival after at least one visit whose bearing from the tree
     falls in a sector (of :data:`BEARING_SECTORS`) not used by an earlier arrival there is
     zero-shot. Chance is one in the world's trees (each has its own look); the node agent, correct
@@ -393,22 +395,27 @@ def revisits(envs: Any, agent: Any, steps: int, seed: int, progress: Callable[[i
     config, n = envs.config, envs.num_envs
     observation, info = reset_worlds(envs, agent, seed)
 
-    def in_reach(info):
+    def tree_here(info):
+        """Offsets (n, T, 2) from the trees to the agents, and the tree at each agent's place (n,), -1: none."""
         offset = np.asarray(info["position"], dtype=np.float64)[:, None] - np.asarray(info["tree_positions"])
-        return offset, np.hypot(offset[..., 0], offset[..., 1]) < config.eat_radius
+        distance = np.hypot(offset[..., 0], offset[..., 1])
+        nearest = distance.argmin(1)
+        return offset, np.where(distance[np.arange(n), nearest] < config.eat_radius, nearest, -1)
 
-    _, inside = in_reach(info)
-    visits = np.zeros(inside.shape, dtype=np.int64)
-    sectors = np.zeros(inside.shape + (BEARING_SECTORS,), dtype=bool)
+    _, here = tree_here(info)
+    visits = np.zeros(np.asarray(info["tree_identity"]).shape, dtype=np.int64)
+    sectors = np.zeros(visits.shape + (BEARING_SECTORS,), dtype=bool)
     alive = np.ones(n, dtype=bool)
     records = []
     action = agent.act(observation)
     for _ in range(steps):
         observation, _, terminated, truncated, info = envs.step(action)
         alive &= ~(np.asarray(terminated) | np.asarray(truncated))
-        offset, now = in_reach(info)
-        arrived = now & ~inside & alive[:, None]
-        inside = now
+        offset, now = tree_here(info)
+        arrived = np.zeros(visits.shape, dtype=bool)
+        rows = np.nonzero((now >= 0) & (now != here) & alive)[0]
+        arrived[rows, now[rows]] = True
+        here = now
         if arrived.any():
             percepts, confidence = agent.recall_here()  # memory and belief before this step's observation
             predicted, confidence = percept_identity(config, np.asarray(percepts)), np.asarray(confidence)

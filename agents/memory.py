@@ -240,17 +240,22 @@ class SpatialMemory(nn.Module):
                                                        squared=True)
         return slots, dist_sq.masked_fill(~self._gather(self.valid, slots), _INF)
 
-    def recall_percept(self, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def recall_percept(self, codes: torch.Tensor, nearest: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Percepts remembered at the given places, and how sure.
 
         codes (B, L) or (B, Q, L) -> percepts (B, [Q,] P), confidence (B, [Q,]) in [0, 1]: the
-        kernel value of the nearest stored entry (0 for an empty memory). Differentiable in codes.
+        kernel value of the nearest stored entry (0 for an empty memory). The percepts are the
+        kernel-weighted mean of the entries (differentiable in codes) or, with ``nearest``, the
+        nearest entry's own percept (a stored look, never a blend of two neighbours' looks; zeros
+        for an empty memory).
         """
         single = codes.ndim == 2
         codes = self._check(codes, "codes", self.location_dim, "location_dim")
         slots, dist_sq = self._shortlist(codes)
         logits = -dist_sq / (2.0 * self.recall_scale ** 2)  # (B, Q, k), -inf at empty slots
         best = logits.max(-1).values  # (B, Q)
+        if nearest:
+            logits = torch.where((logits == best.unsqueeze(-1)) & (logits > -math.inf), 0.0, -math.inf)
         attention = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # all -inf rows -> 0
         percepts = torch.einsum("bqk,bqkp->bqp", attention, self._gather(self.percepts, slots))  # (B, Q, P)
         confidence = best.exp()

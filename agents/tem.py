@@ -203,9 +203,9 @@ class TEMAgent(nn.Module):
 
     @torch.no_grad()
     def recall_here(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """What memory holds at the believed place: percepts (B, P) and confidence (B,) in [0, 1]
-        (``SpatialMemory.recall_percept`` at the belief codes)."""
-        return self.memory.recall_percept(self.code)
+        """What memory holds at the believed place: the nearest entry's percept (B, P) and the
+        confidence (B,) in [0, 1] (``SpatialMemory.recall_percept`` at the belief codes, ``nearest``)."""
+        return self.memory.recall_percept(self.code, nearest=True)
 
     @torch.no_grad()
     def sigma(self) -> torch.Tensor:

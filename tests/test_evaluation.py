@@ -191,7 +191,7 @@ def test_map_quality_of_a_tem_agent_after_a_short_walk():
 class NodeMemory:
     """A test oracle for revisit prediction: walks a cycle over the three trees nearest its start
     (reading the world's state), remembers every tree it has been in reach of, and recalls, at its
-    true place, the look of a remembered tree in reach (nothing at a first arrival)."""
+    true place, the look of the nearest tree in reach if remembered (nothing at a first arrival)."""
 
     def __init__(self, envs):
         from treeworld.sensors import PerceptTables
@@ -209,10 +209,11 @@ class NodeMemory:
         return distance < self.envs.config.eat_radius
 
     def recall_here(self):
-        state, reach = self.envs.batch.state, self._in_reach()
+        state = self.envs.batch.state
+        distance = np.linalg.norm(state.tree_position - state.agent_position[:, None], axis=-1)
         percepts = np.zeros((self.num_agents, self.sight.shape[1]), np.float32)
-        for env, tree in zip(*np.nonzero(reach)):
-            if (env, tree) in self.known:
+        for env, tree in enumerate(distance.argmin(1)):
+            if distance[env, tree] < self.envs.config.eat_radius and (env, tree) in self.known:
                 percepts[env] = self.sight[state.tree_sight_row[env, tree]]
         return torch.as_tensor(percepts), torch.ones(self.num_agents)
 
@@ -246,6 +247,17 @@ def test_a_memory_of_every_visit_reaches_the_node_agent_ceiling():
     assert all(r["predicted"] == -1 and r["confidence"] == 1.0 for r in result["arrivals"] if r["visits"] == 0)
     with pytest.raises(TypeError, match=r"^agent: expected a BatchAgent with recall_here\(\)"):
         evaluation.revisits(envs, Batched([Still()] * 3), 5, seed=evaluation.EVAL_SEED)
+    envs.close()
+
+
+def test_where_reaches_overlap_the_place_belongs_to_the_nearer_tree():
+    """Five trees crowded into a small arena: reaches overlap, and a memory of places still scores
+    the ceiling after a visit (an arrival into a farther tree's reach is not an arrival there)."""
+    envs = gym.make_vec("treeworld/TreeWorld-v0", num_envs=3, vectorization_mode="vector_entry_point",
+                        config=WorldConfig(living_cost=0.0, move_cost=0.0, arena_radius=30.0, start_radius=15.0,
+                                           num_trees=5), max_episode_steps=None)
+    result = evaluation.revisits(envs, NodeMemory(envs), 300, seed=evaluation.EVAL_SEED)
+    assert result["after_visit"]["arrivals"] >= 50 and result["after_visit"]["accuracy"]["mean"] == 1.0
     envs.close()
 
 

@@ -128,6 +128,18 @@ def test_two_stage_recall_equals_attention_over_all_entries():
     percepts, confidence = memory.recall_percept(queries)
     assert torch.allclose(percepts[0], attention @ stored_percepts, atol=1e-4)
     assert torch.allclose(confidence[0], torch.exp(-dist_sq.min(-1).values / (2 * memory.recall_scale ** 2)), atol=1e-5)
+    nearest, same = memory.recall_percept(queries, nearest=True)
+    assert torch.equal(nearest[0], stored_percepts[dist_sq.argmin(-1)]) and torch.equal(same, confidence)
+
+
+def test_nearest_recall_of_an_empty_memory_is_nothing():
+    memory = new_memory(10, batch_size=2)
+    metric = memory.location_metric
+    memory.write(metric.encode(torch.tensor([[[1.0, 1.0]]])).expand(2, 1, -1),
+                 unit_percepts(2, 1, generator=gen(6)), mask=torch.tensor([[True], [False]]))
+    percepts, confidence = memory.recall_percept(metric.encode(torch.tensor([[1.0, 1.0], [1.0, 1.0]])), nearest=True)
+    assert torch.equal(percepts[0], memory.percepts[0, memory.valid[0]][0]) and confidence[0] == pytest.approx(1.0)
+    assert torch.equal(percepts[1], torch.zeros_like(percepts[1])) and confidence[1] == 0.0
 
 
 @pytest.mark.parametrize("length", [40, 1000, 1021])
