@@ -33,7 +33,7 @@ The rules (constants in :class:`PlannerConfig`):
   other than the one in sight) is believed at
   least ``hazard_margin`` farther than the tree in sight, and a target tree with a hazard within
   ``eat_radius + hazard_margin`` of it is approached to ``crowded_stop`` instead of
-  ``stop_fraction * eat_radius``.
+  ``stop_fraction * eat_radius`` (``sight_stop`` in sight).
 - Exploring. Head away from the density of given places (visited places, map units, remembered
   trees: repulsion ``sum (p - v) / |p - v| * exp(-|p - v| / explore_scale)``), bent inward over the
   last ``wall_margin`` before the arena wall, turning at most ``max_turn`` radians per step (plus
@@ -52,10 +52,11 @@ The rules (constants in :class:`PlannerConfig`):
   ``stop_fraction * eat_radius`` short; else a landmark to relocalize at, the same way; else
   explore. A target in sight (``sighted``, the slot the sight was recognised as, is the target)
   is approached straight along the heading, the freshest estimate of where it is (it is in the
-  cone ahead), to ``stop_fraction * eat_radius``; a target (or landmark) not in sight once its
+  cone ahead), to ``sight_stop`` (in reach; closer, a tree off-centre in the cone leaves it, and
+  the agent would scan for a tree it had in front of it); a target (or landmark) not in sight once its
   remembered place is reached is looked for: the heading turns ``scan_turn`` per step in place
   (mode ``SCAN``; a full turn that does not find it tells the caller the memory was wrong).
-  Eating follows :meth:`Planner.eat_decision` in every mode.
+  Eating follows :meth:`Planner.eat_decision` in every mode; a bite is taken standing still.
 
 Everything is a pure function of its arguments (the light state, the current target and heading,
 is passed in and returned), so a batch equals its rows run one by one, except for the random
@@ -95,7 +96,8 @@ class PlannerConfig:
     hungry_health: float = 200.0  # ... or with any, below this health (else explore: find more trees)
     explore_until: int = 8  # while fewer trees worth eating are known, a sated trip needs max_fruit - 1
     hysteresis: float = 1.5  # switch targets only to one scoring > hysteresis * current score
-    stop_fraction: float = 0.5  # stop this fraction of eat_radius short of a target tree
+    stop_fraction: float = 0.5  # stop this fraction of eat_radius short of a target tree's remembered place
+    sight_stop: float = 8.0  # a tree in sight is approached to this distance (in reach, and still in the cone)
     hazard_margin: float = 5.0  # a bite needs every hazard believed this much farther than the tree in sight
     crowded_stop: float = 1.0  # stop this close to a target tree with a hazard near it (world units)
     nudge: float = 0.1  # step (world units) toward a target already within the stop distance
@@ -124,10 +126,12 @@ class PlannerConfig:
             elif f.name in ("poison_threshold", "known_std", "relocalize_ratio"):
                 checks.real(value, f.name, low=0.0, high=1.0)
             elif f.name in ("max_step", "eat_radius", "explore_scale", "max_turn", "scan_turn", "crowded_stop",
-                            "relocalize_std"):
+                            "sight_stop", "relocalize_std"):
                 checks.positive(value, f.name)
             else:
                 checks.positive(value, f.name, strict=False)
+        if self.sight_stop >= self.eat_radius:
+            raise ValueError(f"sight_stop: expected < eat_radius={self.eat_radius}, got {self.sight_stop}")
         if self.initial_fruit > self.max_fruit:
             raise ValueError(f"initial_fruit: expected at most max_fruit={self.max_fruit}, got {self.initial_fruit}")
 
@@ -405,10 +409,11 @@ class Planner:
         best, slot = distance.min(1)
         return torch.where(torch.isfinite(best), slot, -1)
 
-    def _approach(self, p, tree_xy, slot, stop, heading, sighted, seen_at) -> tuple[torch.Tensor, torch.Tensor]:
-        """The step (B, 2) float64 towards remembered tree ``slot`` (B,) of ``tree_xy`` (B, M, 2), to
-        ``stop`` (B,) short of it: along the heading when the sight (``sighted``, at ``seen_at``) is
-        that tree, else at its remembered place; and (B,) bool rows arrived there without seeing it."""
+    def _approach(self, p, tree_xy, slot, stop, heading, sighted, seen_at, sight_stop) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step (B, 2) float64 towards remembered tree ``slot`` (B,) of ``tree_xy`` (B, M, 2): along
+        the heading to ``sight_stop`` (B,) short of it when the sight (``sighted``, at ``seen_at``) is
+        that tree, else to ``stop`` (B,) short of its remembered place; and (B,) bool rows arrived
+        there without seeing it."""
         batch = p.shape[0]
         aim = tree_xy.gather(1, slot.clamp_min(0)[:, None, None].expand(batch, 1, 2))[:, 0]
         towards, dist = _unit(aim - p)
@@ -416,7 +421,7 @@ class Planner:
         if sighted is None:
             return move, torch.zeros(batch, dtype=torch.bool, device=p.device)
         seen = (sighted == slot) & torch.isfinite(seen_at)
-        move = torch.where(seen[:, None], _ahead(heading, seen_at, stop, self.config.max_step), move)
+        move = torch.where(seen[:, None], _ahead(heading, seen_at, sight_stop, self.config.max_step), move)
         # (a tolerance: the float tail of the approach)
         return move, ~seen & (dist <= stop + self.config.max_step / 2)
 
@@ -486,7 +491,8 @@ class Planner:
             near = hazard & (apart <= c.eat_radius + c.hazard_margin)
             if near.shape[1]:
                 near[rows, target.clamp_min(0)] = False
-            stop = torch.where(near.any(1), c.crowded_stop, c.stop_fraction * c.eat_radius)
+            crowded = near.any(1)
+            stop = torch.where(crowded, c.crowded_stop, c.stop_fraction * c.eat_radius)
             go = target >= 0
             if position_std is not None or closure_std is not None:
                 landmark = self.relocalization_landmarks(position, tree_positions, valid, position_std, closure_std,
@@ -495,7 +501,9 @@ class Planner:
             seek = torch.where(go, target, landmark)
             sought = seek >= 0
             stop = torch.where(go, stop, c.stop_fraction * c.eat_radius)
-            step, scan = self._approach(p, tree_xy, seek, stop, heading, sighted, None if sighted is None else seen_at)
+            sight_stop = torch.where(go & crowded, c.crowded_stop, c.sight_stop)
+            step, scan = self._approach(p, tree_xy, seek, stop, heading, sighted, None if sighted is None else seen_at,
+                                        sight_stop)
             move = torch.where(sought[:, None], step, move)
             mode = torch.where(go, FORAGE, torch.where(sought, RELOCALIZE, mode))
             move = torch.where((sought & scan)[:, None], turning, move)
@@ -507,7 +515,7 @@ class Planner:
             if goal_sighted is not None:  # the goal tree in sight: straight at it along the heading
                 at = _float(sight_distance, "sight_distance", (batch,), allow_inf=True).double()
                 seen_goal = _bool(goal_sighted, "goal_sighted", (batch,)) & torch.isfinite(at)
-                home = torch.where(seen_goal[:, None], _ahead(heading, at, c.stop_fraction * c.eat_radius, c.max_step), home)
+                home = torch.where(seen_goal[:, None], _ahead(heading, at, c.sight_stop, c.max_step), home)
                 # at the remembered place with the goal tree not in sight: turn in place to find it
                 home = torch.where((~seen_goal & (dist <= c.max_step / 2))[:, None], turning, home)
             move = torch.where(homing[:, None], home, move)
@@ -524,6 +532,7 @@ class Planner:
                                     hazard_distance)
         else:
             eat = torch.zeros(batch, dtype=torch.bool, device=device)
+        move = torch.where(eat[:, None], 0.0, move)  # a bite: stand still, the tree stays in the cone
         moved = move.norm(dim=-1, keepdim=True)
         new_heading = torch.where(moved > 0, move / moved.clamp_min(_EPS), heading.double())
         action = torch.cat([(move / c.max_step).clamp(-1, 1),

@@ -13,7 +13,10 @@ vocabulary):
    the world feeds on the nearest tree in reach, which may not be the one in sight.
 3. Landmarks: ``LandmarkMap.observe`` with sight, sight distance and heading (valence from the
    readout; the fruit count is unknown: ``None``), which stores trees by object-vector coding and
-   closes loops into the belief.
+   closes loops into the belief. Tracking: a tree in sight whose distance is within one step's
+   travel (``max_step + 4 motion_noise``) of the target's distance in sight on the step before is
+   that target still, whatever slot its (noisy) look was matched to: the world's sight distance is
+   exact, so a one-step misrecognition does not send the agent scanning for a tree in front of it.
 4. Every ``consolidate_every`` steps of a row, its memory is consolidated into the map layer
    (``SpatialMemory.consolidate`` over a shared ``Topography``); the map units' decoded places are
    extra places the explorer moves away from.
@@ -166,6 +169,7 @@ class TEMAgent(nn.Module):
         self.register_buffer("heading", torch.zeros(B, 2))
         self.register_buffer("target", torch.full((B,), -1, dtype=torch.long))
         self.register_buffer("scan_steps", torch.zeros(B, dtype=torch.long))  # consecutive scanning steps
+        self.register_buffer("target_range", torch.full((B,), math.nan))  # the target's distance in sight last step (nan: not)
         # step of each slot's fruit estimate (stored: 0, the episode start; marked bare: that step), for the regrowth count
         self.register_buffer("fruit_since", torch.zeros(B, c["capacity"], dtype=torch.long))
         # step a full scan at a slot's place sought to relocalize did not see it (-1: never; a candidate again once seen)
@@ -305,6 +309,7 @@ class TEMAgent(nn.Module):
         self.heading[chosen] = 0.0
         self.target[chosen] = -1
         self.scan_steps[chosen] = 0
+        self.target_range[chosen] = math.nan
         self.fruit_since[chosen] = 0
         self.missed[chosen] = -1
         self.previous_health[chosen] = math.nan
@@ -355,6 +360,9 @@ class TEMAgent(nn.Module):
                                         valence=sight_mean.double())
         self._refresh_valence(result["written"])
         sighted = torch.where(result["slot"] >= 0, result["slot"], result["written"])  # (B,)
+        travel = self.planner.config.max_step + 4.0 * c["motion_noise"]
+        still = seen & (self.target >= 0) & ((distance * c["sight_range"] - self.target_range).abs() <= travel)
+        sighted = torch.where(still, self.target, sighted)
         rows = torch.arange(B)
         mark = bare & seen & (sighted >= 0)
         if bool(mark.any()):
@@ -460,6 +468,8 @@ class TEMAgent(nn.Module):
             lost &= plan.target >= 0
             self._mark_bare(lost, plan.target)
         self.target.copy_(plan.target)
+        in_view = seen & (plan.target >= 0) & (sighted == plan.target)
+        self.target_range.copy_(torch.where(in_view, distance * c["sight_range"], math.nan))
         self.heading.copy_(plan.heading.float())
         self._last_mode = plan.mode
         self.finish_step(p, eat)

@@ -214,8 +214,12 @@ def test_a_target_in_sight_is_approached_straight_along_the_heading():
     assert plan.mode.item() == FORAGE
     torch.testing.assert_close(plan.action[0, :2], torch.tensor([0.0, 1.0]))
     plan = planner.act(torch.zeros(1, 2), heading, HUNGRY, 0, **mem, current=torch.tensor([0]),
-                       **sight_args(0, 7.0))  # in reach: stop short, eat
-    torch.testing.assert_close(plan.action[0], torch.tensor([0.0, 2.0 / CONFIG.max_step, 1.0]))
+                       **sight_args(0, 12.0))  # near: to sight_stop, where it is in reach and still ahead
+    torch.testing.assert_close(plan.action[0], torch.tensor([0.0, (12.0 - CONFIG.sight_stop) / CONFIG.max_step, -1.0]))
+    plan = planner.act(torch.zeros(1, 2), heading, HUNGRY, 0, **mem, current=torch.tensor([0]),
+                       **sight_args(0, 9.0))  # in reach: a bite, standing still (the tree stays in the cone)
+    torch.testing.assert_close(plan.action[0], torch.tensor([0.0, 0.0, 1.0]))
+    assert torch.equal(plan.heading, heading)
 
 
 
@@ -446,5 +450,7 @@ def test_bad_inputs_raise_value_error_naming_the_argument():
         PlannerConfig(hysteresis=0.5)
     with pytest.raises(ValueError, match="^initial_fruit"):
         PlannerConfig(initial_fruit=6.0)
+    with pytest.raises(ValueError, match=r"^sight_stop: expected < eat_radius=10.0, got 10.0"):
+        PlannerConfig(sight_stop=10.0)
     with pytest.raises(TypeError, match="^valid"):
         planner.act(**{**args, "valid": torch.ones(3, 7)})

@@ -226,6 +226,24 @@ def test_a_tree_not_found_at_its_remembered_place_is_given_up_after_one_full_sca
     assert targets[-1] == -1  # ... so the agent moved on
 
 
+@pytest.mark.parametrize("distance, tracked", [(0.47, True), (0.3, False)])
+def test_a_target_in_sight_is_tracked_by_its_distance_through_a_misrecognised_look(distance, tracked):
+    # the target seen 50 units ahead; next step a look matching no slot (percept noise) at 47 units
+    # is the target still (sight distance is exact, a step moves at most max_step plus noise); at
+    # 30 units it is another tree
+    rng = np.random.default_rng(8)
+    agent = TEMAgent(1, planner={"explore_jitter": 0.0, "hungry_health": 2000.0})
+    agent.reset(seed=0)
+    heading = np.array([[1.0, 0.0]], np.float32)
+    tree = _percept(rng)
+    agent.readout.update(torch.as_tensor(tree[None]), torch.ones(1))
+    agent.act({**_obs(1, rng, tree[None], 0.5), "heading": heading, "motion": np.zeros((1, 2), np.float32)})
+    assert int(agent.target[0]) == 0 and float(agent.target_range[0]) == pytest.approx(50.0)
+    other = _obs(1, rng, _percept(rng)[None], distance)
+    p = agent.perceive({**other, "heading": heading, "motion": np.array([[3.0, 0.0]], np.float32)})
+    assert (int(p.sighted[0]) == 0) == tracked and int(p.sighted[0]) >= 0
+
+
 def test_a_tree_first_seen_is_expected_to_carry_the_episode_start_fruit_plus_the_regrowth_since():
     # never eaten from, a tree seen first at step t carries its start-of-episode fruit (uniform in
     # 0..max_fruit: initial_fruit on average) plus every regrowth tick since the episode began
