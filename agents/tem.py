@@ -8,7 +8,9 @@ vocabulary):
 2. Valence learning: if the agent tried to eat on the previous step, the health change
    ``(health - previous) * max_health`` tells the outcome of the bite: above ``+fruit_health / 2``
    edible (+1), below ``-fruit_health / 2`` poison (-1), anything else unclear (ignored for the
-   readout; the tree in sight is then marked as bare: fruit estimate 0 until the next regrowth).
+   readout). A bite that leaves health below ``max_health`` with no such change found no fruit: the
+   tree in sight is marked as bare (fruit estimate 0 until the next regrowth). At ``max_health`` it
+   tells nothing: the world clamps health there, so a bite that fed leaves it unchanged.
    The percept learned from is the sight percept of the step the eat was attempted on. Caveat:
    the world feeds on the nearest tree in reach, which may not be the one in sight.
 3. Landmarks: ``LandmarkMap.observe`` with sight, sight distance and heading (valence from the
@@ -348,8 +350,7 @@ class TEMAgent(nn.Module):
         if bool(learned.any()):
             outcomes = torch.where(edible, 1.0, -1.0)[learned]
             self.readout.update(self.eaten_percept[learned], outcomes)
-        bare = tried & ~learned & (delta.abs() < 0.2 * c["fruit_health"]) \
-            & (health < 1.0 - c["fruit_health"] / c["max_health"])
+        bare = tried & ~learned & (delta.abs() < 0.2 * c["fruit_health"]) & (health < 1.0)
 
         # 3. landmarks, then the valence of the sight and of the changed or stale slots
         if bool(seen.any()):

@@ -244,6 +244,22 @@ def test_a_target_in_sight_is_tracked_by_its_distance_through_a_misrecognised_lo
     assert (int(p.sighted[0]) == 0) == tracked and int(p.sighted[0]) >= 0
 
 
+@pytest.mark.parametrize("before, after, bare", [(0.99, 0.989, True), (1.0, 0.999, True), (0.99, 1.0, False),
+                                                 (1.0, 1.0, False)])
+def test_a_bite_that_found_no_fruit_marks_the_tree_bare_unless_health_was_clamped(before, after, bare):
+    # the world clamps health at max_health: a bite that fed at 990 or 1000 leaves 1000; one that
+    # found no fruit costs the living cost
+    rng = np.random.default_rng(9)
+    agent = TEMAgent(1)
+    agent.reset(seed=0)
+    tree = _percept(rng)[None]
+    for health, eat in ((before, True), (after, False)):
+        p = agent.perceive({**_obs(1, rng, tree, 0.05), "health": np.full((1, 1), health, np.float32)})
+        agent.finish_step(p, torch.tensor([eat]))
+    assert int(agent.memory.valid.sum()) == 1
+    assert (float(agent.landmarks.fruit[0, 0]) == 0.0) == bare
+
+
 def test_a_tree_first_seen_is_expected_to_carry_the_episode_start_fruit_plus_the_regrowth_since():
     # never eaten from, a tree seen first at step t carries its start-of-episode fruit (uniform in
     # 0..max_fruit: initial_fruit on average) plus every regrowth tick since the episode began
