@@ -403,7 +403,7 @@ def test_an_uncertain_sated_agent_walks_to_the_nearest_landmark_that_would_reloc
 
 
 def test_batch_equals_singles():
-    planner = Planner(PlannerConfig(explore_jitter=0.0))
+    planner = Planner(PlannerConfig(explore_jitter=0.0, relocalize_health=600.0))  # every mode in the scenario
     B = 24
     args = _scenario(B, 5)
     args["valid"][:4] = False  # some rows explore

@@ -289,7 +289,7 @@ def test_an_uncertain_agent_walks_back_to_a_precise_landmark_and_gives_it_up_if_
     for step in range(240):
         first = step == 0
         obs = _obs(1, rng, _percept(rng)[None] if first else None, 0.1 if first else 0.0)
-        obs.update(heading=heading, motion=motion, health=np.full((1, 1), 0.9, np.float32))
+        obs.update(heading=heading, motion=motion, health=np.full((1, 1), 1.0, np.float32))
         action = agent.act(obs)
         motion = action[:, :2] * 5.0
         moved = np.linalg.norm(motion)
