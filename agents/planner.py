@@ -109,7 +109,7 @@ class PlannerConfig:
     explore_jitter: float = 0.05  # std of the random heading noise per exploring step (radians)
     relocalize_std: float = 4.0  # sated with no target, a belief std (per axis) above this sends it to a landmark
     relocalize_ratio: float = 0.8  # ... one whose loop closure would leave under this fraction of the std (0: never)
-    relocalize_health: float = 950.0  # ... and only when this well fed (below, food comes first: a walk to a landmark is a trip without fruit)
+    relocalize_health: float = 600.0  # ... and only with at least this health (below, finding food comes first)
 
     def __post_init__(self):
         for f in fields(self):
