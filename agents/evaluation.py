@@ -412,15 +412,13 @@ def revisits(envs: Any, agent: Any, steps: int, seed: int, progress: Callable[[i
         observation, _, terminated, truncated, info = envs.step(action)
         alive &= ~(np.asarray(terminated) | np.asarray(truncated))
         offset, now = tree_here(info)
-        arrived = np.zeros(visits.shape, dtype=bool)
-        rows = np.nonzero((now >= 0) & (now != here) & alive)[0]
-        arrived[rows, now[rows]] = True
+        arrived = np.nonzero((now >= 0) & (now != here) & alive)[0]  # (envs,) each at its tree now[env]
         here = now
-        if arrived.any():
+        if arrived.size:
             percepts, confidence = agent.recall_here()  # memory and belief before this step's observation
             predicted, confidence = percept_identity(config, np.asarray(percepts)), np.asarray(confidence)
             identity = np.asarray(info["tree_identity"])
-            for env, tree in zip(*np.nonzero(arrived)):
+            for env, tree in zip(arrived, now[arrived]):
                 bearing = math.atan2(offset[env, tree, 1], offset[env, tree, 0])
                 sector = int((bearing + math.pi) / (2 * math.pi) * BEARING_SECTORS) % BEARING_SECTORS
                 before = int(visits[env, tree])

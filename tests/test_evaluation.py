@@ -203,14 +203,15 @@ class NodeMemory:
     def reset(self, rows=None, seed=None):
         self.cycle, self.leg, self.known = None, np.zeros(self.num_agents, dtype=int), set()
 
-    def _in_reach(self):
+    def _distance(self):
         state = self.envs.batch.state
-        distance = np.linalg.norm(state.tree_position - state.agent_position[:, None], axis=-1)
-        return distance < self.envs.config.eat_radius
+        return np.linalg.norm(state.tree_position - state.agent_position[:, None], axis=-1)  # (envs, trees)
+
+    def _in_reach(self):
+        return self._distance() < self.envs.config.eat_radius
 
     def recall_here(self):
-        state = self.envs.batch.state
-        distance = np.linalg.norm(state.tree_position - state.agent_position[:, None], axis=-1)
+        state, distance = self.envs.batch.state, self._distance()
         percepts = np.zeros((self.num_agents, self.sight.shape[1]), np.float32)
         for env, tree in enumerate(distance.argmin(1)):
             if distance[env, tree] < self.envs.config.eat_radius and (env, tree) in self.known:
@@ -221,7 +222,7 @@ class NodeMemory:
         state, config = self.envs.batch.state, self.envs.config
         rows = np.arange(self.num_agents)
         if self.cycle is None:
-            distance = np.linalg.norm(state.tree_position - state.agent_position[:, None], axis=-1)
+            distance = self._distance()
             self.cycle = np.argsort(distance, axis=1)[:, :3]
         self.known |= {(int(e), int(k)) for e, k in zip(*np.nonzero(self._in_reach()))}
         target = self.cycle[rows, self.leg % 3]
