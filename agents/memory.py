@@ -206,6 +206,12 @@ class SpatialMemory(nn.Module):
         picked = store.flatten(0, 1).index_select(0, (index + offset).flatten())
         return picked.unflatten(0, index.shape)
 
+    def _scored_slots(self, k: int = 0) -> int:
+        """Leading slots that hold every stored entry (at least ``k``): new entries take the lowest
+        free slot, so the slots past the last stored entry of any agent are empty."""
+        occupied = self.valid.any(0).nonzero()
+        return min(self.capacity, max(int(occupied[-1]) + 1 if len(occupied) else 0, k))
+
     def _top_slots(self, queries: torch.Tensor, keys: torch.Tensor, offset: torch.Tensor | None,
                    k: int) -> torch.Tensor:
         """The k slots with the largest scores ``queries @ keys + offset``, empty slots last.
@@ -214,8 +220,7 @@ class SpatialMemory(nn.Module):
         the lowest free slot, so only the leading slots up to the last stored entry are scored, and
         masking is skipped when they are all occupied (always, for one agent).
         """
-        occupied = self.valid.any(0).nonzero()
-        n = min(self.capacity, max(int(occupied[-1]) + 1 if len(occupied) else 0, k))
+        n = self._scored_slots(k)
         keys = keys[..., :n]
         offset = None if offset is None else offset[..., :n]
         valid = self.valid[:, None, :n]  # (B, 1, n)
@@ -295,8 +300,14 @@ class SpatialMemory(nn.Module):
         if torch.is_grad_enabled() and (percepts.requires_grad or self.percept_metric.embedding.requires_grad):
             return self.percept_metric.pseudo_distance(percepts.unsqueeze(2), self._gather(self.percepts, slots),
                                                        squared=True)
-        keys, _ = self._percept_keys()
-        return (queries.detach().unsqueeze(2) - self._gather(keys, slots)).square().sum(-1)
+        # ||q - k||^2 = ||q||^2 - 2 <q, k> + ||k||^2, the products over the scored slots in one batched
+        # matmul (gathering k-d keys per pair cost more than all of them); empty slots are masked by the caller
+        keys, keys_sq = self._percept_keys()
+        queries = queries.detach()
+        n = self._scored_slots(int(slots.max()) + 1 if slots.numel() else 0)
+        dots = (queries @ keys[:, :n].transpose(1, 2)).gather(-1, slots)  # (B, Q, k)
+        norms = keys_sq.gather(1, slots.flatten(1)).view_as(slots)
+        return (queries.square().sum(-1, keepdim=True) - 2.0 * dots + norms).clamp_min(0.0)
 
     def _keys_version(self) -> tuple:
         """Identity and in-place version of the percepts and the embedding the keys derive from."""

@@ -186,3 +186,24 @@ def test_random_walker_takes_numpy_scalars():
     assert walker.persistence == 0.5 and walker._seed == 3
     with pytest.raises(ValueError, match="persistence: expected <= 1"):
         RandomWalker(persistence=np.float64(1.5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_finite_tensor_passes_finite_entries_whose_sum_overflows(dtype):
+    big = torch.finfo(dtype).max
+    values = torch.tensor([big, big, -1.0], dtype=dtype)  # the one-pass sum is inf
+    assert checks.finite_tensor(values, "values") is values
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_finite_tensor_names_each_kind_of_non_finite_entry(bad):
+    values = torch.zeros(3, 4)
+    values[1, 2] = bad
+    with pytest.raises(ValueError, match=r"values: expected finite values, got 1 non-finite .* of 12"):
+        checks.finite_tensor(values, "values")
+
+
+def test_finite_tensor_catches_opposite_infinities_and_empty_tensors_pass():
+    with pytest.raises(ValueError, match="got 2 non-finite"):
+        checks.finite_tensor(torch.tensor([math.inf, -math.inf, 1.0]), "values")  # the sum is NaN
+    assert checks.finite_tensor(torch.zeros(0, 3), "values").shape == (0, 3)
