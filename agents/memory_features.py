@@ -37,7 +37,7 @@ from treeworld.agents.tem import Perception, TEMAgent
 FORMAT = "treeworld.MemoryReader/1"
 TREE_FIELDS = ("dx", "dy", "distance", "valence", "valence_std", "fruit", "age", "present")
 #: State-dict prefixes of the agent's shared knowledge (everything else is per-row episode state).
-KNOWLEDGE = ("belief.integrator.", "readout.", "landmarks.memory.percept_metric.")
+KNOWLEDGE = ("belief.integrator.", "readouts.", "landmarks.memory.percept_metric.")
 
 
 def feature_names(edible: int, poison: int, goal: bool) -> list[str]:
@@ -116,6 +116,9 @@ class MemoryReader:
 
     def __init__(self, agent: TEMAgent, edible: int = 4, poison: int = 2, goal: bool = False) -> None:
         self.agent = checks.instance(agent, TEMAgent, "agent")
+        if agent.config["valence_sharing"] != "batch":
+            raise ValueError("agent: expected a TEMAgent with valence_sharing='batch' (one readout, shared "
+                             f"knowledge whatever the number of envs), got {agent.config['valence_sharing']!r}")
         self.edible = checks.integer(edible, "edible", low=0)
         self.poison = checks.integer(poison, "poison", low=0)
         self.goal = checks.instance(goal, bool, "goal")
@@ -127,13 +130,13 @@ class MemoryReader:
         trained parts of a ``scripts/train.py --algo tem`` ``checkpoint`` (a path); the goal features
         when the task is homing. ValueError naming ``checkpoint`` for a file that does not fit."""
         if checkpoint is None:
-            agent = TEMAgent.for_config(config, num_envs, consolidate_every=0)
+            agent = TEMAgent.for_config(config, num_envs, consolidate_every=0, valence_sharing="batch")
         else:
             from treeworld.agents.training import model_from_checkpoint, read_checkpoint, tem_agent
 
             model = model_from_checkpoint(read_checkpoint(checkpoint, "checkpoint"), "checkpoint")
             try:
-                agent = tem_agent(model, config, num_envs, consolidate_every=0)
+                agent = tem_agent(model, config, num_envs, consolidate_every=0, valence_sharing="batch")
             except ValueError as error:
                 raise ValueError(f"checkpoint: {str(checkpoint)!r} does not fit this world: {error}") from None
         return cls(agent, goal=config.task == "homing", **options)

@@ -11,8 +11,14 @@ The rules (constants in :class:`PlannerConfig`):
   ``m < -poison_threshold`` and ``s <= known_std`` (never targeted, never eaten, whatever else
   holds); *edible* when ``m > 0`` and ``s <= known_std``; anything else is *unknown* (a first
   bite is a risk of ``fruit_health``): allowed only when ``health >= risk_reserve * fruit_health``
-  and ``m >= 0`` (a bite's expected health change is ``m * fruit_health``: where the readout leans
-  poisonous, even without certainty, it is not taken).
+  and ``m + taste_optimism * s >= 0``: an upper confidence bound (a bite's expected health change
+  is ``m * fruit_health``, and it also tells what the kind is). With ``taste_optimism = 0`` a kind
+  the readout leans poisonous on is never tasted: an agent learning alone then starved after its
+  first poisonous bite, whose generalization leaves every untasted kind leaning poisonous (32
+  validation worlds, 9,000+, one readout per agent: survival 0.25 clean, 0.50 noisy; with 0.5,
+  and ``explore_until`` 4 instead of 8: 1.00 and 0.94, and 0.91 and 0.84 on worlds 9,100+).
+  Capping the bound at ``m >= -poison_threshold`` (never taste a kind the readout leans strongly
+  poisonous on) cost more food than the poison it saved (0.91 / 0.94 and 0.78 / 0.78).
 - Expected fruit. The world regrows one fruit on every tree on a global clock (steps that are
   multiples of ``regrow_every``), so the fruit now of a tree seen with ``f`` at step ``t`` is
   ``min(max_fruit, f + floor(now / R) - floor(t / R))`` (exact when nobody ate it since).
@@ -91,10 +97,11 @@ class PlannerConfig:
     known_std: float = 0.5  # valence std at or below this = the kind is known; above = unknown
     unknown_discount: float = 0.5  # value of an unknown kind's fruit, relative to a sure one
     risk_reserve: float = 4.0  # a first bite needs health >= risk_reserve * fruit_health (100)
+    taste_optimism: float = 0.5  # ... and a valence mean + taste_optimism * std >= 0 (an upper confidence bound)
     distance_offset: float = 20.0  # added to the distance: score = value / (distance + offset)
     min_fruit: float = 3.0  # a tree is worth a trip with at least this much expected fruit ...
     hungry_health: float = 200.0  # ... or with any, below this health (else explore: find more trees)
-    explore_until: int = 8  # while fewer trees worth eating are known, a sated trip needs max_fruit - 1
+    explore_until: int = 4  # while fewer trees worth eating are known, a sated trip needs max_fruit - 1
     hysteresis: float = 1.5  # switch targets only to one scoring > hysteresis * current score
     stop_fraction: float = 0.5  # stop this fraction of eat_radius short of a target tree's remembered place
     sight_stop: float = 8.0  # a tree in sight is approached to this distance (in reach, and still in the cone)
@@ -228,7 +235,8 @@ class Planner:
         known = valence_std <= c.known_std
         poisonous = known & (valence_mean < -c.poison_threshold)
         edible = known & (valence_mean > 0)
-        affordable = (health >= c.risk_reserve * c.fruit_health) & (valence_mean >= 0)
+        worth_a_taste = valence_mean + c.taste_optimism * valence_std >= 0  # an upper confidence bound
+        affordable = (health >= c.risk_reserve * c.fruit_health) & worth_a_taste
         risky = ~poisonous & ~edible & affordable
         return poisonous, edible, risky
 

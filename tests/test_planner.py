@@ -145,13 +145,26 @@ def test_unknown_kinds_are_tried_only_when_health_affords_the_risk():
                                 torch.tensor([1]), health=1.0).item()
     mem = memory([(50, 0), (70, 0)], [full, full], [UNKNOWN, EDIBLE])
     assert planner.choose_targets(torch.zeros(1, 2), **mem, now=0, health=high).item() == 1
-    # a bite's expected health change is mean * fruit_health: an unknown kind the readout leans
-    # poisonous on (mean < 0, not yet below -poison_threshold) is neither tried nor targeted
-    leaning = (-0.1, 0.8)
-    assert not planner.eat_decision(torch.tensor([leaning[0]]), torch.tensor([leaning[1]]), torch.tensor([6.0]),
-                                    torch.tensor([3.0]), health=high).item()
-    mem = memory([(50, 0)], [full], [leaning])
-    assert planner.choose_targets(torch.zeros(1, 2), **mem, now=0, health=high).item() == -1
+
+
+@pytest.mark.parametrize("kind, cautious, optimist", [
+    ((-0.1, 0.8), False, True),  # leans poisonous, unsure: worth a taste only under the upper bound
+    ((-0.25, 0.3), False, False),  # leans poisonous, surer: -0.25 + 0.5 * 0.3 < 0
+    ((-0.35, 0.95), False, True),  # leans poisonous a lot, but very unsure: the bound still tries it
+    ((-0.5, 0.3), False, False),  # believed poisonous (std <= known_std, mean < -poison_threshold): never
+    ((0.0, 0.8), True, True),  # no lean either way
+])
+def test_a_first_bite_needs_an_upper_confidence_bound_at_or_above_zero(kind, cautious, optimist):
+    # a bite's expected health change is mean * fruit_health; taste_optimism = k tries an unknown
+    # kind while mean + k * std >= 0 (the information is worth the risk), never one believed poisonous
+    high = 10 * CONFIG.fruit_health
+    for k, expected in ((0.0, cautious), (0.5, optimist)):
+        planner = Planner(PlannerConfig(taste_optimism=k))
+        eat = planner.eat_decision(torch.tensor([kind[0]]), torch.tensor([kind[1]]), torch.tensor([6.0]),
+                                   torch.tensor([3.0]), health=high)
+        mem = memory([(50, 0)], [CONFIG.max_fruit], [kind])
+        target = planner.choose_targets(torch.zeros(1, 2), **mem, now=0, health=high)
+        assert bool(eat.item()) == expected and (target.item() == 0) == expected
 
 
 def test_hysteresis_keeps_the_target_against_a_marginally_better_one():

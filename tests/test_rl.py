@@ -68,7 +68,7 @@ def reference_features(agent: TEMAgent, perception, edible: int, poison: int) ->
 def test_the_wrappers_features_are_the_tem_agents_own_readouts():
     config = world()
     env = wrapped(config, 3)
-    agent = TEMAgent.for_config(config, 3, consolidate_every=0)  # the same agent, driven by hand
+    agent = TEMAgent.for_config(config, 3, consolidate_every=0, valence_sharing="batch")  # the same agent, by hand
     rng = np.random.default_rng(0)
     observations = env.reset()
     agent.reset()

@@ -53,8 +53,10 @@ def test_runs_in_vector_envs(env_id, kwargs):
     agent.valence_refreshed.fill_(-1)  # force a full refresh on the next act
     agent.clock.zero_()
     agent._refresh_valence(torch.full((2,), -1))
-    fresh = agent.readout.predict(agent.memory.percepts[valid])
-    assert torch.equal(agent.tree_valence[valid], fresh.mean) and torch.equal(agent.tree_valence_std[valid], fresh.std)
+    for row, readout in enumerate(agent.readouts):  # each row's slots by its own readout
+        fresh = readout.predict(agent.memory.percepts[row][valid[row]])
+        assert torch.equal(agent.tree_valence[row][valid[row]], fresh.mean)
+        assert torch.equal(agent.tree_valence_std[row][valid[row]], fresh.std)
 
 
 def _obs(B, rng, sight=None, distance=0.0, goal=False):
@@ -94,13 +96,50 @@ def test_batch_equals_single_agents():
             np.testing.assert_allclose(out[row], one[0], atol=1e-4)
 
 
+def test_batch_equals_single_agents_as_they_learn_from_their_bites():
+    # trees in reach, health jumping up or down after the bites: every row learns valence, each
+    # from its own bites only (one readout per row), so the batch still equals its rows alone
+    rng = np.random.default_rng(6)
+    trees = [_percept(rng) for _ in range(3)]
+    batch = TEMAgent(2, planner={"explore_jitter": 0.0})
+    singles = [TEMAgent(1, planner={"explore_jitter": 0.0}) for _ in range(2)]
+    shared = TEMAgent(2, planner={"explore_jitter": 0.0}, valence_sharing="batch")
+    for agent in (batch, shared):
+        agent.reset(seed=3)
+    for i, s in enumerate(singles):
+        s.reset(seed=3 + i)
+    health = np.full((2, 1), 0.6, np.float32)
+    for t in range(40):
+        obs = _obs(2, rng, np.stack([trees[(t // 5 + row) % 3] for row in range(2)]), 0.05)
+        obs["health"] = health.copy()
+        out = batch.act(obs)
+        shared.act(obs)
+        for row, s in enumerate(singles):
+            np.testing.assert_allclose(out[row], s.act({k: v[row:row + 1] for k, v in obs.items()})[0], atol=1e-4)
+        health += np.where(out[:, 2:] > 0, rng.choice([-0.025, 0.025], size=(2, 1)), 0.0).astype(np.float32)
+    eats = [int(readout.eats) for readout in batch.readouts]
+    assert min(eats) > 0 and eats == [int(s.readout.eats) for s in singles]
+    for readout, s in zip(batch.readouts, singles):
+        assert torch.equal(readout.precision, s.readout.precision)
+    assert len(shared.readouts) == 1 and int(shared.readout.eats) > max(eats)  # learned from both rows' bites
+    with pytest.raises(ValueError, match="readouts\\[row\\]"):
+        batch.readout  # noqa: B018  (several readouts: which one is ambiguous)
+
+
+def test_valence_sharing_is_checked():
+    with pytest.raises(ValueError, match="valence_sharing: expected one of"):
+        TEMAgent(2, valence_sharing="world")
+
+
 def test_never_eats_a_kind_learned_poisonous():
     rng = np.random.default_rng(1)
     poison = _percept(rng)
     agent = TEMAgent(2)
     agent.reset(seed=0)
     # an agent that has looked around (its readout centres percepts on what it has seen)
-    agent.readout.adapt(torch.as_tensor(np.stack([_percept(rng) for _ in range(50)])))
+    looks = torch.as_tensor(np.stack([_percept(rng) for _ in range(50)]))
+    for readout in agent.readouts:
+        readout.adapt(looks)
     # before learning: an unknown kind in reach at good health is tried
     first = agent.act(_obs(2, rng, np.stack([poison, poison]), 0.05))
     assert (first[:, 2] > 0).all()
@@ -108,10 +147,10 @@ def test_never_eats_a_kind_learned_poisonous():
     obs = _obs(2, rng, np.stack([poison, poison]), 0.05)
     obs["health"] = np.full((2, 1), 0.9 - 0.025, np.float32)
     agent.act(obs)
-    assert int(agent.readout.eats) == 2
-    agent.readout.update(torch.as_tensor(np.stack([poison] * 4)), -torch.ones(4))
-    mean, std = agent.readout.predict(torch.as_tensor(poison)[None])
-    assert float(mean) < -0.3
+    assert [int(readout.eats) for readout in agent.readouts] == [1, 1]  # each row learned from its own bite
+    for readout in agent.readouts:
+        readout.update(torch.as_tensor(np.stack([poison] * 4)), -torch.ones(4))
+        assert float(readout.predict(torch.as_tensor(poison)[None]).mean) < -0.3
     for _ in range(30):
         noisy = poison + rng.normal(scale=0.02, size=(2, P)).astype(np.float32)
         out = agent.act(_obs(2, rng, noisy, rng.uniform(0.01, 0.09)))
@@ -134,7 +173,7 @@ def test_learns_edible_from_health_jump():
 def test_save_load_round_trip(tmp_path):
     agent = _run("treeworld/TreeWorldHoming-v0", 120, explore_steps=50,
                  agent=TEMAgent(2, consolidate_every=50, learned_pi=True))
-    agent.readout.update(torch.as_tensor(_percept(np.random.default_rng(5)))[None], torch.ones(1))
+    agent.readouts[1].update(torch.as_tensor(_percept(np.random.default_rng(5)))[None], torch.ones(1))
     path = tmp_path / "tem.pt"
     agent.save(path)
     loaded = TEMAgent.load(path)
@@ -185,7 +224,7 @@ def test_reset_rows_only():
     agent.reset(seed=0)
     for t in range(20):
         agent.act(_obs(2, rng, np.stack(trees), 0.4))
-    agent.readout.update(torch.as_tensor(trees[0])[None], torch.ones(1))
+    agent.readouts[1].update(torch.as_tensor(trees[0])[None], torch.ones(1))
     before = {k: v.clone() for k, v in agent.state_dict().items() if isinstance(v, torch.Tensor)}
     agent.reset([1])
     after = agent.state_dict()
@@ -196,7 +235,7 @@ def test_reset_rows_only():
     assert float(after["variance"][1]) == 0.0
     origin = agent.metric.encode(torch.zeros(1, 2))[0]
     assert torch.allclose(after["code"][1], origin)
-    assert torch.equal(after["readout.precision"], before["readout.precision"])  # learned parts persist
+    assert torch.equal(after["readouts.1.precision"], before["readouts.1.precision"])  # learned parts persist
     with pytest.raises(ValueError):
         agent.reset([2])
 
