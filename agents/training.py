@@ -280,7 +280,9 @@ class TEMModel(nn.Module):
             q_and_p = FourierCodeDistribution(self.metric, torch.stack([post_code, prior_code]),
                                               torch.stack([post_var, prior_var]).sqrt())
             log_q, log_p = q_and_p.log_prob(sample)
-            out["kl"].append(log_q - log_p)
+            # where nothing could be recalled q is p and the estimate is exactly 0; computed, it is
+            # a rounding residue that depends on the row's place in the batch (vectorized tails)
+            out["kl"].append(torch.where(can_recall, log_q - log_p, 0.0))
             if bool(can_recall.any()):
                 log_likelihood, recalled = self._likelihood(sample, seq.sight[t], object_vector, gated, basis)
                 out["log_likelihood"].append(torch.where(can_recall, log_likelihood, 0.0))
