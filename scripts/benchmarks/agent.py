@@ -2,7 +2,9 @@
 
 Per step the agent acts on the batch, then the env steps. The env alone (random actions drawn
 before timing) is measured at the same batch sizes in the same run, and the ratio env+agent / env
-tells the agent's share. Each figure: a warm-up block, then the median over ``repeats`` timed
+tells the agent's share. The agent is the default one, a valence readout per row (independent
+agents), and, in the same run, one with a single readout shared by the batch
+(``valence_sharing="batch"``, as the RL memory features use). Each figure: a warm-up block, then the median over ``repeats`` timed
 blocks of a few steps (few at large batches, where one step is long); the steps are reported.
 """
 from __future__ import annotations
@@ -24,10 +26,11 @@ def _envs(num_envs: int):
     return envs, envs.reset(seed=0)[0]
 
 
-def agent_rate(num_envs: int, warmup: int, steps: int, repeats: int) -> float:
-    """Agent-steps/s of ``agent.act`` then ``envs.step`` on ``num_envs`` noisy worlds."""
+def agent_rate(num_envs: int, warmup: int, steps: int, repeats: int, **options) -> float:
+    """Agent-steps/s of ``agent.act`` then ``envs.step`` on ``num_envs`` noisy worlds (``options``
+    go to the TEMAgent)."""
     envs, observation = _envs(num_envs)
-    agent = TEMAgent.for_config(envs.config, num_envs)
+    agent = TEMAgent.for_config(envs.config, num_envs, **options)
     agent.reset(None, seed=0)
     state = {"observation": observation}
 
@@ -61,8 +64,9 @@ def run(repeats: int, device: str, quick: bool) -> dict:
               "task": NOISY, "batches": {}}
     for n, (warmup, steps) in (QUICK_STEPS if quick else STEPS).items():
         with_agent = agent_rate(n, warmup, steps, repeats)
+        shared = agent_rate(n, warmup, steps, repeats, valence_sharing="batch")
         env_only = env_rate(n, warmup, steps, repeats)
-        report["batches"][str(n)] = {"env_and_tem": with_agent, "env_only": env_only,
-                                     "ratio_env_and_tem_to_env": with_agent / env_only,
+        report["batches"][str(n)] = {"env_and_tem": with_agent, "env_and_tem_shared_readout": shared,
+                                     "env_only": env_only, "ratio_env_and_tem_to_env": with_agent / env_only,
                                      "warmup_steps": warmup, "timed_steps": steps}
     return report
