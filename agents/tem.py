@@ -270,6 +270,7 @@ class TEMAgent(nn.Module):
             readout.adapt(percepts[pick])
 
     def _eats(self) -> int:
+        """Bites learned from so far, over all readouts."""
         return sum(int(readout.eats) for readout in self.readouts)
 
     # ------------------------------------------------------------------------------ helpers
