@@ -245,9 +245,10 @@ class TEMAgent(nn.Module):
         return self.readouts[0]
 
     def _by_readout(self, rows: torch.Tensor):
-        """Yield ``(readout, pick)``: each readout and the (M,) bool mask of ``rows`` (M,) it serves."""
+        """Yield ``(readout, pick)``: each readout and the (M,) bool mask of ``rows`` (M,) it serves
+        (the whole slice for a shared readout: no copies)."""
         if len(self.readouts) == 1:
-            yield self.readouts[0], torch.ones(len(rows), dtype=torch.bool)
+            yield self.readouts[0], slice(None)
             return
         for row in rows.unique().tolist():
             yield self.readouts[row], rows == row
