@@ -114,7 +114,7 @@ Arguments. ``sight`` ``(B, P)``, ``sight_distance`` ``(B,)`` or ``(B, 1)`` in ``
 observation: distance / ``sight_range``; 0 means nothing in sight unless ``seen`` says otherwise),
 ``heading`` ``(B, 2)`` non-zero where a tree is seen (normalized here), ``step`` an int or ``(B,)``
 integer tensor ``>= 0``; optional ``valence`` and ``fruit`` ``(B,)`` estimates for the seen tree
-(``valence`` defaults to the ``ValenceReadout``'s mean when one is attached), ``seen`` ``(B,)``
+(the latest given is kept for the slot; None leaves a merged entry's as it was), ``seen`` ``(B,)``
 bool. Wrong shapes, NaN / inf, out-of-range values: ValueError naming the argument, raised before
 anything changes. ``observe`` runs without autograd (a filter step, not a training graph).
 """
@@ -128,7 +128,6 @@ from torch import nn
 from treeworld import checks
 from treeworld.agents.memory import SpatialMemory
 from treeworld.agents.path_integration import Belief
-from treeworld.agents.valence import ValenceReadout
 
 #: 99% point of the chi-square distribution with 2 degrees of freedom.
 CHI2_99_2DOF = 9.2103
@@ -206,7 +205,6 @@ class LandmarkMap(nn.Module):
         cone_cos: the sight cone, ``cos`` of its half-angle (the world's ``sight_cos``, 0.9).
         k: proposals recalled per sighting (at most the memory's capacity).
         chi2_gate: ``> 0``, the consistency gate on ``nu^T S^-1 nu`` (default: 99%, 2 dof).
-        valence_readout: optional ``ValenceReadout`` giving the default valence of a seen tree.
         min_gap: ``>= 0`` steps; a landmark last seen at most this many steps ago is tracked, not
             fused again (module docstring: consecutive looks are not independent evidence).
 
@@ -214,7 +212,7 @@ class LandmarkMap(nn.Module):
     """
 
     def __init__(self, memory: SpatialMemory, sight_range: float = 100.0, cone_cos: float = 0.9, k: int = 4,
-                 chi2_gate: float = CHI2_99_2DOF, valence_readout: ValenceReadout | None = None,
+                 chi2_gate: float = CHI2_99_2DOF,
                  min_gap: int = 10, fusion: str = "intersection") -> None:
         super().__init__()
         if fusion not in FUSIONS:
@@ -228,12 +226,6 @@ class LandmarkMap(nn.Module):
         self.k = min(checks.count(k, "k"), memory.capacity)
         self.chi2_gate = checks.positive(chi2_gate, "chi2_gate")
         self.min_gap = checks.integer(min_gap, "min_gap", low=0)
-        if valence_readout is not None:
-            checks.instance(valence_readout, ValenceReadout, "valence_readout")
-            if valence_readout.percept_dim != memory.percept_dim:
-                raise ValueError(f"valence_readout: expected percept_dim={memory.percept_dim} (the memory's), "
-                                 f"got {valence_readout.percept_dim}")
-        self.valence_readout = valence_readout
         self.mean_cos, self.var_along, self.var_across = cone_moments(self.cone_cos)
         # Smallest recall weight of a proposal: percept distance within the memory's percept_radius.
         self.min_weight = math.exp(-memory.percept_radius ** 2 / (2.0 * memory.percept_scale ** 2))
@@ -354,8 +346,6 @@ class LandmarkMap(nn.Module):
         """
         sight, distance, heading, step, valence, fruit, seen = self._check(
             belief, sight, sight_distance, heading, step, valence, fruit, seen)
-        if valence is None and self.valence_readout is not None:
-            valence = self.valence_readout.predict(sight).mean.to(torch.float64)
         memory, metric = self.memory, self.metric
         B, k, device = self.batch_size, self.k, sight.device
         rows = torch.arange(B, device=device)

@@ -255,7 +255,7 @@ class TEMAgent(nn.Module):
 
     def valence(self, rows: torch.Tensor, percepts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Valence mean and std (M,) of percepts (M, P) judged by the readouts of agents ``rows`` (M,)."""
-        mean, std = torch.zeros(len(rows)), torch.ones(len(rows))
+        mean, std = torch.empty(len(rows)), torch.empty(len(rows))  # every row is some readout's
         for readout, pick in self._by_readout(rows):
             mean[pick], std[pick] = readout.predict(percepts[pick])
         return mean, std

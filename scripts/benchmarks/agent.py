@@ -4,8 +4,9 @@ Per step the agent acts on the batch, then the env steps. The env alone (random 
 before timing) is measured at the same batch sizes in the same run, and the ratio env+agent / env
 tells the agent's share. The agent is the default one, a valence readout per row (independent
 agents), and, in the same run, one with a single readout shared by the batch
-(``valence_sharing="batch"``, as the RL memory features use). Each figure: a warm-up block, then the median over ``repeats`` timed
-blocks of a few steps (few at large batches, where one step is long); the steps are reported.
+(``valence_sharing="batch"``, as the RL memory features use). Each figure: a warm-up block, then
+the median over ``repeats`` timed blocks of a few steps (few at large batches, where one step is
+long); the steps are reported.
 """
 from __future__ import annotations
 
