@@ -40,8 +40,10 @@ The rules (constants in :class:`PlannerConfig`):
   least ``hazard_margin`` farther than the tree in sight, and a target tree with a hazard within
   ``eat_radius + hazard_margin`` of it is approached to ``crowded_stop`` instead of
   ``stop_fraction * eat_radius`` (``sight_stop`` in sight).
-- Exploring. Head away from the density of given places (visited places, map units, remembered
-  trees: repulsion ``sum (p - v) / |p - v| * exp(-|p - v| / explore_scale)``), bent inward over the
+- Exploring. Head for the given ``frontier`` place (the TEM's: the nearest promising cell it has
+  not looked at, :class:`~treeworld.agents.coverage.Coverage`); without one, away from the density
+  of given places (visited places, map units, remembered trees: repulsion
+  ``sum (p - v) / |p - v| * exp(-|p - v| / explore_scale)``). Either way bent inward over the
   last ``wall_margin`` before the arena wall, turning at most ``max_turn`` radians per step (plus
   ``explore_jitter`` radians of noise), at full speed; and every ``explore_scan_every`` steps of
   the clock, a full turn in place (``scan_turn`` per step): sight is a narrow cone, and a straight
@@ -340,11 +342,12 @@ class Planner:
 
     # --------------------------------------------------------------------------------- exploring
     def explore_direction(self, position, places, heading, places_mask: torch.Tensor | None = None,
-                          generator: torch.Generator | None = None) -> torch.Tensor:
-        """(B, 2) unit direction to explore: away from ``places`` ``(B, N, 2)`` (visited places, map
-        units, remembered trees; ``places_mask`` ``(B, N)`` bool marks the real ones), bent inward
-        near the wall, turning at most ``max_turn`` from ``heading`` ``(B, 2)`` (zero rows: no
-        heading yet, any direction)."""
+                          generator: torch.Generator | None = None, frontier: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 2) unit direction to explore: towards ``frontier`` ``(B, 2)`` (a place to look at,
+        e.g. :meth:`Coverage.frontier`; nan rows: none), else away from ``places`` ``(B, N, 2)``
+        (visited places, map units, remembered trees; ``places_mask`` ``(B, N)`` bool marks the real
+        ones), bent inward near the wall, turning at most ``max_turn`` from ``heading`` ``(B, 2)``
+        (zero rows: no heading yet, any direction)."""
         batch = _batch(position)
         checks.float_tensor(places, "places")
         if places.ndim != 3 or places.shape[0] != batch or places.shape[2] != 2:
@@ -366,6 +369,15 @@ class Planner:
         # no push: keep going; the push only matters next to what the agent knows (relative to 1 place)
         strength = (push_norm / (push_norm + math.exp(-1.0))).clamp(0, 1)[:, None]
         want = _unit(want * strength + head * (1 - strength))[0]
+        if frontier is not None:
+            checks.float_tensor(frontier, "frontier")
+            if tuple(frontier.shape) != (batch, 2):
+                raise ValueError(f"frontier: expected shape ({batch}, 2), got {tuple(frontier.shape)}")
+            frontier = frontier.double().to(p.device)
+            has = torch.isfinite(frontier).all(-1)
+            if not bool((has | torch.isnan(frontier).all(-1)).all()):
+                raise ValueError("frontier: expected rows that are finite, or all NaN (no frontier)")
+            want = torch.where(has[:, None], _unit(torch.nan_to_num(frontier) - p)[0], want)
         if c.arena_radius is not None:
             out, radius = _unit(p)
             excess = ((radius - (c.arena_radius - c.wall_margin)) / c.wall_margin).clamp(0, 1)[:, None]
@@ -439,7 +451,7 @@ class Planner:
             last_seen=None, current=None,
             sight_valence_mean=None, sight_valence_std=None, sight_distance=None, fruit_in_sight=None,
             sighted=None, goal=None, goal_mask=None, goal_sighted=None, places=None, places_mask=None,
-            position_std=None, closure_std=None, generator: torch.Generator | None = None) -> Plan:
+            position_std=None, closure_std=None, frontier=None, generator: torch.Generator | None = None) -> Plan:
         """One step for B agents: homing goal -> go there; else target tree -> go to it; else a
         landmark to relocalize at; else explore.
 
@@ -448,7 +460,7 @@ class Planner:
         remembered tree the sight was recognised as, -1 for none), ``goal``/``goal_mask`` (no homing:
         ``goal`` (B, 2), ``goal_mask`` (B,) bool, rows with a goal place; ``goal_sighted`` (B,) bool,
         the tree in sight is the goal's), ``places`` (nothing to explore away from: the remembered
-        trees are used if given) and ``position_std`` (B,) / ``closure_std`` (B, M) (never relocalize)."""
+        trees are used if given), ``frontier`` (B, 2) (a place to explore towards, nan rows: none) and ``position_std`` (B,) / ``closure_std`` (B, M) (never relocalize)."""
         batch = _batch(position)
         heading = _float(heading, "heading", (batch, 2))
         health_t = _health(health, batch, position)
@@ -477,7 +489,7 @@ class Planner:
             else:
                 places = position.new_zeros(batch, 0, 2)
                 places_mask = None
-        explore = self.explore_direction(position, places, heading, places_mask, generator).double()
+        explore = self.explore_direction(position, places, heading, places_mask, generator, frontier).double()
         move = explore * c.max_step
         mode = torch.full((batch,), EXPLORE, dtype=torch.int64, device=device)
         turning = self._turned(heading) * c.nudge  # a step of turning in place

@@ -8,7 +8,12 @@ vocabulary):
 2. Valence learning: if the agent tried to eat on the previous step, the health change
    ``(health - previous) * max_health`` tells the outcome of the bite: above ``+fruit_health / 2``
    edible (+1), below ``-fruit_health / 2`` poison (-1), anything else unclear (ignored for the
-   readout). A bite that leaves health below ``max_health`` with no such change found no fruit: the
+   readout); the tree bitten (its memory slot) keeps its own outcome, ``tasted``, which overrides
+   the readout's valence of that tree (mean +-1, std 0) for the rest of the episode. A tree's kind
+   never changes, while the readout can leave a bitten poisonous tree looking unknown: its look
+   changes with its fruit count, and early on the adaptation centre is mostly that very tree (32
+   clean validation worlds, 9,200+: one agent bit the same poisonous tree six times running).
+   A bite that leaves health below ``max_health`` with no such change found no fruit: the
    tree in sight is marked as bare (fruit estimate 0 until the next regrowth). At ``max_health`` it
    tells nothing: the world clamps health there, so a bite that fed leaves it unchanged.
    The percept learned from is the sight percept of the step the eat was attempted on. Caveat:
@@ -19,19 +24,26 @@ vocabulary):
    travel (``max_step + 4 motion_noise``) of the target's distance in sight on the step before is
    that target still, whatever slot its (noisy) look was matched to: the world's sight distance is
    exact, so a one-step misrecognition does not send the agent scanning for a tree in front of it.
-4. Every ``consolidate_every`` steps of a row, its memory is consolidated into the map layer
+4. Coverage: the cells of the agent's frame that its sight cone has swept (up to the tree in
+   sight, else the sight range) are marked viewed; the frontier, the nearest unviewed cell
+   weighted by a prior of trees around the start (:class:`~treeworld.agents.coverage.Coverage`),
+   is where the planner explores. It replaced a repulsion from known places that walked the empty
+   side of a world as readily as the wooded one (validation worlds 9,200+ and 9,300+, clean task,
+   with ``tasted``: survival 0.88 / 0.91 before, 0.97 / 0.97 after; fruit per 1,000 steps 76 / 81
+   before, 86 / 94 after).
+5. Every ``consolidate_every`` steps of a row, its memory is consolidated into the map layer
    (``SpatialMemory.consolidate`` over a shared ``Topography``); the map units' decoded places are
    extra places the explorer moves away from.
-5. Homing: where ``obs["goal"]`` is non-zero, ``recall_location(goal, 1)`` gives the remembered
+6. Homing: where ``obs["goal"]`` is non-zero, ``recall_location(goal, 1)`` gives the remembered
    place with the most similar look; its decoded position is the planner's goal, and a sight
    recognised as that slot is the goal tree in sight (approached along the heading).
-6. ``Planner.act`` on the remembered trees (positions decoded from their codes, kept per slot by
+7. ``Planner.act`` on the remembered trees (positions decoded from their codes, kept per slot by
    the ``LandmarkMap``; valence from the readout on their stored percepts, cached per slot and
    refreshed for changed slots every step and for all after the readout learned, at most every
    ``valence_every`` steps; fruit: ``initial_fruit`` from the episode start when stored (never eaten
    from), 0 from the step it was marked bare, plus the world's regrowth
    ticks since) -> actions and eat flags.
-7. Targets that disappoint: a full scan at a remembered tree's place that does not see it, or a
+8. Targets that disappoint: a full scan at a remembered tree's place that does not see it, or a
    target in sight and in reach that the eat rule declines (its look says no fruit, or not edible),
    marks the tree bare, so the planner moves on. A landmark sought to relocalize (the planner's
    rule, given the belief std and each tree's closure std from ``LandmarkMap.closure_variance``)
@@ -68,11 +80,12 @@ from torch import nn
 from treeworld import checks
 from treeworld.config import WorldConfig
 from treeworld.agents.belief_overlays import belief_overlays
+from treeworld.agents.coverage import Coverage
 from treeworld.agents.landmarks import LandmarkMap
 from treeworld.agents.memory import SpatialMemory
 from treeworld.agents.path_integration import (Belief, ExactPathIntegration, LearnedPathIntegration,
                                                default_metric, odometry_step_variance)
-from treeworld.agents.planner import SCAN, Planner, PlannerConfig
+from treeworld.agents.planner import EXPLORE, SCAN, Planner, PlannerConfig
 from treeworld.agents.protocol import _check_batch, _check_rows
 from treeworld.agents.pseudometric import PseudoMetric
 from treeworld.agents.topography import Topography
@@ -124,6 +137,8 @@ class TEMAgent(nn.Module):
         motion_noise, motion_gain: the odometry's noise std per axis and gain (belief variance per step).
         learned_pi: use ``LearnedPathIntegration`` (initialised exact) instead of the exact one.
         sight_range, cone_cos: the world's sight distance and cone.
+        tree_spread: the world's std of tree positions around the arena centre, the exploring
+            frontier's prior (:class:`~treeworld.agents.coverage.Coverage`).
         max_health, fruit_health: the world's health scale and health per bite.
         consolidate_every: steps between consolidations (0: never); map_height, map_width, map_epochs.
         valence_every: calls between refreshes of the remembered trees' valence after the readout learned.
@@ -140,7 +155,7 @@ class TEMAgent(nn.Module):
                  place_radius: float = 20.0, percept_radius: float = 0.7, percept_rank: int | None = None,
                  motion_noise: float = 0.5,
                  motion_gain: float = 1.0, learned_pi: bool = False, sight_range: float = 100.0,
-                 cone_cos: float = 0.9, max_health: float = 1000.0, fruit_health: float = 25.0,
+                 cone_cos: float = 0.9, tree_spread: float = 200.0, max_health: float = 1000.0, fruit_health: float = 25.0,
                  consolidate_every: int = 200, valence_every: int = 10, min_gap: int = 5,
                  map_height: int = 4, map_width: int = 4, map_epochs: int = 2,
                  planner: Mapping[str, Any] | None = None, prior_var: float = 16.0,
@@ -154,6 +169,7 @@ class TEMAgent(nn.Module):
                            motion_noise=float(motion_noise),
                            motion_gain=float(motion_gain), learned_pi=bool(learned_pi),
                            sight_range=float(sight_range), cone_cos=float(cone_cos),
+                           tree_spread=checks.positive(tree_spread, "tree_spread"),
                            max_health=checks.positive(max_health, "max_health"),
                            fruit_health=checks.positive(fruit_health, "fruit_health"),
                            consolidate_every=checks.integer(consolidate_every, "consolidate_every", low=0),
@@ -180,6 +196,9 @@ class TEMAgent(nn.Module):
                                      min_gap=c["min_gap"], fusion=c["fusion"])
         planner_config = {"fruit_health": c["fruit_health"], "known_std": 0.8, **c["planner"]}
         self.planner = Planner(PlannerConfig(**planner_config))
+        arena = self.planner.config.arena_radius
+        self.coverage = Coverage(B, radius=arena if arena is not None else 2 * c["tree_spread"],
+                                 spread=c["tree_spread"])
         # Episode state (persistent buffers: saved, so a loaded agent continues exactly).
         self.register_buffer("code", self.belief.code.clone())
         self.register_buffer("variance", self.belief.variance.clone())
@@ -195,9 +214,11 @@ class TEMAgent(nn.Module):
         self.register_buffer("previous_health", torch.full((B,), math.nan))
         self.register_buffer("ate", torch.zeros(B, dtype=torch.bool))
         self.register_buffer("eaten_percept", torch.zeros(B, P))
+        self.register_buffer("eaten_slot", torch.full((B,), -1, dtype=torch.long))  # the slot bitten (-1: none)
         self.register_buffer("goal_position", torch.full((B, 2), math.nan))
         C, U = c["capacity"], c["map_height"] * c["map_width"]
-        self.register_buffer("tree_valence", torch.zeros(B, C))  # readout mean per memory slot
+        self.register_buffer("tasted", torch.zeros(B, C))  # each slot's own bite outcome: +1, -1, 0 untasted
+        self.register_buffer("tree_valence", torch.zeros(B, C))  # valence mean per memory slot (see _refresh_valence)
         self.register_buffer("tree_valence_std", torch.ones(B, C))  # and its std
         self.register_buffer("valence_refreshed", torch.zeros((), dtype=torch.long))  # readout eats then
         self.register_buffer("clock", torch.zeros((), dtype=torch.long))  # act() calls
@@ -213,7 +234,7 @@ class TEMAgent(nn.Module):
         health scale, fruit health, odometry noise and gain), with keyword ``overrides``."""
         checks.instance(config, WorldConfig, "config")
         matched = dict(percept_dim=config.percept_dim, sight_range=config.sight_distance,
-                       cone_cos=config.sight_cos, max_health=config.max_health,
+                       cone_cos=config.sight_cos, tree_spread=config.tree_spread, max_health=config.max_health,
                        fruit_health=config.fruit_health, motion_noise=config.motion_noise,
                        motion_gain=config.motion_gain)
         return cls(num_agents, **{**matched, **overrides})
@@ -332,7 +353,8 @@ class TEMAgent(nn.Module):
         """Refresh the per-slot valence cache: the slots ``written`` (B,) this step (-1: none)
         always; every stored slot when the readout has learned since the last full refresh, at
         most every ``valence_every`` calls (a cached valence is at most that stale; the sight's,
-        which decides every bite, is always current)."""
+        which decides every bite, is always current). A tasted tree's own outcome overrides the
+        readout: mean ``tasted`` (+-1), std 0."""
         rows = torch.arange(self.num_agents)
         full = (self._eats() != int(self.valence_refreshed)
                 and int(self.clock) % self.config["valence_every"] == 0)
@@ -344,6 +366,9 @@ class TEMAgent(nn.Module):
         if bool(slots.any()):
             owners = rows[:, None].expand_as(slots)[slots]
             self.tree_valence[slots], self.tree_valence_std[slots] = self.valence(owners, self.memory.percepts[slots])
+        known = self.tasted != 0
+        self.tree_valence.copy_(torch.where(known, self.tasted, self.tree_valence))
+        self.tree_valence_std.masked_fill_(known, 0.0)
 
     # ------------------------------------------------------------------------------ protocol
     @torch.no_grad()
@@ -363,6 +388,7 @@ class TEMAgent(nn.Module):
         self.belief.reset(chosen)
         self._sync_belief_out()
         self.landmarks.reset(chosen)
+        self.coverage.reset(chosen)
         self.steps[chosen] = 0
         self.heading[chosen] = 0.0
         self.target[chosen] = -1
@@ -373,12 +399,14 @@ class TEMAgent(nn.Module):
         self.previous_health[chosen] = math.nan
         self.ate[chosen] = False
         self.eaten_percept[chosen] = 0.0
+        self.eaten_slot[chosen] = -1
+        self.tasted[chosen] = 0.0
         self.goal_position[chosen] = math.nan
         self._last_mode[chosen] = 0
 
     @torch.no_grad()
     def perceive(self, observations: Mapping[str, np.ndarray]) -> Perception:
-        """Steps 1-5 of the module docstring for a dict of (B, ...) observation arrays: the belief,
+        """Steps 1-6 of the module docstring for a dict of (B, ...) observation arrays: the belief,
         valence, landmarks, map and goal are updated; nothing is decided. Follow it with
         :meth:`finish_step` once the actions are chosen (``act`` does both, with the planner between)."""
         c = self.config
@@ -407,6 +435,8 @@ class TEMAgent(nn.Module):
         if bool(learned.any()):
             outcomes = torch.where(edible, 1.0, -1.0)[learned]
             self._learn(rows[learned], self.eaten_percept[learned], outcomes)
+            own = learned & (self.eaten_slot >= 0)
+            self.tasted[rows[own], self.eaten_slot[own]] = torch.where(edible, 1.0, -1.0)[own]
         bare = tried & ~learned & (delta.abs() < 0.2 * c["fruit_health"]) & (health < 1.0)
 
         # 3. landmarks, then the valence of the sight and of the changed or stale slots
@@ -416,7 +446,11 @@ class TEMAgent(nn.Module):
         heading_in = torch.where(seen[:, None], obs_heading, torch.ones_like(obs_heading))
         result = self.landmarks.observe(self.belief, sight, distance, heading_in, self.steps.clone(),
                                         valence=sight_mean.double())
-        self._refresh_valence(result["written"])
+        written = result["written"]
+        new = (written >= 0) & (self.memory.counts[rows, written.clamp_min(0)] == 1)
+        self.fruit_since[rows[new], written[new]] = 0  # never eaten from: the episode start's fruit, regrown since
+        self.tasted[rows[new], written[new]] = 0.0  # a new tree in that slot
+        self._refresh_valence(written)
         sighted = torch.where(result["slot"] >= 0, result["slot"], result["written"])  # (B,)
         travel = self.planner.config.max_step + 4.0 * c["motion_noise"]
         still = seen & (self.target >= 0) & ((distance * c["sight_range"] - self.target_range).abs() <= travel)
@@ -424,12 +458,16 @@ class TEMAgent(nn.Module):
         mark = bare & seen & (sighted >= 0)
         if bool(mark.any()):
             self._mark_bare(mark, sighted)
-        written = result["written"]
-        new = (written >= 0) & (self.memory.counts[rows, written.clamp_min(0)] == 1)
-        self.fruit_since[rows[new], written[new]] = 0  # never eaten from: the episode start's fruit, regrown since
+        own = seen & (sighted >= 0) & (self.tasted[rows, sighted.clamp_min(0)] != 0)
+        sight_mean = torch.where(own, self.tasted[rows, sighted.clamp_min(0)], sight_mean)
+        sight_std = sight_std.masked_fill(own, 0.0)
         self._sync_belief_out()
 
-        # 4. consolidation into the map layer
+        # 4. coverage: the cells the sight cone swept
+        reach = torch.where(seen, distance, 1.0) * c["sight_range"]
+        self.coverage.mark(self.belief.position().float(), obs_heading, reach, c["cone_cos"])
+
+        # 5. consolidation into the map layer
         every = c["consolidate_every"]
         if every:
             due = (self.steps > 0) & (self.steps % every == 0) & self.memory.valid.any(-1)
@@ -444,7 +482,7 @@ class TEMAgent(nn.Module):
                 self.map_position[row] = torch.nan_to_num(self.metric.decode(units)[1], nan=0.0, posinf=0.0,
                                                           neginf=0.0)
 
-        # 5. homing goal
+        # 6. homing goal
         goal = goal_mask = None
         goal_confidence = torch.zeros(B, dtype=torch.float64)
         goal_slot = torch.full((B,), -1, dtype=torch.long)
@@ -471,6 +509,7 @@ class TEMAgent(nn.Module):
         eat = torch.as_tensor(eat, dtype=torch.bool).reshape(self.num_agents) & perception.seen
         self.ate.copy_(eat)
         self.eaten_percept.copy_(torch.where(eat[:, None], perception.sight, torch.zeros_like(perception.sight)))
+        self.eaten_slot.copy_(torch.where(eat, perception.sighted, -1))
         self.previous_health.copy_(perception.health.float())
         self.steps += 1
         self.clock += 1
@@ -484,7 +523,7 @@ class TEMAgent(nn.Module):
         seen, distance, sighted, goal, goal_mask = p.seen, p.distance, p.sighted, p.goal, p.goal_mask
         rows = torch.arange(B)
 
-        # 6. plan
+        # 7. plan
         position = self.belief.position().float()
         trees, valid, fruit, last_seen, expected = self.remembered_trees()
         places, places_mask = trees, valid
@@ -506,7 +545,8 @@ class TEMAgent(nn.Module):
             fruit_in_sight=in_sight.float(), sighted=torch.where(seen, sighted, -1), goal=goal, goal_mask=goal_mask,
             goal_sighted=seen & (sighted >= 0) & (sighted == p.goal_slot),
             places=places, places_mask=places_mask, position_std=self.sigma().float(),
-            closure_std=self._closure_std(p.health * c["max_health"]).float(), generator=self.generator)
+            closure_std=self._closure_std(p.health * c["max_health"]).float(),
+            frontier=self.coverage.frontier(position), generator=self.generator)
         action = plan.action.clone()
         eat = (action[:, 2] > 0) & seen
         action[:, 2] = torch.where(eat, 1.0, -1.0)
@@ -536,7 +576,8 @@ class TEMAgent(nn.Module):
     @property
     @torch.no_grad()
     def overlays(self) -> list:
-        """Belief overlays of row 0 (the env a vector env renders)."""
+        """Belief overlays of row 0 (the env a vector env renders); the target is the tree sought, or
+        the frontier cell while exploring."""
         position, sigma = self.position()[0], float(self.sigma()[0])
         trees = self.landmarks.landmarks(0)
         slots = trees["slot"]
@@ -548,6 +589,9 @@ class TEMAgent(nn.Module):
         t = int(self.target[0])
         if t >= 0 and bool(self.memory.valid[0, t]):
             target = self.landmarks.position[0, t]
+        elif int(self._last_mode[0]) == EXPLORE:  # exploring: the frontier cell it heads for
+            frontier = self.coverage.frontier(self.position().float())[0]
+            target = frontier if bool(torch.isfinite(frontier).all()) else None
         goal = self.goal_position[0]
         goal = goal if bool(torch.isfinite(goal).all()) else None
         return belief_overlays(position, sigma, trees["position"], self.tree_valence[0, slots].clamp(-1, 1),

@@ -319,6 +319,25 @@ def test_explore_turns_inward_at_the_wall():
     assert heading[0, 0] < 0  # turned back inside
 
 
+
+def test_explore_heads_for_the_frontier_and_falls_back_to_repulsion_without_one():
+    planner = Planner(PlannerConfig(explore_jitter=0.0))
+    position = torch.tensor([[0.0, 0.0], [0.0, 0.0]])
+    heading = torch.tensor([[1.0, 0.0], [1.0, 0.0]])
+    places = torch.tensor([[[-30.0, 0.0]], [[-30.0, 0.0]]])  # a known place behind: repulsion says ahead
+    frontier = torch.tensor([[10.0, 10.0], [math.nan, math.nan]])  # row 0: 45 degrees left
+    direction = planner.explore_direction(position, places, heading, frontier=frontier)
+    angle = math.atan2(float(direction[0, 1]), float(direction[0, 0]))
+    assert angle == pytest.approx(CONFIG.max_turn)  # turning towards it as fast as allowed
+    torch.testing.assert_close(direction[1:], planner.explore_direction(position[1:], places[1:], heading[1:]))
+    ahead = planner.explore_direction(position, places, heading, frontier=torch.tensor([[50.0, 1.0]] * 2))
+    assert (ahead[:, 0] > 0.99).all()
+    with pytest.raises(ValueError, match="frontier: expected rows that are finite"):
+        planner.explore_direction(position, places, heading, frontier=torch.tensor([[1.0, math.nan]] * 2))
+    with pytest.raises(ValueError, match="frontier: expected shape"):
+        planner.explore_direction(position, places, heading, frontier=torch.zeros(3, 2))
+
+
 # ----------------------------------------------------------------------------------- homing
 def test_homing_goes_straight_to_the_goal_place():
     planner = Planner()

@@ -10,6 +10,7 @@ import treeworld.envs  # noqa: F401  (registers the ids)
 from treeworld.agents.protocol import BatchAgent
 from treeworld.agents.planner import HOMING, RELOCALIZE
 from treeworld.agents.tem import TEMAgent
+from treeworld.agents.valence import ValenceReadout
 
 torch.set_num_threads(1)
 P = 384
@@ -47,6 +48,7 @@ def test_runs_in_vector_envs(env_id, kwargs):
     if "Homing" in env_id:  # a goal is set after 50 steps; the agent recalls its place and heads there
         assert (np.array(agent.modes) == HOMING).any()
     # the caches equal what they stand for: decoded slot codes, the readout on slot percepts
+    # (a tasted tree's own outcome, std 0, on tasted slots)
     valid = agent.memory.valid
     decoded = agent.metric.decode(agent.memory.codes[valid])[1]
     torch.testing.assert_close(agent.landmarks.position[valid], decoded, rtol=0, atol=1e-3)
@@ -55,8 +57,9 @@ def test_runs_in_vector_envs(env_id, kwargs):
     agent._refresh_valence(torch.full((2,), -1))
     for row, readout in enumerate(agent.readouts):  # each row's slots by its own readout
         fresh = readout.predict(agent.memory.percepts[row][valid[row]])
-        assert torch.equal(agent.tree_valence[row][valid[row]], fresh.mean)
-        assert torch.equal(agent.tree_valence_std[row][valid[row]], fresh.std)
+        tasted = agent.tasted[row][valid[row]]
+        assert torch.equal(agent.tree_valence[row][valid[row]], torch.where(tasted != 0, tasted, fresh.mean))
+        assert torch.equal(agent.tree_valence_std[row][valid[row]], fresh.std.masked_fill(tasted != 0, 0.0))
 
 
 def _obs(B, rng, sight=None, distance=0.0, goal=False):
@@ -109,19 +112,23 @@ def test_batch_equals_single_agents_as_they_learn_from_their_bites():
     for i, s in enumerate(singles):
         s.reset(seed=3 + i)
     health = np.full((2, 1), 0.6, np.float32)
+    shared_learned = np.zeros(2, int)  # bites of the shared agent followed by a health jump, per row
     for t in range(40):
         obs = _obs(2, rng, np.stack([trees[(t // 5 + row) % 3] for row in range(2)]), 0.05)
         obs["health"] = health.copy()
         out = batch.act(obs)
-        shared.act(obs)
+        shared_bites = shared.act(obs)[:, 2] > 0
         for row, s in enumerate(singles):
             np.testing.assert_allclose(out[row], s.act({k: v[row:row + 1] for k, v in obs.items()})[0], atol=1e-4)
-        health += np.where(out[:, 2:] > 0, rng.choice([-0.025, 0.025], size=(2, 1)), 0.0).astype(np.float32)
+        jump = np.where(out[:, 2:] > 0, rng.choice([-0.025, 0.025], size=(2, 1)), 0.0).astype(np.float32)
+        health += jump
+        shared_learned += shared_bites & (jump[:, 0] != 0) & (t < 39)  # learned on the next step's health
     eats = [int(readout.eats) for readout in batch.readouts]
     assert min(eats) > 0 and eats == [int(s.readout.eats) for s in singles]
     for readout, s in zip(batch.readouts, singles):
         assert torch.equal(readout.precision, s.readout.precision)
-    assert len(shared.readouts) == 1 and int(shared.readout.eats) > max(eats)  # learned from both rows' bites
+    assert len(shared.readouts) == 1 and shared_learned.min() > 0  # one readout learned from both rows' bites
+    assert int(shared.readout.eats) == shared_learned.sum()
     with pytest.raises(ValueError, match="readouts\\[row\\]"):
         batch.readout  # noqa: B018  (several readouts: which one is ambiguous)
 
@@ -155,6 +162,29 @@ def test_never_eats_a_kind_learned_poisonous():
         noisy = poison + rng.normal(scale=0.02, size=(2, P)).astype(np.float32)
         out = agent.act(_obs(2, rng, noisy, rng.uniform(0.01, 0.09)))
         assert (out[:, 2] <= 0).all()
+
+
+def test_a_tree_that_poisoned_it_is_never_bitten_again_whatever_the_readout_says():
+    # the readout alone can leave a bitten poisonous tree unknown (e.g. its look changes with its
+    # fruit count and the adaptation centre); the tree's own outcome, kept in its memory slot, decides
+    rng = np.random.default_rng(7)
+    tree = _percept(rng)
+    agent = TEMAgent(1)
+    agent.reset(seed=0)
+    assert agent.act(_obs(1, rng, tree[None], 0.05))[0, 2] > 0  # unknown kind, affordable: tried
+    obs = _obs(1, rng, tree[None], 0.05)
+    obs["health"] = np.full((1, 1), 0.9 - 0.025, np.float32)  # it was poison
+    agent.act(obs)
+    slot = int(agent.memory.valid[0].nonzero()[0, 0])
+    assert float(agent.tasted[0, slot]) == -1.0
+    assert float(agent.tree_valence[0, slot]) == -1.0 and float(agent.tree_valence_std[0, slot]) == 0.0
+    fresh = ValenceReadout(P)
+    agent.readout.load_state_dict(fresh.state_dict())  # the readout forgets: only the tree's own taste is left
+    for _ in range(20):
+        look = tree + rng.normal(scale=0.02, size=P).astype(np.float32)
+        assert agent.act(_obs(1, rng, look[None], 0.05))[0, 2] <= 0
+    agent.reset()
+    assert not bool(agent.tasted.any())  # a new episode, new trees
 
 
 def test_learns_edible_from_health_jump():
@@ -340,3 +370,18 @@ def test_an_uncertain_agent_walks_back_to_a_precise_landmark_and_gives_it_up_if_
     assert int(agent.missed[0, 0]) > relocalizing[0]  # sought, scanned for, not found ...
     assert RELOCALIZE not in modes[int(agent.missed[0, 0]) + 1:]  # ... and not sought again
     assert bool(torch.isinf(agent._closure_std()[0, 0]))
+
+
+def test_exploring_its_overlay_target_is_the_frontier_cell():
+    from treeworld.agents.belief_overlays import TARGET_COLOR
+    from treeworld.overlay import Point
+    rng = np.random.default_rng(8)
+    agent = TEMAgent(1)
+    agent.reset(seed=0)
+    for _ in range(3):  # nothing in sight: exploring
+        agent.act(_obs(1, rng))
+    frontier = agent.coverage.frontier(agent.position())[0]
+    assert not bool(agent.coverage.viewed[0, (agent.coverage.centres - frontier.double()).norm(dim=-1).argmin()])
+    dots = [o for o in agent.overlays if isinstance(o, Point) and o.color == TARGET_COLOR]
+    assert len(dots) == 1
+    np.testing.assert_allclose(dots[0].xy, frontier.numpy(), atol=1e-4)
