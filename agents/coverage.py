@@ -43,7 +43,7 @@ class Coverage(nn.Module):
         self.cell = checks.positive(cell, "cell")
         self.spread = checks.positive(spread, "spread")
         self.offset = checks.positive(offset, "offset")
-        side = 2 * math.ceil(self.radius / self.cell)
+        self.side = side = 2 * math.ceil(self.radius / self.cell)  # cells per axis
         axis = (torch.arange(side, dtype=torch.float64) - side / 2 + 0.5) * self.cell
         centres = torch.stack(torch.meshgrid(axis, axis, indexing="ij"), dim=-1).reshape(-1, 2)  # (G*G, 2)
         self.register_buffer("centres", centres, persistent=False)
@@ -69,11 +69,20 @@ class Coverage(nn.Module):
         self._check(position, "position", (self.num_agents, 2))
         self._check(heading, "heading", (self.num_agents, 2))
         self._check(reach, "reach", (self.num_agents,))
-        offset = self.centres[None] - position.double()[:, None]  # (B, N, 2)
+        # only the window of cells around each agent that sight can reach (K = W^2 cells, not all)
+        span = math.ceil(float(reach.max()) / self.cell) + 1
+        steps = torch.arange(-span, span + 1)
+        cell = torch.floor(position.double() / self.cell + self.side / 2).long()  # (B, 2) the agent's
+        ix, iy = cell[:, 0, None, None] + steps[:, None], cell[:, 1, None, None] + steps  # (B, W, 1), (B, 1, W)
+        on_grid = ((ix >= 0) & (ix < self.side) & (iy >= 0) & (iy < self.side)).flatten(1)  # (B, K)
+        index = (ix.clamp(0, self.side - 1) * self.side + iy.clamp(0, self.side - 1)).flatten(1)
+        offset = self.centres[index] - position.double()[:, None]  # (B, K, 2)
         distance = offset.norm(dim=-1)
         along = (offset * heading.double()[:, None]).sum(-1)
         in_cone = (along >= cone_cos * distance) & (distance <= reach.double()[:, None])
-        self.viewed |= in_cone | (distance <= self.cell / math.sqrt(2))
+        seen = (in_cone | (distance <= self.cell / math.sqrt(2))) & on_grid
+        rows = torch.arange(self.num_agents)[:, None].expand_as(index)
+        self.viewed[rows[seen], index[seen]] = True
 
     @torch.no_grad()
     def frontier(self, position: torch.Tensor) -> torch.Tensor:

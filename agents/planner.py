@@ -342,7 +342,8 @@ class Planner:
 
     # --------------------------------------------------------------------------------- exploring
     def explore_direction(self, position, places, heading, places_mask: torch.Tensor | None = None,
-                          generator: torch.Generator | None = None, frontier: torch.Tensor | None = None) -> torch.Tensor:
+                          generator: torch.Generator | None = None,
+                          frontier: torch.Tensor | None = None) -> torch.Tensor:
         """(B, 2) unit direction to explore: towards ``frontier`` ``(B, 2)`` (a place to look at,
         e.g. :meth:`Coverage.frontier`; nan rows: none), else away from ``places`` ``(B, N, 2)``
         (visited places, map units, remembered trees; ``places_mask`` ``(B, N)`` bool marks the real
@@ -451,7 +452,8 @@ class Planner:
             last_seen=None, current=None,
             sight_valence_mean=None, sight_valence_std=None, sight_distance=None, fruit_in_sight=None,
             sighted=None, goal=None, goal_mask=None, goal_sighted=None, places=None, places_mask=None,
-            position_std=None, closure_std=None, frontier=None, generator: torch.Generator | None = None) -> Plan:
+            position_std=None, closure_std=None, frontier=None,
+            generator: torch.Generator | None = None) -> Plan:
         """One step for B agents: homing goal -> go there; else target tree -> go to it; else a
         landmark to relocalize at; else explore.
 
@@ -460,7 +462,8 @@ class Planner:
         remembered tree the sight was recognised as, -1 for none), ``goal``/``goal_mask`` (no homing:
         ``goal`` (B, 2), ``goal_mask`` (B,) bool, rows with a goal place; ``goal_sighted`` (B,) bool,
         the tree in sight is the goal's), ``places`` (nothing to explore away from: the remembered
-        trees are used if given), ``frontier`` (B, 2) (a place to explore towards, nan rows: none) and ``position_std`` (B,) / ``closure_std`` (B, M) (never relocalize)."""
+        trees are used if given), ``frontier`` (B, 2) (a place to explore towards, nan rows: none)
+        and ``position_std`` (B,) / ``closure_std`` (B, M) (never relocalize)."""
         batch = _batch(position)
         heading = _float(heading, "heading", (batch, 2))
         health_t = _health(health, batch, position)

@@ -36,7 +36,7 @@ vocabulary):
    about 10% larger on the costless walks, 3.2-3.5 against 2.9-3.3).
 5. Every ``consolidate_every`` steps of a row, its memory is consolidated into the map layer
    (``SpatialMemory.consolidate`` over a shared ``Topography``); the map units' decoded places are
-   extra places the explorer moves away from.
+   extra places the explorer moves away from once no frontier is left.
 6. Homing: where ``obs["goal"]`` is non-zero, ``recall_location(goal, 1)`` gives the remembered
    place with the most similar look; its decoded position is the planner's goal, and a sight
    recognised as that slot is the goal tree in sight (approached along the heading).
@@ -158,7 +158,8 @@ class TEMAgent(nn.Module):
                  place_radius: float = 20.0, percept_radius: float = 0.7, percept_rank: int | None = None,
                  motion_noise: float = 0.5,
                  motion_gain: float = 1.0, learned_pi: bool = False, sight_range: float = 100.0,
-                 cone_cos: float = 0.9, tree_spread: float = 200.0, max_health: float = 1000.0, fruit_health: float = 25.0,
+                 cone_cos: float = 0.9, tree_spread: float = 200.0, max_health: float = 1000.0,
+                 fruit_health: float = 25.0,
                  consolidate_every: int = 200, valence_every: int = 10, min_gap: int = 5,
                  map_height: int = 4, map_width: int = 4, map_epochs: int = 2,
                  planner: Mapping[str, Any] | None = None, prior_var: float = 16.0,
@@ -239,7 +240,8 @@ class TEMAgent(nn.Module):
         health scale, fruit health, odometry noise and gain), with keyword ``overrides``."""
         checks.instance(config, WorldConfig, "config")
         matched = dict(percept_dim=config.percept_dim, sight_range=config.sight_distance,
-                       cone_cos=config.sight_cos, tree_spread=config.tree_spread, max_health=config.max_health,
+                       cone_cos=config.sight_cos, tree_spread=config.tree_spread,
+                       max_health=config.max_health,
                        fruit_health=config.fruit_health, motion_noise=config.motion_noise,
                        motion_gain=config.motion_gain)
         return cls(num_agents, **{**matched, **overrides})

@@ -35,6 +35,24 @@ def test_a_look_views_the_cone_up_to_what_sight_reached_and_the_cell_underfoot()
     assert torch.equal(coverage.viewed[0], expected)
 
 
+
+def test_marking_equals_the_test_of_every_cell_anywhere_on_or_off_the_grid():
+    gen = torch.Generator().manual_seed(0)
+    coverage = Coverage(64, radius=200.0, cell=25.0)
+    for _ in range(5):
+        position = (torch.rand(64, 2, generator=gen) * 2 - 1) * 260  # some beyond the grid's edge
+        heading = torch.nn.functional.normalize(torch.randn(64, 2, generator=gen), dim=-1)
+        reach = torch.rand(64, generator=gen) * 100
+        before = coverage.viewed.clone()
+        coverage.mark(position, heading, reach, COS)
+        offset = coverage.centres[None] - position.double()[:, None]
+        distance = offset.norm(dim=-1)
+        along = (offset * heading.double()[:, None]).sum(-1)
+        brute = ((along >= COS * distance) & (distance <= reach.double()[:, None])) | (distance <= 25.0 / math.sqrt(2))
+        assert torch.equal(coverage.viewed, before | brute)
+    assert coverage.viewed.any(1).float().mean() > 0.5
+
+
 def test_frontier_is_the_nearest_promising_unviewed_cell():
     coverage = Coverage(1, radius=500.0, cell=25.0, spread=200.0)
     here = torch.tensor([[0.0, 0.0]])
