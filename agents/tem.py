@@ -107,6 +107,7 @@ class Perception(NamedTuple):
     seen: torch.Tensor  # (B,) bool, a tree in sight
     distance: torch.Tensor  # (B,) its distance over the sight range (0: none)
     health: torch.Tensor  # (B,) float64 health over max_health
+    position: torch.Tensor  # (B, 2) the believed position after this step's loop closures
     heading: torch.Tensor  # (B, 2) the observed heading
     sight_valence: torch.Tensor  # (B,) the readout's valence mean of the sight
     sight_valence_std: torch.Tensor  # (B,) and its std
@@ -471,8 +472,9 @@ class TEMAgent(nn.Module):
         self._sync_belief_out()
 
         # 4. coverage: the cells the sight cone swept
+        position = self.belief.position().float()
         reach = torch.where(seen, distance, 1.0) * c["sight_range"]
-        self.coverage.mark(self.belief.position().float(), obs_heading, reach, c["cone_cos"])
+        self.coverage.mark(position, obs_heading, reach, c["cone_cos"])
 
         # 5. consolidation into the map layer
         every = c["consolidate_every"]
@@ -505,8 +507,9 @@ class TEMAgent(nn.Module):
                 goal_slot = torch.where(goal_mask, slots[:, 0], -1)
                 self.goal_position.copy_(torch.where(goal_mask[:, None], goal, torch.full_like(goal, math.nan)))
 
-        return Perception(sight=sight, seen=seen, distance=distance, health=health, sight_valence=sight_mean,
-                          sight_valence_std=sight_std, sighted=sighted, goal=goal, goal_mask=goal_mask,
+        return Perception(sight=sight, seen=seen, distance=distance, health=health, position=position,
+                          sight_valence=sight_mean, sight_valence_std=sight_std, sighted=sighted, goal=goal,
+                          goal_mask=goal_mask,
                           goal_confidence=goal_confidence, goal_slot=goal_slot, heading=obs_heading)
 
     @torch.no_grad()
@@ -531,7 +534,7 @@ class TEMAgent(nn.Module):
         rows = torch.arange(B)
 
         # 7. plan
-        position = self.belief.position().float()
+        position = p.position
         trees, valid, fruit, last_seen, expected = self.remembered_trees()
         places, places_mask = trees, valid
         mapped = self._map_places()
