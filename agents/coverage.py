@@ -1,7 +1,7 @@
 """Coverage: which places of its own frame an agent has looked at, and the frontier to explore next.
 
 A grid of ``G x G`` square cells of side ``cell`` centred on the agent's start (the origin of its
-frame), ``(B, G, G)`` bool per batch of B agents. A cell is *viewed* once its centre was in the
+frame), ``(B, G * G)`` bool (flattened, x-major) per batch of B agents. A cell is *viewed* once its centre was in the
 sight cone (``cos(angle to heading) >= cone_cos``) no farther than what sight reached: the tree in
 sight's distance when one is seen (sight shows only the nearest tree in the cone, so what lies
 behind it is still unknown), else the sight range; the cell the agent stands in is viewed too.
@@ -25,7 +25,7 @@ from treeworld import checks
 
 
 class Coverage(nn.Module):
-    """Viewed cells ``(B, G, G)`` of B agents' frames (a buffer: saved with its owner).
+    """Viewed cells ``(B, G * G)`` of B agents' frames (a buffer: saved with its owner).
 
     Args:
         num_agents: ``B``.
@@ -71,7 +71,7 @@ class Coverage(nn.Module):
         self._check(reach, "reach", (self.num_agents,))
         # only the window of cells around each agent that sight can reach (K = W^2 cells, not all)
         span = math.ceil(float(reach.max()) / self.cell) + 1
-        steps = torch.arange(-span, span + 1)
+        steps = torch.arange(-span, span + 1, device=self.viewed.device)
         cell = torch.floor(position.double() / self.cell + self.side / 2).long()  # (B, 2) the agent's
         ix, iy = cell[:, 0, None, None] + steps[:, None], cell[:, 1, None, None] + steps  # (B, W, 1), (B, 1, W)
         on_grid = ((ix >= 0) & (ix < self.side) & (iy >= 0) & (iy < self.side)).flatten(1)  # (B, K)
@@ -81,7 +81,7 @@ class Coverage(nn.Module):
         along = (offset * heading.double()[:, None]).sum(-1)
         in_cone = (along >= cone_cos * distance) & (distance <= reach.double()[:, None])
         seen = (in_cone | (distance <= self.cell / math.sqrt(2))) & on_grid
-        rows = torch.arange(self.num_agents)[:, None].expand_as(index)
+        rows = torch.arange(self.num_agents, device=self.viewed.device)[:, None].expand_as(index)
         self.viewed[rows[seen], index[seen]] = True
 
     @torch.no_grad()
