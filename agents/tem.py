@@ -100,6 +100,13 @@ FORMAT = "treeworld.TEMAgent/1"
 VALENCE_SHARING = ("agent", "batch")
 
 
+def _own_taste(mean: torch.Tensor, std: torch.Tensor, tasted: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Valence mean and std (any shape) with a tree's own bite outcome ``tasted`` (same shape: +1,
+    -1, 0 untasted) in place of the readout's: mean ``tasted``, std 0."""
+    own = tasted != 0
+    return torch.where(own, tasted, mean), std.masked_fill(own, 0.0)
+
+
 class Perception(NamedTuple):
     """What :meth:`TEMAgent.perceive` made of one step's observations (B rows)."""
 
@@ -374,9 +381,9 @@ class TEMAgent(nn.Module):
         if bool(slots.any()):
             owners = rows[:, None].expand_as(slots)[slots]
             self.tree_valence[slots], self.tree_valence_std[slots] = self.valence(owners, self.memory.percepts[slots])
-        known = self.tasted != 0
-        self.tree_valence.copy_(torch.where(known, self.tasted, self.tree_valence))
-        self.tree_valence_std.masked_fill_(known, 0.0)
+        mean, std = _own_taste(self.tree_valence, self.tree_valence_std, self.tasted)
+        self.tree_valence.copy_(mean)
+        self.tree_valence_std.copy_(std)
 
     # ------------------------------------------------------------------------------ protocol
     @torch.no_grad()
@@ -466,9 +473,8 @@ class TEMAgent(nn.Module):
         mark = bare & seen & (sighted >= 0)
         if bool(mark.any()):
             self._mark_bare(mark, sighted)
-        own = seen & (sighted >= 0) & (self.tasted[rows, sighted.clamp_min(0)] != 0)
-        sight_mean = torch.where(own, self.tasted[rows, sighted.clamp_min(0)], sight_mean)
-        sight_std = sight_std.masked_fill(own, 0.0)
+        taste = torch.where(seen & (sighted >= 0), self.tasted[rows, sighted.clamp_min(0)], 0.0)
+        sight_mean, sight_std = _own_taste(sight_mean, sight_std, taste)
         self._sync_belief_out()
 
         # 4. coverage: the cells the sight cone swept
