@@ -190,6 +190,8 @@ def test_a_training_checkpoint_gives_a_tem_agent_with_the_trained_parts(tmp_path
     agent = registry.make_batch_agent(f"tem:{path}", config, 3, None)
     assert agent.num_agents == 3 and agent.config["learned_pi"] and agent.config["percept_rank"] == 16
     assert agent.config["motion_noise"] == config.motion_noise  # the world's, not the ELBO's step scale
+    # the novelty gate: GATE_PER_MATCH_SCALE of the model's "same tree" kernel scale, in E's units
+    assert agent.config["percept_radius"] == pytest.approx(training.GATE_PER_MATCH_SCALE * tem.scales()["match_scale"])
     assert torch.equal(agent.belief.integrator.correction, tem.integrator.correction)
     assert torch.equal(agent.memory.percept_metric.embedding, tem.percept_metric.embedding)
     agent.act({key: np.zeros((3,) + space.shape, space.dtype) for key, space in
