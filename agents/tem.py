@@ -238,6 +238,7 @@ class TEMAgent(nn.Module):
         self.register_buffer("clock", torch.zeros((), dtype=torch.long))  # act() calls
         self.register_buffer("map_position", torch.zeros(B, U, 2))  # decoded map units per row
         self._last_mode = torch.zeros(B, dtype=torch.long)  # the planner's mode of the last step
+        self._frontier = torch.full((B, 2), math.nan)  # the frontier cell of the last step (nan: none)
         self.generator = torch.Generator().manual_seed(0)
         self.row_generators = [torch.Generator().manual_seed(row) for row in range(B)]
         self._sync_belief_out()
@@ -418,6 +419,7 @@ class TEMAgent(nn.Module):
         self.tasted[chosen] = 0.0
         self.goal_position[chosen] = math.nan
         self._last_mode[chosen] = 0
+        self._frontier[chosen] = math.nan
 
     @torch.no_grad()
     def perceive(self, observations: Mapping[str, np.ndarray]) -> Perception:
@@ -541,6 +543,7 @@ class TEMAgent(nn.Module):
 
         # 7. plan
         position = p.position
+        frontier = self.coverage.frontier(position)
         trees, valid, fruit, last_seen, expected = self.remembered_trees()
         places, places_mask = trees, valid
         mapped = self._map_places()
@@ -562,7 +565,7 @@ class TEMAgent(nn.Module):
             goal_sighted=seen & (sighted >= 0) & (sighted == p.goal_slot),
             places=places, places_mask=places_mask, position_std=self.sigma().float(),
             closure_std=self._closure_std(p.health * c["max_health"]).float(),
-            frontier=self.coverage.frontier(position), generator=self.generator)
+            frontier=frontier, generator=self.generator)
         action = plan.action.clone()
         eat = (action[:, 2] > 0) & seen
         action[:, 2] = torch.where(eat, 1.0, -1.0)
@@ -585,6 +588,7 @@ class TEMAgent(nn.Module):
         self.target_range.copy_(torch.where(in_view, distance * c["sight_range"], math.nan))
         self.heading.copy_(plan.heading.float())
         self._last_mode = plan.mode
+        self._frontier = frontier
         self.finish_step(p, eat)
         return action.numpy().astype(np.float32)
 
@@ -605,9 +609,8 @@ class TEMAgent(nn.Module):
         t = int(self.target[0])
         if t >= 0 and bool(self.memory.valid[0, t]):
             target = self.landmarks.position[0, t]
-        elif int(self._last_mode[0]) == EXPLORE:  # exploring: the frontier cell it heads for
-            frontier = self.coverage.frontier(self.position().float())[0]
-            target = frontier if bool(torch.isfinite(frontier).all()) else None
+        elif int(self._last_mode[0]) == EXPLORE and bool(torch.isfinite(self._frontier[0]).all()):
+            target = self._frontier[0]  # exploring: the frontier cell it heads for
         goal = self.goal_position[0]
         goal = goal if bool(torch.isfinite(goal).all()) else None
         return belief_overlays(position, sigma, trees["position"], self.tree_valence[0, slots].clamp(-1, 1),
