@@ -94,7 +94,7 @@ from treeworld.agents.pseudometric import PseudoMetric
 from treeworld.agents.topography import Topography
 from treeworld.agents.valence import ValenceReadout
 
-FORMAT = "treeworld.TEMAgent/1"
+FORMAT = "treeworld.TEMAgent/2"
 
 #: How the valence readout is kept: one per agent (row), or one for the whole batch.
 VALENCE_SHARING = ("agent", "batch")
@@ -202,8 +202,7 @@ class TEMAgent(nn.Module):
         self.belief = Belief(integrator, B, step_variance=odometry_step_variance(c["motion_noise"], c["motion_gain"]))
         memory = SpatialMemory(metric, _percept_metric(P, c["percept_rank"]), c["capacity"], B, place_radius=c["place_radius"],
                                percept_radius=c["percept_radius"])
-        readouts = B if valence_sharing == "agent" else 1
-        self.readouts = nn.ModuleList(ValenceReadout(P, prior_var=c["prior_var"]) for _ in range(readouts))
+        self.readouts = ValenceReadout(P, prior_var=c["prior_var"], count=B if valence_sharing == "agent" else 1)
         self.landmarks = LandmarkMap(memory, sight_range=c["sight_range"], cone_cos=c["cone_cos"],
                                      min_gap=c["min_gap"], fusion=c["fusion"])
         # the coverage frontier sweeps the cone over what was not seen: no periodic look-around
@@ -272,44 +271,21 @@ class TEMAgent(nn.Module):
         return self.variance.clamp_min(0.0).sqrt()
 
     # ------------------------------------------------------------------------------ valence
-    @property
-    def readout(self) -> ValenceReadout:
-        """The one valence readout (``valence_sharing="batch"``, or a single agent); ValueError
-        when there is one per row (a nn.Module would hide an AttributeError's message)."""
-        if len(self.readouts) != 1:
-            raise ValueError(f"readout: this agent keeps one readout per row (valence_sharing='agent', "
-                             f"num_agents={self.num_agents}); use readouts[row]")
-        return self.readouts[0]
-
-    def _by_readout(self, rows: torch.Tensor):
-        """Yield ``(readout, pick)``: each readout and the (M,) bool mask of ``rows`` (M,) it serves
-        (the whole slice for a shared readout: no copies)."""
-        if len(self.readouts) == 1:
-            yield self.readouts[0], slice(None)
-            return
-        for row in rows.unique().tolist():
-            yield self.readouts[row], rows == row
+    def _owners(self, rows: torch.Tensor) -> torch.Tensor:
+        """(M,) the readout judging each of agents ``rows`` (M,): its own, or the shared one."""
+        return rows if self.readouts.count > 1 else torch.zeros_like(rows)
 
     def valence(self, rows: torch.Tensor, percepts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Valence mean and std (M,) of percepts (M, P) judged by the readouts of agents ``rows`` (M,)."""
-        mean, std = torch.empty(len(rows)), torch.empty(len(rows))  # every row is some readout's
-        for readout, pick in self._by_readout(rows):
-            mean[pick], std[pick] = readout.predict(percepts[pick])
-        return mean, std
+        return self.readouts.predict(percepts, self._owners(rows))
 
     def _learn(self, rows: torch.Tensor, percepts: torch.Tensor, outcomes: torch.Tensor) -> None:
         """Bites of agents ``rows`` (M,): percepts (M, P) eaten, outcomes (M,) +1 edible / -1 poison."""
-        for readout, pick in self._by_readout(rows):
-            readout.update(percepts[pick], outcomes[pick])
+        self.readouts.update(percepts, outcomes, self._owners(rows))
 
     def _adapt(self, rows: torch.Tensor, percepts: torch.Tensor) -> None:
         """Sensory adaptation of the readouts of agents ``rows`` (M,) to the percepts (M, P) they see."""
-        for readout, pick in self._by_readout(rows):
-            readout.adapt(percepts[pick])
-
-    def _eats(self) -> int:
-        """Bites learned from so far, over all readouts."""
-        return sum(int(readout.eats) for readout in self.readouts)
+        self.readouts.adapt(percepts, self._owners(rows))
 
     # ------------------------------------------------------------------------------ helpers
     @torch.no_grad()
@@ -372,13 +348,13 @@ class TEMAgent(nn.Module):
         which decides every bite, is always current). A tasted tree's own outcome overrides the
         readout: mean ``tasted`` (+-1), std 0."""
         rows = torch.arange(self.num_agents)
-        full = (self._eats() != int(self.valence_refreshed)
+        full = (int(self.readouts.eats.sum()) != int(self.valence_refreshed)
                 and int(self.clock) % self.config["valence_every"] == 0)
         slots = self.memory.valid.clone() if full else torch.zeros_like(self.memory.valid)
         changed = written >= 0
         slots[rows[changed], written[changed]] = True
         if full:
-            self.valence_refreshed.fill_(self._eats())
+            self.valence_refreshed.fill_(int(self.readouts.eats.sum()))
         if bool(slots.any()):
             owners = rows[:, None].expand_as(slots)[slots]
             self.tree_valence[slots], self.tree_valence_std[slots] = self.valence(owners, self.memory.percepts[slots])

@@ -8,15 +8,20 @@ The model: Bayesian probit regression on the normalized percept, learned by assu
 filtering (closed form, no SGD, no learning rate). The latent score of a percept ``x`` is
 ``f = w . phi(x)``, with ``phi(x) = (x / ||x||, 1)`` (the unit percept and a bias feature, so the
 base rate of poison is learned too), and ``P(edible | f) = Phi(f)``. The prior on ``w`` is
-Gaussian, ``N(0, diag(prior_var, ..., prior_var, bias_var))``; the posterior stays Gaussian,
-held in natural parameters: ``precision`` ``(D + 1, D + 1)`` and ``shift = precision @ mean``.
+Gaussian, ``N(0, diag(prior_var, ..., prior_var, bias_var))``; the posterior stays Gaussian, held
+in moment form: ``weight_mean`` ``(D + 1,)`` and ``weight_cov`` ``(D + 1, D + 1)``, float64.
 An eat with outcome ``y`` in {-1, +1} is one probit site; its exact moment match against the
 current posterior of ``f`` (``N(mu, s)``) is a Gaussian site of precision
 ``tau = c / (1 - s c)`` and shift ``(mu c + y lambda / sqrt(1 + s)) / (1 - s c)``, with
 ``z = y mu / sqrt(1 + s)``, ``lambda = N(z) / Phi(z)``, ``c = lambda (lambda + z) / (1 + s)``
-(written this way, nothing is divided by ``s``, and ``0 <= tau < 1``). Sites only ever add PSD
-terms to the precision, so it stays symmetric positive definite over any number of updates, and
-the result does not depend on a learning rate.
+(written this way, nothing is divided by ``s``, and ``0 <= tau < 1``). The ``k`` sites of one
+update, rows ``F`` ``(k, D + 1)``, enter the moments by the Woodbury identity (no ``(D + 1)``-cube
+solve): with ``G = sqrt(tau) F``, ``cov' = cov - cov G^T (I + G cov G^T)^{-1} G cov`` and
+``mean' = mean + cov' F^T (shift - tau F mean)``; for one site these are the textbook ADF steps
+``mean' = mean + y lambda / sqrt(1 + s) cov f`` and ``cov' = cov - c (cov f)(cov f)^T``. Each site
+lowers the variance of ``f`` along its own row (``s' = s / (1 + tau s) > 0``), the low-rank term is
+subtracted in place (``H^T H``, ``H = L^{-1} G cov`` with ``L`` the Cholesky factor of the ``k x k``
+inner matrix), and the result does not depend on a learning rate.
 
 Sensory adaptation. Sentence embeddings share a large common direction (any two MiniLM percepts
 have a cosine well above 0), so on raw unit percepts one poisonous bite lowers the valence of every
@@ -57,26 +62,25 @@ only as eats accumulate over many names and fruit counts (across episodes), whic
 phrases down as irrelevant. The sign, in contrast, generalizes at once (100% on unseen names and
 fruit counts of the tasted kinds in that setting).
 
-One shared readout. Edibility is a property of the kind, the same for every agent and every
-world, so the readout is shared knowledge: one model, updated with the eats of all B agents of a
-batch (``update`` takes any number of rows, e.g. the agents that ate this step, flattened), and
-never reset between episodes: a poisonous kind learned in one world stays poisonous in the next.
-It is saved with the agent (``state_dict``: ``precision``, ``shift``, the ``eats`` counter and the
-adaptation's ``seen_sum`` and ``seen_count``;
-exact round trip). The
-rows of one ``update`` call are moment-matched against the same current posterior and added
-together (the parallel form of the filter; with one row it is the sequential filter exactly), so
-the result does not depend on the order of the agents in the batch.
+One shared readout, or many. Edibility is a property of the kind, the same for every agent and
+every world, so a readout is knowledge that is never reset between episodes: a poisonous kind
+learned in one world stays poisonous in the next. A module holds ``count`` independent readouts
+(stacked states, a leading axis ``R``): every call takes ``readouts``, the readout of each row
+(default: readout 0). One readout updated with the eats of all B agents of a batch is shared
+knowledge; one per agent gives B independent learners at the cost of batched array work, with no
+Python loop over readouts. A readout's state: ``weight_mean``, ``weight_cov``, the ``eats``
+counter and the adaptation's ``seen_sum`` and ``seen_count`` (``state_dict``: exact round trip;
+predictions read the state and nothing else). The rows of one ``update`` call are moment-matched
+against the current posterior of their own readout and added together (the parallel form of the
+filter; with one row it is the sequential filter exactly), so the result does not depend on the
+order of the agents in the batch.
 
 Inputs and dtypes. Percepts must be finite with last dimension ``percept_dim``; outcomes must be
-exactly -1 or +1 (ValueError naming the argument, raised before anything changes). A zero
-percept ("nothing seen") keeps a zero percept feature. Floating inputs of any dtype are cast to
-the module's dtype (float32 unless built otherwise, or ``.double()``), and results come back in
-it; the posterior is solved in float64 internally: the mean weights and the
-covariance are kept in a cache keyed on the identity and in-place version of ``precision`` and
-``shift``, solved by Cholesky on the first prediction after a change (an update, a
-``load_state_dict``, an outside edit; a few ms at D = 384), so equal states predict equally and
-the cache cannot go stale; a percept then costs two (D+1)-products.
+exactly -1 or +1 and ``readouts`` integers in ``[0, count)`` (ValueError naming the argument,
+raised before anything changes). A zero percept ("nothing seen") keeps a zero percept feature.
+Floating inputs of any dtype are accepted; the work is float64 and results come back in ``dtype``
+(float32 unless built otherwise). Cost: a prediction reads its readout's covariance once
+(``(D + 1)^2`` float64, 1.2 MB at D = 384); rows of the same readout share that read.
 """
 from __future__ import annotations
 
@@ -99,8 +103,22 @@ class Valence(NamedTuple):
     std: torch.Tensor  # (...,) posterior std of the valence (predict) or of the latent score (latent)
 
 
+def _layout(owners: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Lay rows out per readout: the readouts used ``(U,)`` (all ``count`` when most are, so their
+    states are read in place rather than copied), each row's group ``(n,)`` in them and place
+    ``(n,)`` in its group, and the largest group ``K``."""
+    used, group, sizes = torch.unique(owners, return_inverse=True, return_counts=True)
+    if 4 * len(used) > count:  # reading every state beats copying a quarter of them
+        used, group = torch.arange(count, device=owners.device), owners
+        sizes = torch.bincount(owners, minlength=count)
+    order = torch.argsort(group, stable=True)
+    place = torch.empty_like(group)
+    place[order] = torch.arange(len(group), device=owners.device) - (torch.cumsum(sizes, 0) - sizes)[group[order]]
+    return used, group, place, int(sizes.max()) if len(group) else 0
+
+
 class ValenceReadout(nn.Module):
-    """Online Bayesian probit readout of valence from percepts, shared by all agents.
+    """Online Bayesian probit readouts of valence from percepts: ``count`` independent ones.
 
     Args:
         percept_dim: ``D``, the percept size (384 for the MiniLM vocabulary).
@@ -108,124 +126,151 @@ class ValenceReadout(nn.Module):
             unit percept has prior std about ``sqrt(prior_var)``). Larger learns the sign from
             fewer eats; 16 gets 100% on unseen names and fruit counts after 3 eats per kind.
         bias_var: ``> 0``, prior variance of the bias weight.
-        dtype: dtype of the stored posterior and of results.
+        count: ``R``, the number of independent readouts (1: one shared by every caller).
+        dtype: dtype of results (the state and the work are float64).
     """
 
-    def __init__(self, percept_dim: int, prior_var: float = 16.0, bias_var: float = 1.0,
+    def __init__(self, percept_dim: int, prior_var: float = 16.0, bias_var: float = 1.0, count: int = 1,
                  dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
         super().__init__()
         self.percept_dim = checks.count(percept_dim, "percept_dim")
         self.prior_var = checks.positive(prior_var, "prior_var")
         self.bias_var = checks.positive(bias_var, "bias_var")
+        self.count = checks.count(count, "count")
         checks.instance(dtype, torch.dtype, "dtype")
         if not dtype.is_floating_point:
             raise TypeError(f"dtype: expected a floating dtype, got {dtype}")
-        diag = torch.full((self.percept_dim + 1,), 1.0 / self.prior_var, dtype=torch.float64)
-        diag[-1] = 1.0 / self.bias_var
-        self.register_buffer("precision", torch.diag(diag).to(dtype=dtype, device=device))
-        self.register_buffer("shift", torch.zeros(self.percept_dim + 1, dtype=dtype, device=device))
-        self.register_buffer("eats", torch.zeros((), dtype=torch.int64, device=device))
-        # Sensory adaptation: the sum and count of the unit percepts shown to adapt() (float64).
-        self.register_buffer("seen_sum", torch.zeros(self.percept_dim, dtype=torch.float64, device=device))
-        self.register_buffer("seen_count", torch.zeros((), dtype=torch.int64, device=device))
-        self._posterior_cache: tuple | None = None  # (key, mean (D+1,), covariance (D+1, D+1))
+        self.result_dtype = dtype
+        R, D = self.count, self.percept_dim
+        prior = torch.full((D + 1,), self.prior_var, dtype=torch.float64)
+        prior[-1] = self.bias_var
+        self.register_buffer("weight_mean", torch.zeros(R, D + 1, dtype=torch.float64, device=device))
+        self.register_buffer("weight_cov", torch.diag(prior).to(device).expand(R, D + 1, D + 1).clone())
+        self.register_buffer("eats", torch.zeros(R, dtype=torch.int64, device=device))
+        # Sensory adaptation: the sum and count of the unit percepts shown to adapt().
+        self.register_buffer("seen_sum", torch.zeros(R, D, dtype=torch.float64, device=device))
+        self.register_buffer("seen_count", torch.zeros(R, dtype=torch.int64, device=device))
 
     # ----------------------------------------------------------------------------------- helpers
-    def _features(self, percepts, name: str) -> torch.Tensor:
-        """(..., D) percepts -> (n, D + 1) float64 features (adapted unit percept, 1)."""
-        x = self._unit(percepts, name) - self.center()
-        x = x / x.norm(dim=-1, keepdim=True).clamp_min(_EPS)
-        return torch.cat([x, torch.ones_like(x[:, :1])], dim=-1)
-
     def _unit(self, percepts, name: str) -> torch.Tensor:
         """(..., D) percepts -> (n, D) float64 unit rows (zero rows stay zero)."""
         checks.last_dim(percepts, self.percept_dim, name, "percept_dim")
         checks.finite_tensor(percepts, name)
-        x = percepts.detach().to(device=self.precision.device, dtype=torch.float64).reshape(-1, self.percept_dim)
+        x = percepts.detach().to(device=self.weight_mean.device, dtype=torch.float64).reshape(-1, self.percept_dim)
         return x / x.norm(dim=-1, keepdim=True).clamp_min(_EPS)
 
-    def center(self) -> torch.Tensor:
-        """(D,) float64 the adaptation centre: ``sum / (count + 1)`` of the unit percepts seen (0 before any)."""
-        return self.seen_sum / (self.seen_count.double() + 1.0)
+    def _owners(self, readouts, shape: torch.Size) -> torch.Tensor:
+        """``readouts`` (shape) -> (n,) long readout index per row; None: readout 0 for every row."""
+        device = self.weight_mean.device
+        if readouts is None:
+            return torch.zeros(math.prod(shape), dtype=torch.long, device=device)
+        checks.instance(readouts, torch.Tensor, "readouts")
+        if readouts.dtype.is_floating_point or readouts.dtype.is_complex or readouts.dtype == torch.bool:
+            raise TypeError(f"readouts: expected an integer tensor, got {readouts.dtype}")
+        if tuple(readouts.shape) != tuple(shape):
+            raise ValueError(f"readouts: expected shape {tuple(shape)} (the percepts' leading shape), "
+                             f"got {tuple(readouts.shape)}")
+        owners = readouts.reshape(-1).to(device=device, dtype=torch.long)
+        if len(owners) and (int(owners.min()) < 0 or int(owners.max()) >= self.count):
+            raise ValueError(f"readouts: expected indices in [0, {self.count}), got "
+                             f"{int(owners.min())}..{int(owners.max())}")
+        return owners
 
-    @torch.no_grad()
-    def adapt(self, percepts: torch.Tensor) -> None:
-        """Sensory adaptation: fold ``(..., D)`` percepts (e.g. every sight) into the centre."""
+    def _inputs(self, percepts, readouts) -> tuple[torch.Tensor, torch.Tensor, torch.Size]:
+        """Checked inputs -> (n, D + 1) float64 features (adapted unit percept, 1), (n,) owners and
+        the rows' shape."""
         x = self._unit(percepts, "percepts")
-        self.seen_sum.add_(x.sum(0))
-        self.seen_count.add_(len(x))
+        shape = percepts.shape[:-1]
+        owners = self._owners(readouts, shape)
+        x = x - self.center()[owners]
+        x = x / x.norm(dim=-1, keepdim=True).clamp_min(_EPS)
+        return torch.cat([x, torch.ones_like(x[:, :1])], dim=-1), owners, shape
 
-    def _posterior_key(self) -> tuple:
-        return tuple((t.data_ptr(), t._version) for t in (self.precision, self.shift))
+    def center(self) -> torch.Tensor:
+        """(R, D) float64 the adaptation centres: ``sum / (count + 1)`` of the unit percepts seen (0 before any)."""
+        return self.seen_sum / (self.seen_count.double() + 1.0)[:, None]
 
-    def _posterior(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean ``(D+1,)`` and covariance ``(D+1, D+1)`` of the weights, float64, cached."""
-        if self._posterior_cache is None or self._posterior_cache[0] != self._posterior_key():
-            chol = torch.linalg.cholesky(self.precision.double())
-            mean = torch.cholesky_solve(self.shift.double()[:, None], chol)[:, 0]
-            self._posterior_cache = (self._posterior_key(), mean, torch.cholesky_inverse(chol))
-        return self._posterior_cache[1:]
+    def _covariances(self, used: torch.Tensor) -> torch.Tensor:
+        """(U, D+1, D+1) the covariances of readouts ``used`` (U,) (the stored tensor itself when all)."""
+        return self.weight_cov if len(used) == self.count else self.weight_cov[used]
 
-    def _latent(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean and variance of the latent score of each feature row (float64)."""
-        mean, covariance = self._posterior()
-        return features @ mean, ((features @ covariance) * features).sum(-1)
+    def _latent(self, features: torch.Tensor, owners: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Posterior mean and variance (n,) of the latent score of feature rows (n, D+1) under
+        readouts ``owners`` (n,), and the rows' layout (``_layout``) and ``F cov`` per group
+        ``(U, K, D+1)`` for an update."""
+        used, group, place, K = _layout(owners, self.count)
+        mu = (features * self.weight_mean[owners]).sum(-1)
+        padded = features.new_zeros(len(used), K, features.shape[-1])
+        padded[group, place] = features
+        projected = torch.bmm(padded, self._covariances(used))  # (U, K, D+1): F cov
+        return mu, (projected[group, place] * features).sum(-1), (used, group, place, padded, projected)
 
     # -------------------------------------------------------------------------------------- API
-    def predict(self, percepts: torch.Tensor) -> Valence:
-        """``(..., D)`` percepts -> ``Valence(mean (...,), std (...,))``: expected outcome in (-1, 1)
-        and its posterior std (epistemic, in valence units)."""
-        shape = percepts.shape[:-1] if isinstance(percepts, torch.Tensor) else None
-        features = self._features(percepts, "percepts")
-        with torch.no_grad():
-            mu, var = self._latent(features)
-            mean = 2.0 * torch.special.ndtr(mu / torch.sqrt(1.0 + var)) - 1.0
-            nodes, weights = (torch.as_tensor(a, dtype=torch.float64, device=mu.device) for a in _QUADRATURE)
-            value = 2.0 * torch.special.ndtr(mu[:, None] + var.sqrt()[:, None] * nodes) - 1.0  # (n, Q)
-            second = value.square() @ weights
-            std = (second - mean.square()).clamp_min(0.0).sqrt()
-        out = self.precision.dtype
-        return Valence(mean.to(out).reshape(shape), std.to(out).reshape(shape))
+    @torch.no_grad()
+    def adapt(self, percepts: torch.Tensor, readouts: torch.Tensor | None = None) -> None:
+        """Sensory adaptation: fold ``(..., D)`` percepts (e.g. every sight) into the centres of
+        ``readouts`` ``(...)`` (default: readout 0)."""
+        x = self._unit(percepts, "percepts")
+        owners = self._owners(readouts, percepts.shape[:-1])
+        self.seen_sum.index_add_(0, owners, x)
+        self.seen_count.index_add_(0, owners, torch.ones_like(owners))
 
-    def latent(self, percepts: torch.Tensor) -> Valence:
-        """``(..., D)`` percepts -> posterior mean and std of the latent probit score ``f``."""
-        shape = percepts.shape[:-1] if isinstance(percepts, torch.Tensor) else None
-        features = self._features(percepts, "percepts")
-        with torch.no_grad():
-            mu, var = self._latent(features)
-        out = self.precision.dtype
-        return Valence(mu.to(out).reshape(shape), var.sqrt().to(out).reshape(shape))
+    @torch.no_grad()
+    def predict(self, percepts: torch.Tensor, readouts: torch.Tensor | None = None) -> Valence:
+        """``(..., D)`` percepts judged by ``readouts`` ``(...)`` (default: readout 0) ->
+        ``Valence(mean (...,), std (...,))``: expected outcome in (-1, 1) and its posterior std
+        (epistemic, in valence units)."""
+        features, owners, shape = self._inputs(percepts, readouts)
+        mu, var, _ = self._latent(features, owners)
+        mean = 2.0 * torch.special.ndtr(mu / torch.sqrt(1.0 + var)) - 1.0
+        nodes, weights = (torch.as_tensor(a, dtype=torch.float64, device=mu.device) for a in _QUADRATURE)
+        value = 2.0 * torch.special.ndtr(mu[:, None] + var.sqrt()[:, None] * nodes) - 1.0  # (n, Q)
+        std = (value.square() @ weights - mean.square()).clamp_min(0.0).sqrt()
+        return Valence(mean.to(self.result_dtype).reshape(shape), std.to(self.result_dtype).reshape(shape))
 
-    def update(self, percepts: torch.Tensor, outcomes: torch.Tensor) -> None:
+    @torch.no_grad()
+    def latent(self, percepts: torch.Tensor, readouts: torch.Tensor | None = None) -> Valence:
+        """``(..., D)`` percepts -> posterior mean and std ``(...)`` of the latent probit score ``f``."""
+        features, owners, shape = self._inputs(percepts, readouts)
+        mu, var, _ = self._latent(features, owners)
+        return Valence(mu.to(self.result_dtype).reshape(shape), var.sqrt().to(self.result_dtype).reshape(shape))
+
+    @torch.no_grad()
+    def update(self, percepts: torch.Tensor, outcomes: torch.Tensor, readouts: torch.Tensor | None = None) -> None:
         """Learn from eats: ``percepts`` ``(..., D)`` of the trees eaten, ``outcomes`` ``(...)`` the
-        sign of the health change, -1 (poison) or +1 (edible)."""
-        features = self._features(percepts, "percepts")
+        sign of the health change, -1 (poison) or +1 (edible), ``readouts`` ``(...)`` the readout
+        each eat teaches (default: readout 0)."""
+        features, owners, shape = self._inputs(percepts, readouts)
         checks.instance(outcomes, torch.Tensor, "outcomes")
         if outcomes.is_floating_point():
             checks.finite_tensor(outcomes, "outcomes")
-        if tuple(outcomes.shape) != tuple(percepts.shape[:-1]):
-            raise ValueError(f"outcomes: expected shape {tuple(percepts.shape[:-1])} (the percepts' leading "
+        if tuple(outcomes.shape) != tuple(shape):
+            raise ValueError(f"outcomes: expected shape {tuple(shape)} (the percepts' leading "
                              f"shape), got {tuple(outcomes.shape)}")
-        y = outcomes.detach().to(self.precision.device).reshape(-1).double()
+        y = outcomes.detach().to(self.weight_mean.device).reshape(-1).double()
         if not bool(((y == 1) | (y == -1)).all()):
             raise ValueError("outcomes: expected only -1 (poison) or +1 (edible), got "
                              f"{sorted(set(y.tolist()) - {1.0, -1.0})[:5]}")
         if y.numel() == 0:
             return
-        with torch.no_grad():
-            mu, s = self._latent(features)
-            root = torch.sqrt(1.0 + s)
-            z = y * mu / root
-            lam = torch.exp(-0.5 * z * z - 0.5 * math.log(2 * math.pi) - torch.special.log_ndtr(z))
-            c = lam * (lam + z) / (1.0 + s)
-            keep = 1.0 - s * c  # s' / s, in (0, 1]
-            tau = c / keep
-            gain = (mu * c + y * lam / root) / keep
-            precision = self.precision.double() + (features.T * tau) @ features
-            shift = self.shift.double() + features.T @ gain
-            self.precision.copy_(0.5 * (precision + precision.T))
-            self.shift.copy_(shift)
-            self.eats.add_(y.numel())
+        mu, s, (used, group, place, padded, projected) = self._latent(features, owners)
+        root = torch.sqrt(1.0 + s)
+        z = y * mu / root
+        lam = torch.exp(-0.5 * z * z - 0.5 * math.log(2 * math.pi) - torch.special.log_ndtr(z))
+        c = lam * (lam + z) / (1.0 + s)
+        keep = 1.0 - s * c  # s' / s, in (0, 1]
+        root_tau, residual = (torch.zeros(padded.shape[:2], dtype=torch.float64, device=y.device) for _ in range(2))
+        root_tau[group, place] = (c / keep).sqrt()
+        residual[group, place] = y * lam / (root * keep)  # the site's shift minus tau mu
+        g_cov = root_tau[..., None] * projected  # (U, K, D+1): G cov, with G = sqrt(tau) F
+        inner = torch.eye(padded.shape[1], dtype=torch.float64, device=y.device) + g_cov @ (root_tau[..., None] * padded).mT
+        half = torch.linalg.solve_triangular(torch.linalg.cholesky(inner), g_cov, upper=False)  # L^-1 G cov
+        # cov F^T r is (F cov)^T r; cov' F^T r takes off the same low-rank term as cov'
+        pulled = (residual[:, None, :] @ projected)[:, 0] - (half.mT @ (half @ (residual[:, None, :] @ padded).mT))[..., 0]
+        self.weight_mean.index_add_(0, used, pulled)
+        self.weight_cov.index_add_(0, used, -(half.mT @ half))
+        self.eats.index_add_(0, owners, torch.ones_like(owners))
 
     def extra_repr(self) -> str:
-        return f"percept_dim={self.percept_dim}, prior_var={self.prior_var}, bias_var={self.bias_var}"
+        return (f"percept_dim={self.percept_dim}, prior_var={self.prior_var}, bias_var={self.bias_var}, "
+                f"count={self.count}")

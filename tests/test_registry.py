@@ -42,10 +42,10 @@ def test_single_agents_are_the_baselines_themselves_or_a_single_row():
 def test_a_saved_tem_agent_loads_by_path_and_must_fit(tmp_path):
     path = tmp_path / "tem.pt"
     saved = TEMAgent.for_config(CONFIG, 2)
-    saved.readouts[1].update(torch.nn.functional.normalize(torch.ones(1, 384), dim=-1), torch.ones(1))
+    saved.readouts.update(torch.nn.functional.normalize(torch.ones(1, 384), dim=-1), torch.ones(1), torch.ones(1, dtype=torch.long))
     saved.save(path)
     loaded = registry.make_batch_agent(f"tem:{path}", CONFIG, 2, ACTIONS)
-    assert torch.equal(loaded.readouts[1].precision, saved.readouts[1].precision)
+    assert torch.equal(loaded.readouts.weight_cov, saved.readouts.weight_cov)
     with pytest.raises(ValueError, match="^agent: .* holds a TEMAgent of num_agents 2, expected 3"):
         registry.make_batch_agent(f"tem:{path}", CONFIG, 3, ACTIONS)
     with pytest.raises(ValueError, match="^agent: .* 32-d"):

@@ -87,7 +87,7 @@ def test_the_wrappers_features_are_the_tem_agents_own_readouts():
             agent.reset(np.flatnonzero(dones).tolist())
         perception = agent.perceive({k: v for k, v in observations.items() if k != MEMORY_KEY})
     assert checked > 20  # remembered trees were compared, not only empty entries
-    assert int(agent.readout.eats) > 0  # bites taught the shared valence readout
+    assert int(agent.readouts.eats[0]) > 0  # bites taught the shared valence readout
 
 
 def test_memory_rows_start_afresh_where_episodes_do_and_never_mix_envs():

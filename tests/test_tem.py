@@ -55,8 +55,9 @@ def test_runs_in_vector_envs(env_id, kwargs):
     agent.valence_refreshed.fill_(-1)  # force a full refresh on the next act
     agent.clock.zero_()
     agent._refresh_valence(torch.full((2,), -1))
-    for row, readout in enumerate(agent.readouts):  # each row's slots by its own readout
-        fresh = readout.predict(agent.memory.percepts[row][valid[row]])
+    for row in range(2):  # each row's slots by its own readout
+        percepts = agent.memory.percepts[row][valid[row]]
+        fresh = agent.readouts.predict(percepts, torch.full(percepts.shape[:1], row))
         tasted = agent.tasted[row][valid[row]]
         assert torch.equal(agent.tree_valence[row][valid[row]], torch.where(tasted != 0, tasted, fresh.mean))
         assert torch.equal(agent.tree_valence_std[row][valid[row]], fresh.std.masked_fill(tasted != 0, 0.0))
@@ -123,14 +124,13 @@ def test_batch_equals_single_agents_as_they_learn_from_their_bites():
         jump = np.where(out[:, 2:] > 0, rng.choice([-0.025, 0.025], size=(2, 1)), 0.0).astype(np.float32)
         health += jump
         shared_learned += shared_bites & (jump[:, 0] != 0) & (t < 39)  # learned on the next step's health
-    eats = [int(readout.eats) for readout in batch.readouts]
-    assert min(eats) > 0 and eats == [int(s.readout.eats) for s in singles]
-    for readout, s in zip(batch.readouts, singles):
-        assert torch.equal(readout.precision, s.readout.precision)
-    assert len(shared.readouts) == 1 and shared_learned.min() > 0  # one readout learned from both rows' bites
-    assert int(shared.readout.eats) == shared_learned.sum()
-    with pytest.raises(ValueError, match="readouts\\[row\\]"):
-        batch.readout  # noqa: B018  (several readouts: which one is ambiguous)
+    eats = batch.readouts.eats.tolist()
+    assert min(eats) > 0 and eats == [int(s.readouts.eats[0]) for s in singles]
+    for row, s in enumerate(singles):
+        torch.testing.assert_close(batch.readouts.weight_cov[row], s.readouts.weight_cov[0], rtol=0, atol=1e-12)
+        torch.testing.assert_close(batch.readouts.weight_mean[row], s.readouts.weight_mean[0], rtol=0, atol=1e-12)
+    assert shared.readouts.count == 1 and shared_learned.min() > 0  # one readout learned from both rows' bites
+    assert int(shared.readouts.eats[0]) == shared_learned.sum()
 
 
 def test_valence_sharing_is_checked():
@@ -145,8 +145,7 @@ def test_never_eats_a_kind_learned_poisonous():
     agent.reset(seed=0)
     # an agent that has looked around (its readout centres percepts on what it has seen)
     looks = torch.as_tensor(np.stack([_percept(rng) for _ in range(50)]))
-    for readout in agent.readouts:
-        readout.adapt(looks)
+    agent.readouts.adapt(looks.repeat(2, 1), torch.arange(2).repeat_interleave(len(looks)))
     # before learning: an unknown kind in reach at good health is tried
     first = agent.act(_obs(2, rng, np.stack([poison, poison]), 0.05))
     assert (first[:, 2] > 0).all()
@@ -154,10 +153,11 @@ def test_never_eats_a_kind_learned_poisonous():
     obs = _obs(2, rng, np.stack([poison, poison]), 0.05)
     obs["health"] = np.full((2, 1), 0.9 - 0.025, np.float32)
     agent.act(obs)
-    assert [int(readout.eats) for readout in agent.readouts] == [1, 1]  # each row learned from its own bite
-    for readout in agent.readouts:
-        readout.update(torch.as_tensor(np.stack([poison] * 4)), -torch.ones(4))
-        assert float(readout.predict(torch.as_tensor(poison)[None]).mean) < -0.3
+    assert agent.readouts.eats.tolist() == [1, 1]  # each row learned from its own bite
+    for row in range(2):
+        mine = torch.full((4,), row)
+        agent.readouts.update(torch.as_tensor(np.stack([poison] * 4)), -torch.ones(4), mine)
+        assert float(agent.readouts.predict(torch.as_tensor(poison)[None], mine[:1]).mean) < -0.3
     for _ in range(30):
         noisy = poison + rng.normal(scale=0.02, size=(2, P)).astype(np.float32)
         out = agent.act(_obs(2, rng, noisy, rng.uniform(0.01, 0.09)))
@@ -179,7 +179,7 @@ def test_a_tree_that_poisoned_it_is_never_bitten_again_whatever_the_readout_says
     assert float(agent.tasted[0, slot]) == -1.0
     assert float(agent.tree_valence[0, slot]) == -1.0 and float(agent.tree_valence_std[0, slot]) == 0.0
     fresh = ValenceReadout(P)
-    agent.readout.load_state_dict(fresh.state_dict())  # the readout forgets: only the tree's own taste is left
+    agent.readouts.load_state_dict(fresh.state_dict())  # the readout forgets: only the tree's own taste is left
     for _ in range(20):
         look = tree + rng.normal(scale=0.02, size=P).astype(np.float32)
         assert agent.act(_obs(1, rng, look[None], 0.05))[0, 2] <= 0
@@ -196,14 +196,14 @@ def test_learns_edible_from_health_jump():
     obs = _obs(1, rng, fruit[None], 0.05)
     obs["health"] = np.full((1, 1), 0.9 + 0.025, np.float32)
     agent.act(obs)
-    assert int(agent.readout.eats) == 1
-    assert float(agent.readout.predict(torch.as_tensor(fruit)[None]).mean) > 0
+    assert int(agent.readouts.eats[0]) == 1
+    assert float(agent.readouts.predict(torch.as_tensor(fruit)[None]).mean) > 0
 
 
 def test_save_load_round_trip(tmp_path):
     agent = _run("treeworld/TreeWorldHoming-v0", 120, explore_steps=50,
                  agent=TEMAgent(2, consolidate_every=50, learned_pi=True))
-    agent.readouts[1].update(torch.as_tensor(_percept(np.random.default_rng(5)))[None], torch.ones(1))
+    agent.readouts.update(torch.as_tensor(_percept(np.random.default_rng(5)))[None], torch.ones(1), torch.ones(1, dtype=torch.long))
     path = tmp_path / "tem.pt"
     agent.save(path)
     loaded = TEMAgent.load(path)
@@ -254,7 +254,7 @@ def test_reset_rows_only():
     agent.reset(seed=0)
     for t in range(20):
         agent.act(_obs(2, rng, np.stack(trees), 0.4))
-    agent.readouts[1].update(torch.as_tensor(trees[0])[None], torch.ones(1))
+    agent.readouts.update(torch.as_tensor(trees[0])[None], torch.ones(1), torch.ones(1, dtype=torch.long))
     before = {k: v.clone() for k, v in agent.state_dict().items() if isinstance(v, torch.Tensor)}
     agent.reset([1])
     after = agent.state_dict()
@@ -265,7 +265,8 @@ def test_reset_rows_only():
     assert float(after["variance"][1]) == 0.0
     origin = agent.metric.encode(torch.zeros(1, 2))[0]
     assert torch.allclose(after["code"][1], origin)
-    assert torch.equal(after["readouts.1.precision"], before["readouts.1.precision"])  # learned parts persist
+    assert torch.equal(after["readouts.weight_cov"], before["readouts.weight_cov"])  # learned parts persist
+    assert not torch.equal(before["readouts.weight_cov"][0], before["readouts.weight_cov"][1])  # (row 1 learned)
     with pytest.raises(ValueError):
         agent.reset([2])
 
@@ -275,8 +276,8 @@ def test_a_tree_not_found_at_its_remembered_place_is_given_up_after_one_full_sca
     fruit = _percept(rng)
     agent = TEMAgent(1, planner={"explore_jitter": 0.0, "hungry_health": 2000.0})  # hungry: any fruit is worth it
     agent.reset(seed=0)
-    agent.readout.adapt(torch.as_tensor(np.stack([_percept(rng) for _ in range(50)])))
-    agent.readout.update(torch.as_tensor(np.stack([fruit] * 4)), torch.ones(4))  # known edible
+    agent.readouts.adapt(torch.as_tensor(np.stack([_percept(rng) for _ in range(50)])))
+    agent.readouts.update(torch.as_tensor(np.stack([fruit] * 4)), torch.ones(4))  # known edible
     heading, motion = np.array([[1.0, 0.0]], np.float32), np.zeros((1, 2), np.float32)
     seen_once = False
     scans, targets = [], []
@@ -305,7 +306,7 @@ def test_a_target_in_sight_is_tracked_by_its_distance_through_a_misrecognised_lo
     agent.reset(seed=0)
     heading = np.array([[1.0, 0.0]], np.float32)
     tree = _percept(rng)
-    agent.readout.update(torch.as_tensor(tree[None]), torch.ones(1))
+    agent.readouts.update(torch.as_tensor(tree[None]), torch.ones(1))
     agent.act({**_obs(1, rng, tree[None], 0.5), "heading": heading, "motion": np.zeros((1, 2), np.float32)})
     assert int(agent.target[0]) == 0 and float(agent.target_range[0]) == pytest.approx(50.0)
     other = _obs(1, rng, _percept(rng)[None], distance)

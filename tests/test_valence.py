@@ -135,7 +135,7 @@ def test_state_dict_round_trip_exact():
     more = eats(UNTASTED[:3], 2, 5)
     readout.update(*more)
     loaded.update(*more)
-    assert torch.equal(readout.precision, loaded.precision) and torch.equal(readout.shift, loaded.shift)
+    assert torch.equal(readout.weight_cov, loaded.weight_cov) and torch.equal(readout.weight_mean, loaded.weight_mean)
     # a fresh readout differs (the round trip is not vacuous)
     assert not torch.equal(ValenceReadout(SIGHT.shape[1]).predict(percepts).mean, b.mean)
 
@@ -146,12 +146,12 @@ def test_batch_update_is_order_independent_and_matches_sequential_for_one_row():
     a.update(rows, outcomes)
     perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))
     b.update(rows[perm], outcomes[perm])
-    torch.testing.assert_close(a.precision, b.precision)
-    torch.testing.assert_close(a.shift, b.shift)
+    torch.testing.assert_close(a.weight_cov, b.weight_cov)
+    torch.testing.assert_close(a.weight_mean, b.weight_mean)
     # leading dims: (B, 1, D) percepts with (B, 1) outcomes is the same update
     c = ValenceReadout(SIGHT.shape[1], dtype=torch.float64)
     c.update(rows[:, None], outcomes[:, None])
-    torch.testing.assert_close(a.shift, c.shift)
+    torch.testing.assert_close(a.weight_mean, c.weight_mean)
     assert a.predict(rows[:4].view(2, 2, -1)).mean.shape == (2, 2)
 
 
@@ -231,22 +231,91 @@ def test_adaptation_centre_is_the_running_mean_of_unit_percepts_and_is_saved():
     readout.adapt(shown[:20])
     readout.adapt(shown[20:])
     unit = shown.double() / shown.double().norm(dim=-1, keepdim=True)
-    torch.testing.assert_close(readout.center(), unit.sum(0) / 51)
+    torch.testing.assert_close(readout.center(), unit.sum(0)[None] / 51)
     loaded = ValenceReadout(SIGHT.shape[1])
     loaded.load_state_dict(readout.state_dict())
     assert torch.equal(loaded.center(), readout.center())
 
 
-def test_cached_posterior_follows_updates_loads_and_outside_edits():
-    readout = trained(0)
-    percepts, _ = grid(UNTASTED[:2])
-    first = readout.predict(percepts)
-    readout.update(*eats(UNTASTED[:2], 2, 3))
-    fresh = ValenceReadout(SIGHT.shape[1])
-    fresh.load_state_dict(readout.state_dict())
-    second, expected = readout.predict(percepts), fresh.predict(percepts)
-    assert not torch.equal(first.mean, second.mean)
-    assert torch.equal(second.mean, expected.mean) and torch.equal(second.std, expected.std)
-    with torch.no_grad():
-        readout.shift.mul_(-1.0)  # an outside edit flips the posterior mean
-    torch.testing.assert_close(readout.predict(percepts).mean, -second.mean)
+def test_one_eat_gives_the_exact_posterior_moments_by_importance_sampling():
+    # One probit site moment-matched against a Gaussian prior is the exact posterior's mean and
+    # covariance: checked against prior samples weighted by the likelihood Phi(y w . phi).
+    readout = ValenceReadout(2, prior_var=2.0, bias_var=0.5, dtype=torch.float64)
+    x, y = torch.tensor([[0.6, -0.8]]), torch.tensor([-1.0])
+    readout.update(x, y)
+    phi = torch.tensor([0.6, -0.8, 1.0], dtype=torch.float64)  # unit percept (no adaptation yet), bias 1
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(2_000_000, 3, generator=g, dtype=torch.float64) * torch.tensor([2.0, 2.0, 0.5]).sqrt()
+    weight = torch.special.ndtr(y * (w @ phi))
+    weight = weight / weight.sum()
+    mean = weight @ w
+    cov = (w - mean).T @ ((w - mean) * weight[:, None])
+    torch.testing.assert_close(readout.weight_mean[0], mean, atol=5e-3, rtol=0)
+    torch.testing.assert_close(readout.weight_cov[0], cov, atol=1e-2, rtol=0)
+
+
+def test_a_batch_of_sites_is_the_natural_parameter_sum_of_their_sites():
+    # The Woodbury update against the precision form written out here: sites moment-matched
+    # against the current posterior, their precisions and shifts added, then inverted.
+    D = 4
+    readout = ValenceReadout(D, prior_var=3.0, bias_var=1.5, dtype=torch.float64)
+    g = torch.Generator().manual_seed(1)
+    precision = torch.diag(torch.tensor([1 / 3.0] * D + [1 / 1.5], dtype=torch.float64))
+    shift = torch.zeros(D + 1, dtype=torch.float64)
+    for _ in range(3):
+        x = torch.randn(5, D, generator=g, dtype=torch.float64)
+        y = torch.where(torch.rand(5, generator=g) < 0.5, -1.0, 1.0).double()
+        phi = torch.cat([x / x.norm(dim=-1, keepdim=True), torch.ones(5, 1, dtype=torch.float64)], -1)
+        cov = torch.linalg.inv(precision)
+        mu, s = phi @ (cov @ shift), ((phi @ cov) * phi).sum(-1)
+        z = y * mu / (1 + s).sqrt()
+        lam = torch.exp(torch.distributions.Normal(0.0, 1.0).log_prob(z) - torch.special.log_ndtr(z))
+        c = lam * (lam + z) / (1 + s)
+        tau, nu = c / (1 - s * c), (mu * c + y * lam / (1 + s).sqrt()) / (1 - s * c)
+        precision = precision + (phi.T * tau) @ phi
+        shift = shift + phi.T @ nu
+        readout.update(x, y)
+    torch.testing.assert_close(readout.weight_cov[0], torch.linalg.inv(precision))
+    torch.testing.assert_close(readout.weight_mean[0], torch.linalg.solve(precision, shift))
+
+
+def test_readouts_of_a_bank_learn_alone_and_equal_single_readouts():
+    rows, outcomes = eats(TASTED, 3, 0)
+    owners = torch.arange(len(rows)) % 3
+    bank = ValenceReadout(SIGHT.shape[1], count=4, dtype=torch.float64)
+    singles = [ValenceReadout(SIGHT.shape[1], dtype=torch.float64) for _ in range(4)]
+    seen = SIGHT[:40]
+    bank.adapt(seen, torch.arange(40) % 4)
+    bank.update(rows, outcomes, owners)
+    for r, single in enumerate(singles):
+        single.adapt(seen[torch.arange(40) % 4 == r])
+        single.update(rows[owners == r], outcomes[owners == r])
+    percepts, _ = grid(TASTED[:2])
+    for r, single in enumerate(singles):
+        got = bank.predict(percepts, torch.full(percepts.shape[:1], r))
+        want = single.predict(percepts)
+        torch.testing.assert_close(got.mean, want.mean)
+        torch.testing.assert_close(got.std, want.std)
+    assert bank.eats.tolist() == [5, 5, 5, 0]
+    assert torch.equal(bank.weight_cov[3], ValenceReadout(SIGHT.shape[1]).weight_cov[0])  # untaught: the prior
+    # rows judged by different readouts in one call
+    mixed = torch.tensor([0, 3, 1, 2, 0])
+    got = bank.predict(percepts[:5], mixed)
+    for i, r in enumerate(mixed.tolist()):
+        torch.testing.assert_close(got.mean[i], singles[r].predict(percepts[i:i + 1]).mean[0])
+
+
+def test_bad_readout_indices_raise_naming_the_argument():
+    bank = ValenceReadout(SIGHT.shape[1], count=2)
+    rows, outcomes = eats(TASTED, 1, 0)
+    before = {k: v.clone() for k, v in bank.state_dict().items()}
+    with pytest.raises(ValueError, match="^readouts"):
+        bank.update(rows, outcomes, torch.full((len(rows),), 2))
+    with pytest.raises(ValueError, match="^readouts"):
+        bank.predict(rows, torch.zeros(len(rows) + 1, dtype=torch.long))
+    with pytest.raises(TypeError, match="^readouts"):
+        bank.adapt(rows, torch.zeros(len(rows)))
+    with pytest.raises(ValueError, match="^count"):
+        ValenceReadout(384, count=0)
+    for key, value in bank.state_dict().items():
+        assert torch.equal(value, before[key]), key
