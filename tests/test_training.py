@@ -254,3 +254,38 @@ def test_the_privileged_alignment_loss_recovers_a_gain_and_rotation_bias_and_the
     mean, spread = mean_reading(tem)
     torch.testing.assert_close(mean.double(), inverse, atol=5e-3, rtol=0)
     assert spread < 5e-3 and tem.alignment(walks).item() < 1e-4
+
+
+def scale_and_angle(tem):
+    """The integrator's mean map from observed to believed motion as (scale, rotation angle)."""
+    mean, _ = mean_reading(tem)
+    return math.sqrt(abs(torch.linalg.det(mean).item())), math.atan2(mean[1, 0].item(), mean[0, 0].item())
+
+
+def test_the_elbo_alone_calibrates_a_gain_and_rotation_bias_on_random_walks():
+    """No privileged target: with motion_gain 1.25 and motion_rotation 0.1, the ELBO's optimum over
+    the integrator's correction (fixed walks and samples, L-BFGS) lies near the inverse odometry,
+    scale 0.8 and angle -0.1, from the identity's 1 and 0. Random walks: the Forager sweeps its cone
+    one way, so the trees it finds sit at one edge of the cone, off the heading the object vectors
+    assume, and there the same fit turns the wrong way (angle +0.08)."""
+    gain, rotation = 1.25, 0.1
+    envs = walks_env(12, motion_gain=gain, motion_rotation=rotation)
+    agent = registry.make_batch_agent("random", envs.config, 12, envs.single_action_space, 0)
+    walks = collect(envs, agent, 120, seed=0, world_seeds=list(range(100, 112)))
+    envs.close()
+    tem = model(motion_noise=envs.config.motion_noise)
+    noise = tem.noise(walks, torch.Generator().manual_seed(0))
+    optimizer = torch.optim.LBFGS([tem.integrator.correction], max_iter=12, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        loss = -tem.elbo(walks, noise)["elbo"].mean()
+        loss.backward()
+        return loss
+
+    before = closure().item()
+    optimizer.step(closure)
+    scale, angle = scale_and_angle(tem)
+    assert closure().item() < before
+    assert abs(scale - 1 / gain) < 0.4 * abs(1 - 1 / gain)  # most of the way from 1 to 0.8
+    assert abs(angle + rotation) < 0.4 * rotation  # and from 0 to -0.1
