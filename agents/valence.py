@@ -200,10 +200,14 @@ class ValenceReadout(nn.Module):
         ``(U, K, D+1)`` for an update."""
         used, group, place, K = _layout(owners, self.count)
         mu = (features * self.weight_mean[owners]).sum(-1)
-        padded = features.new_zeros(len(used), K, features.shape[-1])
-        padded[group, place] = features
+        if len(used) == 1:  # one readout: its rows in order, no copy
+            padded = features[None]
+        else:
+            padded = features.new_zeros(len(used), K, features.shape[-1])
+            padded[group, place] = features
         projected = torch.bmm(padded, self._covariances(used))  # (U, K, D+1): F cov
-        return mu, (projected[group, place] * features).sum(-1), (used, group, place, padded, projected)
+        rows = projected[0] if len(used) == 1 else projected[group, place]
+        return mu, (rows * features).sum(-1), (used, group, place, padded, projected)
 
     # -------------------------------------------------------------------------------------- API
     @torch.no_grad()
