@@ -104,9 +104,9 @@ class Valence(NamedTuple):
 
 
 def _layout(owners: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """Lay rows out per readout: the readouts used ``(U,)`` (all ``count`` when most are, so their
-    states are read in place rather than copied), each row's group ``(n,)`` in them and place
-    ``(n,)`` in its group, and the largest group ``K``."""
+    """Lay rows out per readout: the readouts used ``(U,)`` (all ``count`` of them when more than a
+    quarter are, so that their states are read in place rather than copied), each row's group
+    ``(n,)`` in them and place ``(n,)`` in its group, and the largest group ``K``."""
     used, group, sizes = torch.unique(owners, return_inverse=True, return_counts=True)
     if 4 * len(used) > count:  # reading every state beats copying a quarter of them
         used, group = torch.arange(count, device=owners.device), owners
