@@ -77,7 +77,8 @@ class TrainConfig:
     world: str = field(default="", metadata={"doc": "comma-separated world overrides key=value, e.g. "
                                                      "motion_gain=1.25,motion_rotation=0.1"})
     behaviour: str = field(default="forager", metadata={"doc": "behaviour policy (an agent name: random, forager, "
-                                                                "tem)"})
+                                                                "tem); random to calibrate a biased odometry (the "
+                                                                "Forager's one-way cone sweep biases the rotation)"})
     updates: int = field(default=300, metadata={"doc": "gradient updates in all (a resumed run continues to this)"})
     walks: int = field(default=16, metadata={"doc": "walks (worlds) per update, over all processes"})
     steps: int = field(default=100, metadata={"doc": "steps per walk"})
