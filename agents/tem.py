@@ -348,13 +348,13 @@ class TEMAgent(nn.Module):
         which decides every bite, is always current). A tasted tree's own outcome overrides the
         readout: mean ``tasted`` (+-1), std 0."""
         rows = torch.arange(self.num_agents)
-        full = (int(self.readouts.eats.sum()) != int(self.valence_refreshed)
-                and int(self.clock) % self.config["valence_every"] == 0)
+        eats = int(self.readouts.eats.sum())
+        full = eats != int(self.valence_refreshed) and int(self.clock) % self.config["valence_every"] == 0
         slots = self.memory.valid.clone() if full else torch.zeros_like(self.memory.valid)
         changed = written >= 0
         slots[rows[changed], written[changed]] = True
         if full:
-            self.valence_refreshed.fill_(int(self.readouts.eats.sum()))
+            self.valence_refreshed.fill_(eats)
         if bool(slots.any()):
             owners = rows[:, None].expand_as(slots)[slots]
             self.tree_valence[slots], self.tree_valence_std[slots] = self.valence(owners, self.memory.percepts[slots])
@@ -492,9 +492,9 @@ class TEMAgent(nn.Module):
                 self.goal_position.copy_(torch.where(goal_mask[:, None], goal, torch.full_like(goal, math.nan)))
 
         return Perception(sight=sight, seen=seen, distance=distance, health=health, position=position,
-                          sight_valence=sight_mean, sight_valence_std=sight_std, sighted=sighted, goal=goal,
-                          goal_mask=goal_mask,
-                          goal_confidence=goal_confidence, goal_slot=goal_slot, heading=obs_heading)
+                          heading=obs_heading, sight_valence=sight_mean, sight_valence_std=sight_std,
+                          sighted=sighted, goal=goal, goal_mask=goal_mask, goal_confidence=goal_confidence,
+                          goal_slot=goal_slot)
 
     @torch.no_grad()
     def finish_step(self, perception: Perception, eat: torch.Tensor) -> None:
