@@ -245,13 +245,13 @@ def load(path: pathlib.Path, model: TEMModel, optimizer) -> int:
     return int(state["update"])
 
 
-def plot(lines: list[dict], path: pathlib.Path) -> None:
+def plot(lines: list[dict], path: pathlib.Path, world: WorldConfig) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 4, figsize=(15, 3.5))
+    figure, axes = plt.subplots(1, 5, figsize=(19, 3.5))
     trained = [line for line in lines if "train" in line]
     checked = [line for line in lines if "validation" in line]
     width = max(1, min(10, len(trained) // 5))  # running mean over this many updates
@@ -266,6 +266,14 @@ def plot(lines: list[dict], path: pathlib.Path) -> None:
             axis.plot([line["update"] for line in checked], [line["validation"][key] for line in checked],
                       "o-", label="validation worlds")
         axis.set(xlabel="update", title=label)
+    read = [line for line in trained if "path_integration" in line]
+    axis = axes[-1]
+    for key, target, colour in (("gain", 1 / world.motion_gain, "C0"), ("rotation", -world.motion_rotation, "C1")):
+        axis.plot([line["update"] for line in read], [line["path_integration"][key] for line in read], colour,
+                  label=key)
+        axis.axhline(target, color=colour, linestyle="--", linewidth=0.8)
+    axis.set(xlabel="update", title="path integration (dashed: inverse odometry)")
+    axis.legend(fontsize=7)
     axes[0].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -462,13 +470,13 @@ def main(argv: list[str] | None = None) -> dict:
             stats = dict(zip(stats, (values / world_size).tolist()))
         if rank == 0:
             line = {"update": update + 1, "train": stats, "scales": model.scales(),
-                    "seconds": time.perf_counter() - started}
+                    "path_integration": model.integrator.odometry_map(), "seconds": time.perf_counter() - started}
             if config.eval_every and ((update + 1) % config.eval_every == 0 or update + 1 == config.updates):
                 line["validation"] = validate(model, config, held_out)
             lines.append(line)
             with open(out / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps(line) + "\n")
-            for group in ("train", "scales", "validation"):
+            for group in ("train", "scales", "path_integration", "validation"):
                 for key, value in line.get(group, {}).items():
                     writer.add_scalar(f"{group}/{key}", value, update + 1)
             progress.set_postfix(elbo=f"{stats['elbo']:.2f}", belief=f"{stats['belief_error']:.1f}")
@@ -480,7 +488,7 @@ def main(argv: list[str] | None = None) -> dict:
         progress.close()
         writer.close()
         if lines:
-            plot(lines, out / "training.png")
+            plot(lines, out / "training.png", world)
         done = config.updates - start
         result["updates_per_second"] = done / result["seconds"] if done else None
         print(json.dumps({"final": lines[-1] if lines else None, **result}))

@@ -148,6 +148,18 @@ def test_learned_correction_calibrates_a_biased_odometry():
     assert error < 1e-3, error  # ... and the inverse correction removes it
 
 
+def test_the_odometry_map_reads_the_identity_at_initialisation_and_the_inverse_of_a_bias():
+    learned = LearnedPathIntegration(default_metric())
+    assert learned.odometry_map() == pytest.approx({"gain": 1.0, "rotation": 0.0, "spread": 0.0}, abs=1e-6)  # float32
+    with torch.no_grad():
+        learned.correction.copy_(torch.linalg.inv(rotation(1.25, 0.1)))
+        learned.lattice[3] *= 1.01  # one module reads 1% longer steps
+    read = learned.odometry_map()
+    assert read["gain"] == pytest.approx(0.8 * (1 + 0.01 / 25), rel=1e-5)  # the mean map over 25 modules
+    assert read["rotation"] == pytest.approx(-0.1, abs=1e-6)
+    assert read["spread"] == pytest.approx(0.8 * math.cos(0.1) * 0.01 * 24 / 25, rel=1e-4)  # its largest entry
+
+
 # -- the belief -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("kind", [ExactPathIntegration, LearnedPathIntegration])
 def test_a_batch_of_agents_equals_single_agents(kind):

@@ -38,6 +38,7 @@ def test_a_tiny_run_writes_checkpoint_metrics_events_and_figure(tmp_path):
     assert 0.0 <= lines[-1]["validation"]["recall_accuracy"] <= 1.0
     assert 0.5 < lines[-1]["validation"]["separation_auc"] <= 1.0
     assert {"elbo", "kl", "log_likelihood", "displacement_variance", "belief_error", "alignment"} <= set(lines[1]["train"])
+    assert set(lines[1]["path_integration"]) == {"gain", "rotation", "spread"}  # the calibration, per update
     assert list(tmp_path.glob("events.out.tfevents.*")) and (tmp_path / "training.png").stat().st_size > 0
     assert json.loads(done.stdout.splitlines()[-1])["updates"] == 2
 
