@@ -236,6 +236,7 @@ def test_bench_agent_suite_at_a_tiny_budget(tmp_path):
     for row in batches.values():
         assert row["env_and_tem"] > 0 and row["env_only"] > 0 and row["timed_steps"] >= 1
         assert row["ratio_env_and_tem_to_env"] == pytest.approx(row["env_and_tem"] / row["env_only"])
+        assert row["trees_remembered_per_agent"] >= 0
 
 
 def evaluate(*args):
