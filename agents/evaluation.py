@@ -374,8 +374,10 @@ def revisits(envs: Any, agent: Any, steps: int, seed: int, progress: Callable[[i
     reach). An arrival at a tree is a step on which it becomes the tree at the agent's place (from
     none or another tree; a start in reach is not an arrival): where two trees' reaches overlap,
     the place belongs to the nearer, as it does for any memory of places. At every arrival, before
-    the agent sees that step's observation, ``agent.recall_here()`` gives the percept its memory
-    holds at its believed place; the prediction is right when that percept's nearest vocabulary
+    the agent sees that step's observation, ``agent.recall_here(motion)`` gives the percept its
+    memory holds at its believed place, the belief path-integrated by the step's odometry
+    (``motion``, the observation's: known to the agent, unlike the percept; TEM's prediction of
+    ``x_t`` from the prior code ``g_t``); the prediction is right when that percept's nearest vocabulary
     look (:func:`percept_identity`) is the tree's (kind, name) pair. Arrivals are counted per tree
     (previous visits 0, 1, ...); an arrival after at least one visit whose bearing from the tree
     falls in a sector (of :data:`BEARING_SECTORS`) not used by an earlier arrival there is
@@ -389,7 +391,7 @@ def revisits(envs: Any, agent: Any, steps: int, seed: int, progress: Callable[[i
     ``chance``).
     """
     if not callable(getattr(agent, "recall_here", None)):
-        raise TypeError(f"agent: expected a BatchAgent with recall_here() (a spatial memory), got "
+        raise TypeError(f"agent: expected a BatchAgent with recall_here(motion) (a spatial memory), got "
                         f"{type(agent).__name__}")
     steps = checks.count(steps, "steps")
     config, n = envs.config, envs.num_envs
@@ -415,7 +417,7 @@ def revisits(envs: Any, agent: Any, steps: int, seed: int, progress: Callable[[i
         arrived = np.nonzero((now >= 0) & (now != here) & alive)[0]  # (envs,) each at its tree now[env]
         here = now
         if arrived.size:
-            percepts, confidence = agent.recall_here()  # memory and belief before this step's observation
+            percepts, confidence = agent.recall_here(observation["motion"])  # before it sees this step
             predicted, confidence = percept_identity(config, np.asarray(percepts)), np.asarray(confidence)
             identity = np.asarray(info["tree_identity"])
             for env, tree in zip(arrived, now[arrived]):

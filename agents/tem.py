@@ -260,10 +260,20 @@ class TEMAgent(nn.Module):
         return self.metric.decode(self.code)[1]
 
     @torch.no_grad()
-    def recall_here(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def recall_here(self, motion: torch.Tensor | np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """What memory holds at the believed place: the nearest entry's percept (B, P) and the
-        confidence (B,) in [0, 1] (``SpatialMemory.recall_percept`` at the belief codes, ``nearest``)."""
-        return self.memory.recall_percept(self.code, nearest=True)
+        confidence (B,) in [0, 1] (``SpatialMemory.recall_percept`` at the belief codes, ``nearest``).
+
+        ``motion`` (B, 2): the odometry of a step taken since the last observation (the next
+        observation's ``"motion"``), path-integrated into a copy of the belief first: the place the
+        agent believes it has come to before it sees it, so the recall is TEM's prediction of the
+        next percept from the prior code ``PI(g, motion)``. Nothing changes."""
+        code = self.code
+        if motion is not None:
+            if not isinstance(motion, (torch.Tensor, np.ndarray)):
+                raise TypeError(f"motion: expected a (B, 2) torch.Tensor or numpy array, got {type(motion).__name__}")
+            code = self.belief.integrator(code, torch.as_tensor(motion))
+        return self.memory.recall_percept(code, nearest=True)
 
     @torch.no_grad()
     def sigma(self) -> torch.Tensor:

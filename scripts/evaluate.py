@@ -18,9 +18,10 @@ Protocols (treeworld.agents.evaluation):
 - map quality, for agents with a map (the TEM agent), after a walk of --steps on the noisy senses
   (costs off): the topographic layer's quantization and topographic errors, and the remembered
   trees' and map units' distance to the true trees after a rigid alignment;
-- revisit prediction, for agents with a spatial memory (recall_here(): the TEM agent), along its
-  own foraging walk of --steps on the noisy task: at each arrival at a tree, is the look its memory
-  holds at its believed place the tree's? Accuracy by previous visits and zero-shot, with chance
+- revisit prediction, for agents with a spatial memory (recall_here(motion): the TEM agent), along
+  its own foraging walk of --steps on the noisy task: at each arrival at a tree, before it sees it,
+  is the look its memory holds at its believed place (moved by the step's odometry) the tree's?
+  Accuracy by previous visits and zero-shot, with chance
   and the node-agent ceiling;
 - path integration, for agents that report a belief (position(): the TEM agent): belief error,
   its path integrator's error without loop closure and dead reckoning's along the agent's own walk

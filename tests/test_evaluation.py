@@ -210,7 +210,7 @@ class NodeMemory:
     def _in_reach(self):
         return self._distance() < self.envs.config.eat_radius
 
-    def recall_here(self):
+    def recall_here(self, motion):
         state, distance = self.envs.batch.state, self._distance()
         percepts = np.zeros((self.num_agents, self.sight.shape[1]), np.float32)
         for env, tree in enumerate(distance.argmin(1)):
@@ -246,7 +246,7 @@ def test_a_memory_of_every_visit_reaches_the_node_agent_ceiling():
     assert sum(v["arrivals"] for v in result["by_visits"].values()) == len(result["arrivals"])
     assert all(r["visits"] > 0 for r in result["arrivals"] if r["zero_shot"])
     assert all(r["predicted"] == -1 and r["confidence"] == 1.0 for r in result["arrivals"] if r["visits"] == 0)
-    with pytest.raises(TypeError, match=r"^agent: expected a BatchAgent with recall_here\(\)"):
+    with pytest.raises(TypeError, match=r"^agent: expected a BatchAgent with recall_here\(motion\)"):
         evaluation.revisits(envs, Batched([Still()] * 3), 5, seed=evaluation.EVAL_SEED)
     envs.close()
 

@@ -63,6 +63,26 @@ def test_runs_in_vector_envs(env_id, kwargs):
         assert torch.equal(agent.tree_valence_std[row][valid[row]], fresh.std.masked_fill(tasted != 0, 0.0))
 
 
+def test_recall_here_after_a_step_is_the_memory_at_the_belief_moved_by_its_odometry():
+    agent = _run("treeworld/TreeWorldNoisy-v0", 150)
+    valid = agent.memory.valid
+    assert bool(valid.any(1).all())  # every row remembers a tree
+    slot = valid.long().argmax(1)  # a remembered tree per row
+    rows = torch.arange(2)
+    code = agent.code.clone()
+    towards = (agent.landmarks.position[rows, slot] - agent.position()).numpy()  # a step onto that tree
+    percept, confidence = agent.recall_here(towards)
+    torch.testing.assert_close(percept, agent.memory.percepts[rows, slot])  # its own place: that entry
+    assert torch.all(confidence > 0.99)
+    assert torch.equal(agent.code, code)  # nothing moved
+    here = agent.recall_here(np.zeros((2, 2), np.float32))
+    assert all(torch.equal(a, b) for a, b in zip(here, agent.recall_here()))
+    with pytest.raises(TypeError, match="^motion: expected"):
+        agent.recall_here([[0.0, 0.0], [0.0, 0.0]])
+    with pytest.raises(ValueError, match="^motion: expected shape"):
+        agent.recall_here(np.zeros((3, 2), np.float32))
+
+
 def _obs(B, rng, sight=None, distance=0.0, goal=False):
     if sight is None:
         sight = np.zeros((B, P), np.float32)
