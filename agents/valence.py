@@ -182,7 +182,8 @@ class ValenceReadout(nn.Module):
         x = self._unit(percepts, "percepts")
         shape = percepts.shape[:-1]
         owners = self._owners(readouts, shape)
-        x = x - self.center()[owners]
+        seen = x.abs().amax(dim=-1, keepdim=True) > 0  # a zero percept keeps a zero feature: the bias alone
+        x = torch.where(seen, x - self.center()[owners], 0.0)
         x = x / x.norm(dim=-1, keepdim=True).clamp_min(_EPS)
         return torch.cat([x, torch.ones_like(x[:, :1])], dim=-1), owners, shape
 

@@ -237,6 +237,20 @@ def test_adaptation_centre_is_the_running_mean_of_unit_percepts_and_is_saved():
     assert torch.equal(loaded.center(), readout.center())
 
 
+def test_nothing_seen_is_judged_by_the_bias_alone():
+    """A zero percept (no tree in sight) has the zero percept feature whatever the adaptation centre:
+    its latent score is the bias weight's, N(mean[-1], cov[-1, -1])."""
+    readout = trained()
+    readout.adapt(SIGHT[:50])
+    mu, var = readout.weight_mean[0, -1], readout.weight_cov[0, -1, -1]
+    assert abs(float(mu)) > 0.01  # the eats moved the bias, so the check below can fail
+    latent = readout.latent(torch.zeros(2, SIGHT.shape[1]))
+    torch.testing.assert_close(latent.mean, mu.float().expand(2))
+    torch.testing.assert_close(latent.std, var.sqrt().float().expand(2))
+    mean = 2 * torch.special.ndtr(mu / (1 + var).sqrt()) - 1
+    torch.testing.assert_close(readout.predict(torch.zeros(1, SIGHT.shape[1])).mean, mean.float()[None])
+
+
 def test_one_eat_gives_the_exact_posterior_moments_by_importance_sampling():
     # One probit site moment-matched against a Gaussian prior is the exact posterior's mean and
     # covariance: checked against prior samples weighted by the likelihood Phi(y w . phi).
