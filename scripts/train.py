@@ -89,6 +89,9 @@ class TrainConfig:
     alignment_weight: float = field(default=0.0, metadata={
         "doc": "weight of the privileged alignment loss (the integrator's readings against the true step; "
                "an auxiliary after spacelearn, off by default, logged on its own as train/alignment)"})
+    fixed_step_scale: bool = field(default=False, metadata={
+        "doc": "hold the prior's step noise at the world's motion noise instead of learning it (the ELBO does "
+               "not calibrate it: learned, it grows until the gain of the odometry hardly matters)"})
     metric_rank: int = field(default=32, metadata={"doc": "rank of the learned percept pseudometric E"})
     memory_size: int = field(default=128, metadata={"doc": "newest sightings the model's memory keeps per walk"})
     timesteps: int = field(default=1_000_000, metadata={"doc": "RL: environment steps in all (a resumed run "
@@ -416,6 +419,7 @@ def main(argv: list[str] | None = None) -> dict:
     world = world_config(config)
     model = TEMModel(world.percept_dim, config.metric_rank, world.motion_noise, world.sight_cos, config.memory_size,
                      generator=torch.Generator().manual_seed(config.seed)).to(device)
+    model.log_step_scale.requires_grad_(not config.fixed_step_scale)
     integrator = list(model.integrator.parameters())
     others = [p for p in model.parameters() if all(p is not q for q in integrator)]
     optimizer = torch.optim.Adam([{"params": others, "lr": config.lr},

@@ -43,6 +43,17 @@ def test_a_tiny_run_writes_checkpoint_metrics_events_and_figure(tmp_path):
     assert json.loads(done.stdout.splitlines()[-1])["updates"] == 2
 
 
+def test_a_fixed_step_scale_stays_at_the_worlds_motion_noise(tmp_path):
+    scales = {}
+    for flags in ((), ("--fixed-step-scale",)):
+        out = tmp_path / ("fixed" if flags else "learned")
+        done = train("--updates", "2", *TINY, "--steps", "60", *flags, "--out", str(out))  # long enough to revisit
+        assert done.returncode == 0, done.stderr
+        scales[bool(flags)] = metrics(out)[-1]["scales"]["step_scale"]
+    assert scales[True] == pytest.approx(0.5, abs=1e-6)  # the noisy task's motion noise, untouched
+    assert abs(scales[False] - 0.5) > 1e-4  # learned, it moves in two updates
+
+
 def test_resume_continues_with_the_losses_of_an_uninterrupted_run(tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     assert train("--updates", "3", *TINY, "--out", str(whole)).returncode == 0
