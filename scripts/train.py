@@ -274,8 +274,9 @@ def plot(lines: list[dict], path: pathlib.Path, world: WorldConfig) -> None:
     for key, target, colour in (("gain", 1 / world.motion_gain, "C0"), ("rotation", -world.motion_rotation, "C1")):
         axis.plot([line["update"] for line in read], [line["path_integration"][key] for line in read], colour,
                   label=key)
-        axis.axhline(target, color=colour, linestyle="--", linewidth=0.8)
-    axis.set(xlabel="update", title="path integration (dashed: inverse odometry)")
+        axis.axhline(target, color=colour, linestyle="--", linewidth=0.8,
+                     label="inverse odometry" if key == "rotation" else None)
+    axis.set(xlabel="update", title="path integration")
     axis.legend(fontsize=7)
     axes[0].legend(fontsize=7)
     figure.tight_layout()
