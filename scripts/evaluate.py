@@ -21,8 +21,7 @@ Protocols (treeworld.agents.evaluation):
 - revisit prediction, for agents with a spatial memory (recall_here(motion): the TEM agent), along
   its own foraging walk of --steps on the noisy task: at each arrival at a tree, before it sees it,
   is the look its memory holds at its believed place (moved by the step's odometry) the tree's?
-  Accuracy by previous visits and zero-shot, with chance
-  and the node-agent ceiling;
+  Accuracy by previous visits and zero-shot, with chance and the node-agent ceiling;
 - path integration, for agents that report a belief (position(): the TEM agent): belief error,
   its path integrator's error without loop closure and dead reckoning's along the agent's own walk
   of --belief-steps steps on the noisy task's senses at each --noise level of motion noise (health

@@ -91,7 +91,7 @@ class TrainConfig:
                "an auxiliary after spacelearn, off by default, logged on its own as train/alignment)"})
     fixed_step_scale: bool = field(default=False, metadata={
         "doc": "hold the prior's step noise at the world's motion noise instead of learning it (the ELBO does "
-               "not calibrate it: learned, it grows until the gain of the odometry hardly matters)"})
+               "not calibrate it: learned, it grew to 0.85 against the world's 0.5 in a 500-update run)"})
     metric_rank: int = field(default=32, metadata={"doc": "rank of the learned percept pseudometric E"})
     memory_size: int = field(default=128, metadata={"doc": "newest sightings the model's memory keeps per walk"})
     timesteps: int = field(default=1_000_000, metadata={"doc": "RL: environment steps in all (a resumed run "

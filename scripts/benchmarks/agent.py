@@ -6,8 +6,8 @@ tells the agent's share. The agent is the default one, a valence readout per row
 agents), and, in the same run, one with a single readout shared by the batch
 (``valence_sharing="batch"``, as the RL memory features use). Each figure: a warm-up block long
 enough for the agents to be well into their episodes (at the start memory is empty and nothing has
-been eaten, and a step costs about 0.6 times what it does 1,000 steps in, when each agent remembers
-some 15 trees and eats several times per 100 steps), then the median over ``repeats`` timed blocks
+been eaten, and steps are cheaper: at B = 256, 3,184 agent-steps/s over the first steps against
+2,779 after 500), then the median over ``repeats`` timed blocks
 of a few steps (few at large batches, where one step is long); the steps and the mean number of
 trees each agent remembers when timing starts are reported.
 """
