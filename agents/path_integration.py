@@ -227,14 +227,20 @@ class LearnedPathIntegration(PathIntegrator):
         return along @ self.metric.directions_pinv.T  # (B, J, dim)
 
     @torch.no_grad()
+    def module_maps(self) -> torch.Tensor:
+        """Each module's linear map from observed to believed step: ``implied_displacements`` of the
+        unit steps.  # (J, dim, dim), column k the reading of unit step k"""
+        eye = torch.eye(self.dim, dtype=self.metric.alphas.dtype, device=self.metric.alphas.device)
+        return self.implied_displacements(eye).permute(1, 2, 0)
+
+    @torch.no_grad()
     def odometry_map(self) -> dict[str, float]:
-        """How the integrator reads a step, averaged over modules: the mean of the module maps
-        (``implied_displacements`` of unit steps) as ``gain`` (sqrt of |det|), ``rotation`` (radians,
-        the angle of its first column) and ``spread`` (largest deviation of a module's map from the
-        mean). Exact lattice and identity correction: 1, 0, 0; a calibrated integrator under
-        ``motion_gain`` g and ``motion_rotation`` r reads 1 / g and -r."""
-        maps = self.implied_displacements(torch.eye(self.dim, dtype=self.metric.alphas.dtype,
-                                                    device=self.metric.alphas.device)).permute(1, 2, 0)  # (J, dim, dim)
+        """How the integrator reads a step, averaged over modules: the mean of ``module_maps`` as
+        ``gain`` (sqrt of |det|), ``rotation`` (radians, the angle of its first column) and ``spread``
+        (largest deviation of a module's map from the mean). Exact lattice and identity correction:
+        1, 0, 0; a calibrated integrator under ``motion_gain`` g and ``motion_rotation`` r reads
+        1 / g and -r."""
+        maps = self.module_maps()
         mean = maps.mean(0)
         return {"gain": math.sqrt(abs(torch.linalg.det(mean.double()).item())),
                 "rotation": math.atan2(mean[1, 0].item(), mean[0, 0].item()),
