@@ -34,7 +34,7 @@ import torch
 from treeworld import checks
 from treeworld.agents.tem import Perception, TEMAgent
 
-FORMAT = "treeworld.MemoryReader/2"
+FORMAT = "treeworld.MemoryReader/3"
 TREE_FIELDS = ("dx", "dy", "distance", "valence", "valence_std", "fruit", "age", "present")
 #: State-dict prefixes of the agent's shared knowledge (everything else is per-row episode state).
 KNOWLEDGE = ("belief.integrator.", "readouts.", "landmarks.memory.percept_metric.")

@@ -94,7 +94,7 @@ from treeworld.agents.pseudometric import PseudoMetric
 from treeworld.agents.topography import Topography
 from treeworld.agents.valence import ValenceReadout
 
-FORMAT = "treeworld.TEMAgent/2"
+FORMAT = "treeworld.TEMAgent/3"
 
 #: How the valence readout is kept: one per agent (row), or one for the whole batch.
 VALENCE_SHARING = ("agent", "batch")

@@ -8,10 +8,11 @@ The model: Bayesian probit regression on the normalized percept, learned by assu
 filtering (closed form, no SGD, no learning rate). The latent score of a percept ``x`` is
 ``f = w . phi(x)``, with ``phi(x) = (x / ||x||, 1)`` (the unit percept and a bias feature, so the
 base rate of poison is learned too), and ``P(edible | f) = Phi(f)``. The prior on ``w`` is
-Gaussian, ``N(0, diag(prior_var, ..., prior_var, bias_var))``; the posterior stays Gaussian, held
-in moment form: ``weight_mean`` ``(D + 1,)`` and ``weight_cov`` ``(D + 1, D + 1)``, float64.
-An eat with outcome ``y`` in {-1, +1} is one probit site; its exact moment match against the
-current posterior of ``f`` (``N(mu, s)``) is a Gaussian site of precision
+Gaussian, ``N(0, P)`` with ``P = diag(prior_var, ..., prior_var, bias_var)``; the posterior stays
+Gaussian: ``weight_mean`` ``(D + 1,)`` and a covariance held in factor form,
+``cov = P - H^T H`` (``weight_factor`` ``H``, one row per site learned, float64; ``covariance()``
+writes it out). An eat with outcome ``y`` in {-1, +1} is one probit site; its exact moment match
+against the current posterior of ``f`` (``N(mu, s)``) is a Gaussian site of precision
 ``tau = c / (1 - s c)`` and shift ``(mu c + y lambda / sqrt(1 + s)) / (1 - s c)``, with
 ``z = y mu / sqrt(1 + s)``, ``lambda = N(z) / Phi(z)``, ``c = lambda (lambda + z) / (1 + s)``
 (written this way, nothing is divided by ``s``, and ``0 <= tau < 1``). The ``k`` sites of one
@@ -19,9 +20,17 @@ update, rows ``F`` ``(k, D + 1)``, enter the moments by the Woodbury identity (n
 solve): with ``G = sqrt(tau) F``, ``cov' = cov - cov G^T (I + G cov G^T)^{-1} G cov`` and
 ``mean' = mean + cov' F^T (shift - tau F mean)``; for one site these are the textbook ADF steps
 ``mean' = mean + y lambda / sqrt(1 + s) cov f`` and ``cov' = cov - c (cov f)(cov f)^T``. Each site
-lowers the variance of ``f`` along its own row (``s' = s / (1 + tau s) > 0``), the low-rank term is
-subtracted in place (``H^T H``, ``H = L^{-1} G cov`` with ``L`` the Cholesky factor of the ``k x k``
-inner matrix), and the result does not depend on a learning rate.
+lowers the variance of ``f`` along its own row (``s' = s / (1 + tau s) > 0``), and the result does
+not depend on a learning rate. The low-rank term is ``N^T N`` with ``N = L^{-1} G cov`` (``L`` the
+Cholesky factor of the ``k x k`` inner matrix): its ``k`` rows are appended to ``H``.
+
+Why a factor. A readout that has learned ``m`` sites is read in ``O(m D)`` per percept instead of
+``O(D^2)``: an agent's readout has seen a few dozen eats in an episode, far fewer than ``D + 1 =
+385``, and reading B dense covariances every step was most of a batched agent's step. ``H`` never
+needs more than ``D + 1`` rows (``H^T H`` is a ``(D + 1)``-square PSD matrix): when a readout's rows
+would pass ``D + 1 + spare_rows``, they are compressed to the ``R`` of their QR decomposition
+(``R^T R = H^T H``, at most ``D + 1`` rows), so memory and reads never exceed ``1 + spare_rows /
+(D + 1)`` times the dense form's, and the QR (``O(D^3)``) runs at most once per ``spare_rows`` sites.
 
 Sensory adaptation. Sentence embeddings share a large common direction (any two MiniLM percepts
 have a cosine well above 0), so on raw unit percepts one poisonous bite lowers the valence of every
@@ -68,9 +77,10 @@ learned in one world stays poisonous in the next. A module holds ``count`` indep
 (stacked states, a leading axis ``R``): every call takes ``readouts``, the readout of each row
 (default: readout 0). One readout updated with the eats of all B agents of a batch is shared
 knowledge; one per agent gives B independent learners at the cost of batched array work, with no
-Python loop over readouts. A readout's state: ``weight_mean``, ``weight_cov``, the ``eats``
-counter and the adaptation's ``seen_sum`` and ``seen_count`` (``state_dict``: exact round trip;
-predictions read the state and nothing else). The rows of one ``update`` call are moment-matched
+Python loop over readouts. A readout's state: ``weight_mean``, ``weight_factor`` and its ``rank`` (the rows in
+use; a bank's factors share one row count, the rest zeros), the ``eats`` counter and the
+adaptation's ``seen_sum`` and ``seen_count`` (``state_dict``: exact round trip, whatever the row
+count; predictions read the state and nothing else). The rows of one ``update`` call are moment-matched
 against the current posterior of their own readout and added together (the parallel form of the
 filter; with one row it is the sequential filter exactly), so the result does not depend on the
 order of the agents in the batch.
@@ -79,8 +89,9 @@ Inputs and dtypes. Percepts must be finite with last dimension ``percept_dim``; 
 exactly -1 or +1 and ``readouts`` integers in ``[0, count)`` (ValueError naming the argument,
 raised before anything changes). A zero percept ("nothing seen") keeps a zero percept feature.
 Floating inputs of any dtype are accepted; the work is float64 and results come back in ``dtype``
-(float32 unless built otherwise). Cost: a prediction reads its readout's covariance once
-(``(D + 1)^2`` float64, 1.2 MB at D = 384); rows of the same readout share that read.
+(float32 unless built otherwise). Cost: a prediction reads the factor rows in use once (``m (D + 1)``
+float64 for the largest rank ``m`` among the readouts read; at most 1.4 MB per readout at D = 384);
+rows of the same readout share that read.
 """
 from __future__ import annotations
 
@@ -127,29 +138,48 @@ class ValenceReadout(nn.Module):
             fewer eats; 16 gets 100% on unseen names and fruit counts after 3 eats per kind.
         bias_var: ``> 0``, prior variance of the bias weight.
         count: ``R``, the number of independent readouts (1: one shared by every caller).
+        spare_rows: ``>= 1``, the factor rows a readout may hold past ``D + 1`` before they are
+            compressed (module docstring).
         dtype: dtype of results (the state and the work are float64).
     """
 
     def __init__(self, percept_dim: int, prior_var: float = 16.0, bias_var: float = 1.0, count: int = 1,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+                 spare_rows: int = 64, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
         super().__init__()
         self.percept_dim = checks.count(percept_dim, "percept_dim")
         self.prior_var = checks.positive(prior_var, "prior_var")
         self.bias_var = checks.positive(bias_var, "bias_var")
         self.count = checks.count(count, "count")
+        self.spare_rows = checks.count(spare_rows, "spare_rows")
         checks.instance(dtype, torch.dtype, "dtype")
         if not dtype.is_floating_point:
             raise TypeError(f"dtype: expected a floating dtype, got {dtype}")
         self.result_dtype = dtype
         R, D = self.count, self.percept_dim
-        prior = torch.full((D + 1,), self.prior_var, dtype=torch.float64)
+        prior = torch.full((D + 1,), self.prior_var, dtype=torch.float64, device=device)
         prior[-1] = self.bias_var
+        self.register_buffer("prior_variance", prior, persistent=False)  # the diagonal of P
         self.register_buffer("weight_mean", torch.zeros(R, D + 1, dtype=torch.float64, device=device))
-        self.register_buffer("weight_cov", torch.diag(prior).to(device).expand(R, D + 1, D + 1).clone())
+        self.register_buffer("weight_factor", torch.zeros(R, 0, D + 1, dtype=torch.float64, device=device))
+        self.register_buffer("factor_rank", torch.zeros(R, dtype=torch.int64, device=device))
         self.register_buffer("eats", torch.zeros(R, dtype=torch.int64, device=device))
         # Sensory adaptation: the sum and count of the unit percepts shown to adapt().
         self.register_buffer("seen_sum", torch.zeros(R, D, dtype=torch.float64, device=device))
         self.register_buffer("seen_count", torch.zeros(R, dtype=torch.int64, device=device))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        """The factor's row count is the saved one; a rank outside it is an error."""
+        factor = state_dict.get(prefix + "weight_factor")
+        if isinstance(factor, torch.Tensor) and factor.dim() == 3:
+            self.weight_factor = self.weight_factor.new_zeros(len(self.weight_factor), factor.shape[1],
+                                                              self.weight_factor.shape[2])
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+        rows = self.weight_factor.shape[1]
+        if not error_msgs and not bool(((self.factor_rank >= 0) & (self.factor_rank <= rows)).all()):
+            error_msgs.append(f"{prefix}factor_rank: expected ranks in [0, {rows}] (the factor's rows), got "
+                              f"{int(self.factor_rank.min())}..{int(self.factor_rank.max())}")
 
     # ----------------------------------------------------------------------------------- helpers
     def _unit(self, percepts, name: str) -> torch.Tensor:
@@ -191,14 +221,20 @@ class ValenceReadout(nn.Module):
         """(R, D) float64 the adaptation centres: ``sum / (count + 1)`` of the unit percepts seen (0 before any)."""
         return self.seen_sum / (self.seen_count.double() + 1.0)[:, None]
 
-    def _covariances(self, used: torch.Tensor) -> torch.Tensor:
-        """(U, D+1, D+1) the covariances of readouts ``used`` (U,) (the stored tensor itself when all)."""
-        return self.weight_cov if len(used) == self.count else self.weight_cov[used]
+    def covariance(self) -> torch.Tensor:
+        """(R, D+1, D+1) float64 the posterior covariances written out: ``P - H^T H``."""
+        return torch.diag(self.prior_variance) - self.weight_factor.mT @ self.weight_factor
 
-    def _latent(self, features: torch.Tensor, owners: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def _factors(self, used: torch.Tensor) -> torch.Tensor:
+        """(U, m, D+1) the factor rows of readouts ``used`` (U,), ``m`` their largest rank (a view
+        of the stored tensor when all are used)."""
+        m = int(self.factor_rank[used].max()) if len(used) else 0
+        return self.weight_factor[:, :m] if len(used) == self.count else self.weight_factor[used, :m]
+
+    def _latent(self, features: torch.Tensor, owners: torch.Tensor, project: bool = False) -> tuple[torch.Tensor, ...]:
         """Posterior mean and variance (n,) of the latent score of feature rows (n, D+1) under
-        readouts ``owners`` (n,), and the rows' layout (``_layout``) and ``F cov`` per group
-        ``(U, K, D+1)`` for an update."""
+        readouts ``owners`` (n,), and the rows' layout (``_layout``) with, if ``project``, ``F cov``
+        per group ``(U, K, D+1)`` for an update."""
         used, group, place, K = _layout(owners, self.count)
         mu = (features * self.weight_mean[owners]).sum(-1)
         if len(used) == 1:  # one readout: its rows in order, no copy
@@ -206,9 +242,42 @@ class ValenceReadout(nn.Module):
         else:
             padded = features.new_zeros(len(used), K, features.shape[-1])
             padded[group, place] = features
-        projected = torch.bmm(padded, self._covariances(used))  # (U, K, D+1): F cov
-        rows = projected[0] if len(used) == 1 else projected[group, place]
-        return mu, (rows * features).sum(-1), (used, group, place, padded, projected)
+        factor = self._factors(used)
+        reduced = torch.bmm(padded, factor.mT)  # (U, K, m): F H^T
+        rows = reduced[0] if len(used) == 1 else reduced[group, place]
+        var = ((features.square() * self.prior_variance).sum(-1) - rows.square().sum(-1)).clamp_min(0.0)  # (rounding)
+        if not project:
+            return mu, var, (used, group, place)
+        projected = padded * self.prior_variance - torch.bmm(reduced, factor)  # (U, K, D+1): F P - F H^T H
+        return mu, var, (used, group, place, padded, projected)
+
+    def _append(self, used: torch.Tensor, group: torch.Tensor, place: torch.Tensor, rows: torch.Tensor) -> None:
+        """Append factor rows (n, D+1), row ``i`` to readout ``used[group[i]]`` at its rank +
+        ``place[i]``; a readout whose rows would pass ``D + 1 + spare_rows`` is compressed to the
+        ``R`` of the QR of its rows (``R^T R = H^T H``)."""
+        start = self.factor_rank[used]
+        end = start + torch.bincount(group, minlength=len(used))
+        over = end > self.percept_dim + 1 + self.spare_rows
+        self._reserve(int(end[~over].max()) if bool((~over).any()) else 0)
+        fits = ~over[group]
+        self.weight_factor[used[group[fits]], start[group[fits]] + place[fits]] = rows[fits]
+        self.factor_rank[used[~over]] = end[~over]
+        for u in over.nonzero().flatten().tolist():
+            readout = int(used[u])
+            stacked = torch.cat([self.weight_factor[readout, :int(start[u])], rows[group == u]])
+            compressed = torch.linalg.qr(stacked, mode="r").R  # (D + 1, D + 1)
+            self._reserve(len(compressed))
+            self.weight_factor[readout] = 0.0
+            self.weight_factor[readout, :len(compressed)] = compressed
+            self.factor_rank[readout] = len(compressed)
+
+    def _reserve(self, rows: int) -> None:
+        """Grow the factor's row count to at least ``rows`` (in steps of 16: growth copies the bank)."""
+        have = self.weight_factor.shape[1]
+        if rows > have:
+            grown = min(self.percept_dim + 1 + self.spare_rows, max(rows, have + 16))
+            extra = self.weight_factor.new_zeros(len(self.weight_factor), grown - have, self.weight_factor.shape[2])
+            self.weight_factor = torch.cat([self.weight_factor, extra], dim=1)
 
     # -------------------------------------------------------------------------------------- API
     @torch.no_grad()
@@ -258,7 +327,7 @@ class ValenceReadout(nn.Module):
                              f"{sorted(set(y.tolist()) - {1.0, -1.0})[:5]}")
         if y.numel() == 0:
             return
-        mu, s, (used, group, place, padded, projected) = self._latent(features, owners)
+        mu, s, (used, group, place, padded, projected) = self._latent(features, owners, project=True)
         root = torch.sqrt(1.0 + s)
         z = y * mu / root
         lam = torch.exp(-0.5 * z * z - 0.5 * math.log(2 * math.pi) - torch.special.log_ndtr(z))
@@ -273,7 +342,7 @@ class ValenceReadout(nn.Module):
         # cov F^T r is (F cov)^T r; cov' F^T r takes off the same low-rank term as cov'
         pulled = (residual[:, None, :] @ projected)[:, 0] - (half.mT @ (half @ (residual[:, None, :] @ padded).mT))[..., 0]
         self.weight_mean.index_add_(0, used, pulled)
-        self.weight_cov.index_add_(0, used, -(half.mT @ half))
+        self._append(used, group, place, half[group, place])  # cov' = cov - half^T half
         self.eats.index_add_(0, owners, torch.ones_like(owners))
 
     def extra_repr(self) -> str:

@@ -45,7 +45,7 @@ def test_a_saved_tem_agent_loads_by_path_and_must_fit(tmp_path):
     saved.readouts.update(torch.nn.functional.normalize(torch.ones(1, 384), dim=-1), torch.ones(1), torch.ones(1, dtype=torch.long))
     saved.save(path)
     loaded = registry.make_batch_agent(f"tem:{path}", CONFIG, 2, ACTIONS)
-    assert torch.equal(loaded.readouts.weight_cov, saved.readouts.weight_cov)
+    assert torch.equal(loaded.readouts.covariance(), saved.readouts.covariance())
     with pytest.raises(ValueError, match="^agent: .* holds a TEMAgent of num_agents 2, expected 3"):
         registry.make_batch_agent(f"tem:{path}", CONFIG, 3, ACTIONS)
     with pytest.raises(ValueError, match="^agent: .* 32-d"):

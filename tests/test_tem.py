@@ -147,7 +147,7 @@ def test_batch_equals_single_agents_as_they_learn_from_their_bites():
     eats = batch.readouts.eats.tolist()
     assert min(eats) > 0 and eats == [int(s.readouts.eats[0]) for s in singles]
     for row, s in enumerate(singles):
-        torch.testing.assert_close(batch.readouts.weight_cov[row], s.readouts.weight_cov[0], rtol=0, atol=1e-12)
+        torch.testing.assert_close(batch.readouts.covariance()[row], s.readouts.covariance()[0], rtol=0, atol=1e-12)
         torch.testing.assert_close(batch.readouts.weight_mean[row], s.readouts.weight_mean[0], rtol=0, atol=1e-12)
     assert shared.readouts.count == 1 and shared_learned.min() > 0  # one readout learned from both rows' bites
     assert int(shared.readouts.eats[0]) == shared_learned.sum()
@@ -285,8 +285,8 @@ def test_reset_rows_only():
     assert float(after["variance"][1]) == 0.0
     origin = agent.metric.encode(torch.zeros(1, 2))[0]
     assert torch.allclose(after["code"][1], origin)
-    assert torch.equal(after["readouts.weight_cov"], before["readouts.weight_cov"])  # learned parts persist
-    assert not torch.equal(before["readouts.weight_cov"][0], before["readouts.weight_cov"][1])  # (row 1 learned)
+    assert torch.equal(after["readouts.weight_factor"], before["readouts.weight_factor"])  # learned parts persist
+    assert not torch.equal(before["readouts.weight_factor"][0], before["readouts.weight_factor"][1])  # (row 1 learned)
     with pytest.raises(ValueError):
         agent.reset([2])
 

@@ -135,7 +135,7 @@ def test_state_dict_round_trip_exact():
     more = eats(UNTASTED[:3], 2, 5)
     readout.update(*more)
     loaded.update(*more)
-    assert torch.equal(readout.weight_cov, loaded.weight_cov) and torch.equal(readout.weight_mean, loaded.weight_mean)
+    assert torch.equal(readout.covariance(), loaded.covariance()) and torch.equal(readout.weight_mean, loaded.weight_mean)
     # a fresh readout differs (the round trip is not vacuous)
     assert not torch.equal(ValenceReadout(SIGHT.shape[1]).predict(percepts).mean, b.mean)
 
@@ -146,7 +146,7 @@ def test_batch_update_is_order_independent_and_matches_sequential_for_one_row():
     a.update(rows, outcomes)
     perm = torch.randperm(len(rows), generator=torch.Generator().manual_seed(0))
     b.update(rows[perm], outcomes[perm])
-    torch.testing.assert_close(a.weight_cov, b.weight_cov)
+    torch.testing.assert_close(a.covariance(), b.covariance())
     torch.testing.assert_close(a.weight_mean, b.weight_mean)
     # leading dims: (B, 1, D) percepts with (B, 1) outcomes is the same update
     c = ValenceReadout(SIGHT.shape[1], dtype=torch.float64)
@@ -242,7 +242,7 @@ def test_nothing_seen_is_judged_by_the_bias_alone():
     its latent score is the bias weight's, N(mean[-1], cov[-1, -1])."""
     readout = trained()
     readout.adapt(SIGHT[:50])
-    mu, var = readout.weight_mean[0, -1], readout.weight_cov[0, -1, -1]
+    mu, var = readout.weight_mean[0, -1], readout.covariance()[0, -1, -1]
     assert abs(float(mu)) > 0.01  # the eats moved the bias, so the check below can fail
     latent = readout.latent(torch.zeros(2, SIGHT.shape[1]))
     torch.testing.assert_close(latent.mean, mu.float().expand(2))
@@ -265,18 +265,20 @@ def test_one_eat_gives_the_exact_posterior_moments_by_importance_sampling():
     mean = weight @ w
     cov = (w - mean).T @ ((w - mean) * weight[:, None])
     torch.testing.assert_close(readout.weight_mean[0], mean, atol=5e-3, rtol=0)
-    torch.testing.assert_close(readout.weight_cov[0], cov, atol=1e-2, rtol=0)
+    torch.testing.assert_close(readout.covariance()[0], cov, atol=1e-2, rtol=0)
 
 
-def test_a_batch_of_sites_is_the_natural_parameter_sum_of_their_sites():
+@pytest.mark.parametrize("spare_rows, rounds", [(64, 3), (1, 8)])
+def test_a_batch_of_sites_is_the_natural_parameter_sum_of_their_sites(spare_rows, rounds):
     # The Woodbury update against the precision form written out here: sites moment-matched
-    # against the current posterior, their precisions and shifts added, then inverted.
+    # against the current posterior, their precisions and shifts added, then inverted. With one
+    # spare row, 40 sites pass D + 1 + 1 = 6 factor rows again and again: compressed, still exact.
     D = 4
-    readout = ValenceReadout(D, prior_var=3.0, bias_var=1.5, dtype=torch.float64)
+    readout = ValenceReadout(D, prior_var=3.0, bias_var=1.5, spare_rows=spare_rows, dtype=torch.float64)
     g = torch.Generator().manual_seed(1)
     precision = torch.diag(torch.tensor([1 / 3.0] * D + [1 / 1.5], dtype=torch.float64))
     shift = torch.zeros(D + 1, dtype=torch.float64)
-    for _ in range(3):
+    for _ in range(rounds):
         x = torch.randn(5, D, generator=g, dtype=torch.float64)
         y = torch.where(torch.rand(5, generator=g) < 0.5, -1.0, 1.0).double()
         phi = torch.cat([x / x.norm(dim=-1, keepdim=True), torch.ones(5, 1, dtype=torch.float64)], -1)
@@ -289,8 +291,22 @@ def test_a_batch_of_sites_is_the_natural_parameter_sum_of_their_sites():
         precision = precision + (phi.T * tau) @ phi
         shift = shift + phi.T @ nu
         readout.update(x, y)
-    torch.testing.assert_close(readout.weight_cov[0], torch.linalg.inv(precision))
+    torch.testing.assert_close(readout.covariance()[0], torch.linalg.inv(precision))
     torch.testing.assert_close(readout.weight_mean[0], torch.linalg.solve(precision, shift))
+    sites = 5 * rounds
+    assert int(readout.factor_rank[0]) == (sites if sites <= D + 1 + spare_rows else D + 1)
+    assert readout.weight_factor.shape[1] <= D + 1 + spare_rows
+
+
+def test_a_factor_of_another_shape_or_rank_does_not_load():
+    readout = trained(0)
+    other = ValenceReadout(SIGHT.shape[1] - 1)
+    with pytest.raises(RuntimeError, match="weight_factor"):
+        other.load_state_dict(readout.state_dict())
+    state = readout.state_dict()
+    state["factor_rank"] = state["factor_rank"] + state["weight_factor"].shape[1] + 1
+    with pytest.raises(RuntimeError, match="factor_rank: expected ranks in"):
+        ValenceReadout(SIGHT.shape[1]).load_state_dict(state)
 
 
 def test_readouts_of_a_bank_learn_alone_and_equal_single_readouts():
@@ -311,7 +327,7 @@ def test_readouts_of_a_bank_learn_alone_and_equal_single_readouts():
         torch.testing.assert_close(got.mean, want.mean)
         torch.testing.assert_close(got.std, want.std)
     assert bank.eats.tolist() == [5, 5, 5, 0]
-    assert torch.equal(bank.weight_cov[3], ValenceReadout(SIGHT.shape[1]).weight_cov[0])  # untaught: the prior
+    assert torch.equal(bank.covariance()[3], ValenceReadout(SIGHT.shape[1]).covariance()[0])  # untaught: the prior
     # rows judged by different readouts in one call
     mixed = torch.tensor([0, 3, 1, 2, 0])
     got = bank.predict(percepts[:5], mixed)
