@@ -168,19 +168,31 @@ def covariance_intersection(A_dep: torch.Tensor, A_ind: torch.Tensor, B_dep: tor
     G b``: an independent error ``Q`` of ``a`` or of ``b`` carries into ``x`` as ``M_a Q M_a^T`` or
     ``G Q G^T``), float64."""
     A_dep, A_ind, B_dep, B_ind = (m.double() for m in torch.broadcast_tensors(A_dep, A_ind, B_dep, B_ind))
-    eye = torch.eye(2, dtype=torch.float64, device=A_dep.device)
-    w = torch.linspace(0.0, 1.0, grid, dtype=torch.float64, device=A_dep.device)[:, None, None]  # (grid, 1, 1)
-    # P^-1 = w (A_dep + w A_ind)^-1: defined at the ends of the grid (w = 1: b is left out)
-    P_a_inv = w * _inverse2(A_dep[..., None, :, :] + w * A_ind[..., None, :, :] + 1e-9 * eye)  # (..., grid, 2, 2)
-    P_b_inv = (1.0 - w) * _inverse2(B_dep[..., None, :, :] + (1.0 - w) * B_ind[..., None, :, :] + 1e-9 * eye)
-    fused = _inverse2(P_a_inv + P_b_inv)
-    best = fused.diagonal(dim1=-2, dim2=-1).sum(-1).argmin(-1, keepdim=True)[..., None, None]  # (..., 1, 1, 1)
+    w = torch.linspace(0.0, 1.0, grid, dtype=torch.float64, device=A_dep.device)  # (grid,)
+    # P^-1 = w (A_dep + w A_ind)^-1: defined at the ends of the grid (w = 1: b is left out); the
+    # grid is searched entry by entry, (..., grid) tensors, and matrices formed at the chosen w only
+    P_a_inv = _weighted_inverses(A_dep, A_ind, w)
+    P_b_inv = _weighted_inverses(B_dep, B_ind, 1.0 - w)
+    a, b, c, d = (p + q for p, q in zip(P_a_inv, P_b_inv))
+    det = a * d - b * c
+    best = (d / det + a / det).argmin(-1, keepdim=True)  # (..., 1): least tr C, C = (P_a^-1 + P_b^-1)^-1
 
-    def pick(m: torch.Tensor) -> torch.Tensor:
-        return m.gather(-3, best.expand(*best.shape[:-2], 2, 2)).squeeze(-3)
+    def pick(entries: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        a, b, c, d = (e.gather(-1, best).squeeze(-1) for e in entries)
+        return torch.stack((torch.stack((a, b), -1), torch.stack((c, d), -1)), -2)
 
-    C = pick(fused)
-    return C @ pick(P_b_inv), C, C @ pick(P_a_inv)
+    P_a_inv, P_b_inv = pick(P_a_inv), pick(P_b_inv)
+    C = _inverse2(P_a_inv + P_b_inv)
+    return C @ P_b_inv, C, C @ P_a_inv
+
+
+def _weighted_inverses(dep: torch.Tensor, ind: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The entries ``(a, b, c, d)``, each ``(..., grid)``, of ``weight (dep + weight ind + 1e-9 I)^-1``
+    for (..., 2, 2) ``dep``, ``ind`` and (grid,) ``weight``."""
+    m00, m01, m10, m11 = (dep[..., i, j, None] + weight * ind[..., i, j, None] for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))
+    m00, m11 = m00 + 1e-9, m11 + 1e-9
+    det = m00 * m11 - m01 * m10
+    return tuple(weight * (entry / det) for entry in (m11, -m01, -m10, m00))
 
 
 def cone_moments(cone_cos: float) -> tuple[float, float, float]:
