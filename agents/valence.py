@@ -77,10 +77,10 @@ learned in one world stays poisonous in the next. A module holds ``count`` indep
 (stacked states, a leading axis ``R``): every call takes ``readouts``, the readout of each row
 (default: readout 0). One readout updated with the eats of all B agents of a batch is shared
 knowledge; one per agent gives B independent learners at the cost of batched array work, with no
-Python loop over readouts. A readout's state: ``weight_mean``, ``weight_factor`` and its ``rank`` (the rows in
-use; a bank's factors share one row count, the rest zeros), the ``eats`` counter and the
-adaptation's ``seen_sum`` and ``seen_count`` (``state_dict``: exact round trip, whatever the row
-count; predictions read the state and nothing else). The rows of one ``update`` call are moment-matched
+Python loop over readouts. A readout's state: ``weight_mean``, ``weight_factor`` and
+``factor_rank`` (its rows in use; a bank's factors share one row count, the rest are zeros), the
+``eats`` counter and the adaptation's ``seen_sum`` and ``seen_count`` (``state_dict``: exact round
+trip, whatever the row count; predictions read the state and nothing else). The rows of one ``update`` call are moment-matched
 against the current posterior of their own readout and added together (the parallel form of the
 filter; with one row it is the sequential filter exactly), so the result does not depend on the
 order of the agents in the batch.
