@@ -92,6 +92,9 @@ class TrainConfig:
     fixed_step_scale: bool = field(default=False, metadata={
         "doc": "hold the prior's step noise at the world's motion noise instead of learning it (the ELBO does "
                "not calibrate it: learned, it grew to 0.85 against the world's 0.5 in a 500-update run)"})
+    truncate_backprop: int = field(default=0, metadata={
+        "doc": "cut the ELBO's gradient through the carried belief every this many steps (0: full backprop "
+               "through each walk; 1: every step, which cannot calibrate a gain: see agents/training.py)"})
     metric_rank: int = field(default=32, metadata={"doc": "rank of the learned percept pseudometric E"})
     memory_size: int = field(default=128, metadata={"doc": "newest sightings the model's memory keeps per walk"})
     timesteps: int = field(default=1_000_000, metadata={"doc": "RL: environment steps in all (a resumed run "
@@ -159,6 +162,8 @@ def parse(argv: list[str] | None = None) -> TrainConfig:
     for name in ("updates", "walks", "steps", "reuse", "metric_rank", "memory_size", "eval_walks", "checkpoint_every"):
         if getattr(config, name) < 1:
             problems.append(f"--{name.replace('_', '-')}: expected an int >= 1, got {getattr(config, name)}")
+    if config.truncate_backprop < 0:
+        problems.append(f"--truncate-backprop: expected an int >= 0, got {config.truncate_backprop}")
     for name in ("consistency_weight", "alignment_weight"):
         if not getattr(config, name) >= 0:
             problems.append(f"--{name.replace('_', '-')}: expected >= 0, got {getattr(config, name)}")
@@ -465,7 +470,8 @@ def main(argv: list[str] | None = None) -> dict:
             walks = rollouts(config, world_seeds, seed, rows).to(device)
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + update)
         noise = torch.randn((config.steps, config.walks, 2), generator=generator, dtype=model.metric.alphas.dtype)
-        loss, stats = trained(walks, noise[:, rows].to(device), config.consistency_weight, config.alignment_weight)
+        loss, stats = trained(walks, noise[:, rows].to(device), config.consistency_weight, config.alignment_weight,
+                              config.truncate_backprop)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -255,18 +255,53 @@ def test_the_privileged_alignment_loss_recovers_a_gain_and_rotation_bias_and_the
     assert spread < 5e-3 and tem.alignment(walks).item() < 1e-4
 
 
-def test_the_elbo_alone_calibrates_a_gain_and_rotation_bias_on_random_walks():
+@pytest.fixture(scope="module")
+def biased_walks():
+    """12 random walks of 120 steps under motion_gain 1.25 and motion_rotation 0.1 (inverse: 0.8, -0.1)."""
+    envs = walks_env(12, motion_gain=1.25, motion_rotation=0.1)
+    agent = registry.make_batch_agent("random", envs.config, 12, envs.single_action_space, 0)
+    walks = collect(envs, agent, 120, seed=0, world_seeds=list(range(100, 112)))
+    envs.close()
+    return walks
+
+
+def test_full_backprop_follows_the_elbo_slope_in_the_gain_and_one_step_truncation_does_not(biased_walks):
+    """The ELBO's derivative along the integrator's gain at 0.9 (rotation -0.1): the full gradient
+    against a central finite difference, and the gradient cut at every step, which sees the gain
+    only through the last step's motion; the values do not depend on the cut."""
+    tem = model(motion_noise=0.5)
+    noise = tem.noise(biased_walks, torch.Generator().manual_seed(0))
+
+    def elbo(gain, truncate=0):
+        c, s = math.cos(-0.1), math.sin(-0.1)
+        with torch.no_grad():
+            tem.integrator.correction.copy_(gain * torch.tensor([[c, -s], [s, c]]))
+        return tem.elbo(biased_walks, noise, truncate)["elbo"].mean()
+
+    def slope(truncate):
+        tem.zero_grad()
+        elbo(0.9, truncate).backward()
+        correction = tem.integrator.correction
+        return float((correction.grad * correction.detach()).sum() / 0.9)
+
+    with torch.no_grad():
+        finite = float(elbo(0.91) - elbo(0.89)) / 0.02
+        assert float(elbo(0.9, truncate=0)) == float(elbo(0.9, truncate=1))
+    full, cut = slope(0), slope(1)
+    assert finite < -1.0  # the ELBO rises towards the inverse odometry's 0.8
+    assert abs(full - finite) < 0.1 * abs(finite)
+    assert abs(cut) < 0.2 * abs(finite)
+
+
+def test_the_elbo_alone_calibrates_a_gain_and_rotation_bias_on_random_walks(biased_walks):
     """No privileged target: with motion_gain 1.25 and motion_rotation 0.1, the ELBO's optimum over
     the integrator's correction (fixed walks and samples, L-BFGS) lies near the inverse odometry,
     scale 0.8 and angle -0.1, from the identity's 1 and 0. Random walks: the Forager sweeps its cone
     one way, so the trees it finds sit at one edge of the cone, off the heading the object vectors
     assume, and there the same fit turns the wrong way (angle +0.08)."""
     gain, rotation = 1.25, 0.1
-    envs = walks_env(12, motion_gain=gain, motion_rotation=rotation)
-    agent = registry.make_batch_agent("random", envs.config, 12, envs.single_action_space, 0)
-    walks = collect(envs, agent, 120, seed=0, world_seeds=list(range(100, 112)))
-    envs.close()
-    tem = model(motion_noise=envs.config.motion_noise)
+    walks = biased_walks
+    tem = model(motion_noise=0.5)
     noise = tem.noise(walks, torch.Generator().manual_seed(0))
     optimizer = torch.optim.LBFGS([tem.integrator.correction], max_iter=12, line_search_fn="strong_wolfe")
 
