@@ -98,6 +98,7 @@ def load_train_module():
     (["--walks", "0"], "--walks: expected an int >= 1"),
     (["--world", "gravity=2"], "--world: unknown config key(s) ['gravity']"),
     (["--alignment-weight", "-1"], "--alignment-weight: expected >= 0"),
+    (["--truncate-backprop", "-1"], "--truncate-backprop: expected an int >= 0, got -1"),
 ])
 def test_bad_options_are_named(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
