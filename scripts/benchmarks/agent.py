@@ -6,8 +6,9 @@ tells the agent's share. The agent is the default one, a valence readout per row
 agents), and, in the same run, one with a single readout shared by the batch
 (``valence_sharing="batch"``, as the RL memory features use). Each figure: a warm-up block long
 enough for the agents to be well into their episodes (at the start memory is empty and nothing has
-been eaten, and steps are cheaper), then the median over ``repeats`` timed blocks of a few steps (few at large batches, where one step is long); the steps and the mean number of
-trees each agent remembers when timing starts are reported.
+been eaten, and steps are cheaper), then the median over ``repeats`` timed blocks of a few steps
+(few at large batches, where one step is long); the steps and the mean number of trees each agent
+remembers when timing starts are reported.
 """
 from __future__ import annotations
 
