@@ -80,10 +80,10 @@ knowledge; one per agent gives B independent learners at the cost of batched arr
 Python loop over readouts. A readout's state: ``weight_mean``, ``weight_factor`` and
 ``factor_rank`` (its rows in use; a bank's factors share one row count, the rest are zeros), the
 ``eats`` counter and the adaptation's ``seen_sum`` and ``seen_count`` (``state_dict``: exact round
-trip, whatever the row count; predictions read the state and nothing else). The rows of one ``update`` call are moment-matched
-against the current posterior of their own readout and added together (the parallel form of the
-filter; with one row it is the sequential filter exactly), so the result does not depend on the
-order of the agents in the batch.
+trip, whatever the row count; predictions read the state and nothing else). The rows of one
+``update`` call are moment-matched against the current posterior of their own readout and added
+together (the parallel form of the filter; with one row it is the sequential filter exactly), so
+the result does not depend on the order of the agents in the batch.
 
 Inputs and dtypes. Percepts must be finite with last dimension ``percept_dim``; outcomes must be
 exactly -1 or +1 and ``readouts`` integers in ``[0, count)`` (ValueError naming the argument,
