@@ -251,13 +251,18 @@ class ValenceReadout(nn.Module):
         projected = padded * self.prior_variance - torch.bmm(reduced, factor)  # (U, K, D+1): F P - F H^T H
         return mu, var, (used, group, place, padded, projected)
 
+    @property
+    def capacity(self) -> int:
+        """The most factor rows a readout holds: ``D + 1 + spare_rows`` (past it they are compressed)."""
+        return self.percept_dim + 1 + self.spare_rows
+
     def _append(self, used: torch.Tensor, group: torch.Tensor, place: torch.Tensor, rows: torch.Tensor) -> None:
         """Append factor rows (n, D+1), row ``i`` to readout ``used[group[i]]`` at its rank +
         ``place[i]``; a readout whose rows would pass ``D + 1 + spare_rows`` is compressed to the
         ``R`` of the QR of its rows (``R^T R = H^T H``)."""
         start = self.factor_rank[used]
         end = start + torch.bincount(group, minlength=len(used))
-        over = end > self.percept_dim + 1 + self.spare_rows
+        over = end > self.capacity
         self._reserve(int(end[~over].max()) if bool((~over).any()) else 0)
         fits = ~over[group]
         self.weight_factor[used[group[fits]], start[group[fits]] + place[fits]] = rows[fits]
@@ -275,7 +280,7 @@ class ValenceReadout(nn.Module):
         """Grow the factor's row count to at least ``rows`` (in steps of 16: growth copies the bank)."""
         have = self.weight_factor.shape[1]
         if rows > have:
-            grown = min(self.percept_dim + 1 + self.spare_rows, max(rows, have + 16))
+            grown = min(self.capacity, max(rows, have + 16))
             extra = self.weight_factor.new_zeros(len(self.weight_factor), grown - have, self.weight_factor.shape[2])
             self.weight_factor = torch.cat([self.weight_factor, extra], dim=1)
 
