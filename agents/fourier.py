@@ -48,8 +48,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Iterator
-
 import torch
 from torch import nn
 
@@ -261,35 +259,43 @@ class FourierMetric(nn.Module):
         return [c.reshape((1,) * (ndim - c.ndim) + c.shape).movedim((-2, -1), (0, 1)).contiguous()
                 for c in cycles]
 
-    def _readings(self, u_from: torch.Tensor, u_to: torch.Tensor) -> Iterator[torch.Tensor]:
-        """Yield module j's reading ``d_j`` of the displacement ``from -> to``, coarsest first.
+    def _readings(self, u_from: torch.Tensor, u_to: torch.Tensor) -> torch.Tensor:
+        """Every module's reading ``d_j`` of the displacement ``from -> to``.  # (J, dim, prod(B))
 
-        ``u_from``, ``u_to``: phases in cycles, ``(J, dim+1, ...)``, broadcastable to batch ``B``.
-        Readings are in world units, flattened to ``(dim, prod(B))``. Per module: the residual
-        between the phases and the running estimate's prediction ``K d / lambda_j``, each
-        direction wrapped on its own, then ``d += lambda_j K^+ residual``; ``K^+`` drops the mean
-        over directions, which is no displacement (the ``k_i`` sum to zero).
+        ``u_from``, ``u_to``: phases in cycles, ``(J, dim+1, ...)``, broadcastable to batch ``B``;
+        readings in world units. The chain's step ``d_j = d_{j-1} + lambda_j K^+ (w_j - K d_{j-1} /
+        lambda_j)`` (``w_j`` the wrapped residual of module ``j``'s phase difference ``v_j``
+        against the running estimate's prediction) telescopes, since ``K^+ K = I``, to
+        ``d_j = lambda_j K^+ (v_j - n_j)``: each module read alone once its integer turns ``n_j``
+        are known. The turns are what runs coarse to fine (without autograd: they are integers),
+        ``n_j = round(v_j - (lambda_{j-1} / lambda_j) K K^+ (v_{j-1} - n_{j-1}))``, each direction
+        rounded on its own; ``K K^+`` drops the mean over directions, which is no displacement. The
+        readings then come in one batched product, differentiable in the phases.
         """
         work = u_to.dtype
-        lengths = _TWO_PI / self.alphas.to(torch.float64)
-        wavelengths = lengths.tolist()
-        directions = self.directions.to(work)  # (dim+1, dim)
-        steps = (lengths[:, None, None] * self.directions_pinv.to(torch.float64)).to(work)  # (J, dim, dim+1)
-        d = None  # in-place steps below touch only tensors autograd does not save
-        for j, wavelength in enumerate(wavelengths):
-            residual = (u_to[j] - u_from[j]).reshape(len(directions), -1)  # (dim+1, N) cycles
-            if d is not None:
-                residual.addmm_(directions, d, alpha=-1.0 / wavelength)  # minus the prediction
-            residual.sub_(residual.round())  # each direction wraps on its own
-            d = steps[j] @ residual if d is None else torch.addmm(d, steps[j], residual)  # (dim, N)
-            yield d
+        lengths = _TWO_PI / self.alphas.to(torch.float64)  # (J,)
+        phase = (u_to - u_from).reshape(self.num_modules, self.dim + 1, -1)  # (J, dim+1, N) cycles
+        directions = self.directions.to(torch.float64)
+        pinv = torch.linalg.pinv(directions)  # of K as stored: the telescoping needs K^+ K = I to float64
+        projection = directions @ pinv  # K K^+
+        carries = ((lengths[:-1] / lengths[1:])[:, None, None] * projection).to(work)  # (J-1, dim+1, dim+1)
+        with torch.no_grad():
+            modules = phase.unbind(0)
+            previous = modules[0].round()
+            turns = [previous]
+            for before, now, carry in zip(modules, modules[1:], carries.unbind(0)):
+                previous = torch.addmm(now, carry, before - previous, alpha=-1.0).round_()
+                turns.append(previous)
+            turns = torch.stack(turns)  # (J, dim+1, N)
+        steps = (lengths[:, None, None] * pinv).to(work)  # (J, dim, dim+1)
+        return torch.bmm(steps, phase - turns)
 
     @staticmethod
     def _batch_shape(u_from: torch.Tensor, u_to: torch.Tensor) -> torch.Size:
         return torch.broadcast_shapes(u_from.shape[2:], u_to.shape[2:])
 
     def _per_module(self, u_from: torch.Tensor, u_to: torch.Tensor, dtype: torch.dtype):
-        readings = torch.stack(list(self._readings(u_from, u_to)))  # (J, dim, N)
+        readings = self._readings(u_from, u_to)  # (J, dim, N)
         readings = readings.reshape(readings.shape[:2] + self._batch_shape(u_from, u_to))
         per_module = readings.movedim((0, 1), (-2, -1))  # (..., J, dim)
         return per_module.to(dtype), per_module.mean(-2).to(dtype)
@@ -297,20 +303,12 @@ class FourierMetric(nn.Module):
     def _moments(self, u_from: torch.Tensor, u_to: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Squared mean displacement and across-module variance, world units^2.  # (...), (...)
 
-        Accumulated around module 0's reading, so the variance of nearly equal readings does not
-        cancel catastrophically; never materializes all J readings.
+        The variance is taken around the mean (two passes), so nearly equal readings do not
+        cancel catastrophically.
         """
-        readings = self._readings(u_from, u_to)
-        d0 = next(readings)  # (dim, N)
-        s1 = torch.zeros_like(d0)
-        s2 = torch.zeros_like(d0)
-        for d in readings:
-            offset = d - d0
-            s1.add_(offset)
-            s2.addcmul_(offset, offset)
-        J = self.num_modules
-        mean = d0 + s1 / J
-        spread = (s2.sum(0) - s1.square().sum(0) / J).clamp_min(0.0) / max(J - 1, 1)
+        readings = self._readings(u_from, u_to)  # (J, dim, N)
+        mean = readings.mean(0)  # (dim, N)
+        spread = (readings - mean).square().sum((0, 1)) / max(self.num_modules - 1, 1)
         batch = self._batch_shape(u_from, u_to)
         return mean.square().sum(0).reshape(batch), spread.reshape(batch)
 

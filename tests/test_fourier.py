@@ -61,6 +61,20 @@ def test_displacement_recovers_steps_anywhere_in_the_arena(dim, scale):
     assert (per_module.double() - truth[:, None]).norm(dim=-1).max() < BARS[scale]
 
 
+@pytest.mark.parametrize("dim", (1, 2, 3))
+def test_a_float64_metric_reads_every_module_to_float64_precision(dim):
+    # Built in float32 and cast: its buffers hold float32-rounded directions. The readings solve
+    # with the pseudo-inverse of those stored directions; the float32-rounded pinv buffer left the
+    # coarse modules 4e-8 off.
+    metric = _metric(dim, 10.0, phases=_phases(20, dim + 1)).double()
+    generator = gen(40 + dim)
+    x = _ball(500, dim, ARENA, generator, torch.float64)
+    y = x + _ball(500, dim, 0.999 * metric.scale, generator, torch.float64)
+    per_module, mean = metric.displacement(metric.encode(x), metric.encode(y))
+    assert (per_module - (y - x)[:, None]).norm(dim=-1).max() < 1e-10
+    assert (mean - (y - x)).norm(dim=-1).max() < 1e-10
+
+
 def test_seed_addendum_round_trip_is_exact():
     # The seed's addendum: scale 1000, positions randn * 10; it decoded them 0.006 to 0.04 off.
     metric = _metric(2, 1000.0)
