@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import pathlib
 import sys
@@ -64,6 +65,7 @@ from treeworld.envs import TASKS  # noqa: E402
 
 ALGORITHMS = ("tem",) + rl.ALGORITHMS
 SENSES = ("forage", "noisy")  # the tasks --algo tem trains on; RL takes every task
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -85,6 +87,10 @@ class TrainConfig:
     reuse: int = field(default=2, metadata={"doc": "updates per collected batch of walks"})
     lr: float = field(default=3e-3, metadata={"doc": "Adam learning rate of E and the scales"})
     integrator_lr: float = field(default=1e-4, metadata={"doc": "Adam learning rate of the path integration"})
+    lr_schedule: str = field(default="constant", metadata={
+        "doc": f"learning rates over the updates, one of {', '.join(LR_SCHEDULES)} (cosine: both rates fall "
+               "as (1 + cos(pi * update / updates)) / 2, so noisy estimates settle; a function of the update, "
+               "so --resume continues it)"})
     consistency_weight: float = field(default=1.0, metadata={"doc": "weight of the displacement-variance loss"})
     alignment_weight: float = field(default=0.0, metadata={
         "doc": "weight of the privileged alignment loss (the integrator's readings against the true step; "
@@ -170,6 +176,8 @@ def parse(argv: list[str] | None = None) -> TrainConfig:
     for name in ("lr", "integrator_lr"):
         if not getattr(config, name) > 0:
             problems.append(f"--{name.replace('_', '-')}: expected > 0, got {getattr(config, name)}")
+    if config.lr_schedule not in LR_SCHEDULES:
+        problems.append(f"--lr-schedule: expected one of {', '.join(LR_SCHEDULES)}, got {config.lr_schedule!r}")
     if config.walks % world_size:
         problems.append(f"--walks: expected a multiple of the {world_size} processes (--nproc_per_node), each "
                         f"takes an equal shard, got {config.walks}")
@@ -178,6 +186,13 @@ def parse(argv: list[str] | None = None) -> TrainConfig:
     if problems:
         parser.error("; ".join(problems))
     return config
+
+
+def learning_rate_factor(config: TrainConfig, update: int) -> float:
+    """The factor on both learning rates at ``update`` (0-based) under ``--lr-schedule``."""
+    if config.lr_schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * update / config.updates))
+    return 1.0
 
 
 def world_config(config: TrainConfig) -> WorldConfig:
@@ -474,6 +489,8 @@ def main(argv: list[str] | None = None) -> dict:
                               config.truncate_backprop)
         optimizer.zero_grad()
         loss.backward()
+        for group, base in zip(optimizer.param_groups, (config.lr, config.integrator_lr)):
+            group["lr"] = base * learning_rate_factor(config, update)
         optimizer.step()
         if distributed:  # figures of the whole batch
             values = torch.tensor(list(stats.values()), dtype=torch.float64)

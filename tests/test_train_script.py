@@ -55,15 +55,30 @@ def test_a_fixed_step_scale_stays_at_the_worlds_motion_noise(tmp_path):
 
 
 def test_resume_continues_with_the_losses_of_an_uninterrupted_run(tmp_path):
-    whole, split = tmp_path / "whole", tmp_path / "split"
-    assert train("--updates", "3", *TINY, "--out", str(whole)).returncode == 0
-    first = train("--updates", "1", *TINY, "--out", str(split))  # stops inside a reused batch
+    whole, split, constant = tmp_path / "whole", tmp_path / "split", tmp_path / "constant"
+    cosine = ("--lr-schedule", "cosine")  # the schedule is resumed too
+    assert train("--updates", "3", *TINY, *cosine, "--out", str(whole)).returncode == 0
+    first = train("--updates", "1", *TINY, *cosine, "--out", str(split))  # stops inside a reused batch
     assert first.returncode == 0, first.stderr
-    resumed = train("--updates", "3", *TINY, "--out", str(split), "--resume")
+    resumed = train("--updates", "3", *TINY, *cosine, "--out", str(split), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     assert [line["train"]["loss"] for line in metrics(split)] == [line["train"]["loss"] for line in metrics(whole)]
     a, b = parameters(whole), parameters(split)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert train("--updates", "3", *TINY, "--out", str(constant)).returncode == 0
+    # the same first step (factor 1: the same second loss), then a step 0.75 as long
+    losses = [[line["train"]["loss"] for line in metrics(run)] for run in (whole, constant)]
+    c = parameters(constant)
+    assert losses[0][:2] == losses[1][:2] and not torch.equal(a["percept_metric.embedding"], c["percept_metric.embedding"])
+
+
+def test_the_cosine_schedule_falls_from_one_to_zero():
+    module = load_train_module()
+    config = module.parse(["--updates", "10", "--lr-schedule", "cosine"])
+    factors = [module.learning_rate_factor(config, update) for update in range(11)]
+    assert factors[0] == 1.0 and factors[5] == pytest.approx(0.5) and factors[10] == pytest.approx(0.0, abs=1e-12)
+    assert all(later < earlier for earlier, later in zip(factors, factors[1:]))
+    assert module.learning_rate_factor(module.parse(["--updates", "10"]), 7) == 1.0  # constant
 
 
 def test_two_torchrun_processes_match_one_process_with_the_same_global_batch(tmp_path):
@@ -99,6 +114,7 @@ def load_train_module():
     (["--world", "gravity=2"], "--world: unknown config key(s) ['gravity']"),
     (["--alignment-weight", "-1"], "--alignment-weight: expected >= 0"),
     (["--truncate-backprop", "-1"], "--truncate-backprop: expected an int >= 0, got -1"),
+    (["--lr-schedule", "step"], "--lr-schedule: expected one of constant, cosine, got 'step'"),
 ])
 def test_bad_options_are_named(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
