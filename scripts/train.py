@@ -98,6 +98,10 @@ class TrainConfig:
     fixed_step_scale: bool = field(default=False, metadata={
         "doc": "hold the prior's step noise at the world's motion noise instead of learning it (the ELBO does "
                "not calibrate it: learned, it grew to 0.85 against the world's 0.5 in a 500-update run)"})
+    recall_scale: float = field(default=0.0, metadata={
+        "doc": "hold the likelihood's recall kernel at this width (world units) instead of learning it (0: "
+               "learned, from 5); a kernel wider than the belief's errors flattens the ELBO in the integrator's "
+               "rotation (README, calibration)"})
     truncate_backprop: int = field(default=0, metadata={
         "doc": "cut the ELBO's gradient through the carried belief every this many steps (0: full backprop "
                "through each walk; 1: every step, which cannot calibrate a gain: see agents/training.py)"})
@@ -176,6 +180,8 @@ def parse(argv: list[str] | None = None) -> TrainConfig:
     for name in ("lr", "integrator_lr"):
         if not getattr(config, name) > 0:
             problems.append(f"--{name.replace('_', '-')}: expected > 0, got {getattr(config, name)}")
+    if not config.recall_scale >= 0:
+        problems.append(f"--recall-scale: expected >= 0 (0: learned), got {config.recall_scale}")
     if config.lr_schedule not in LR_SCHEDULES:
         problems.append(f"--lr-schedule: expected one of {', '.join(LR_SCHEDULES)}, got {config.lr_schedule!r}")
     if config.walks % world_size:
@@ -441,6 +447,10 @@ def main(argv: list[str] | None = None) -> dict:
     model = TEMModel(world.percept_dim, config.metric_rank, world.motion_noise, world.sight_cos, config.memory_size,
                      generator=torch.Generator().manual_seed(config.seed)).to(device)
     model.log_step_scale.requires_grad_(not config.fixed_step_scale)
+    if config.recall_scale:
+        with torch.no_grad():
+            model.log_recall_scale.fill_(math.log(config.recall_scale))
+        model.log_recall_scale.requires_grad_(False)
     integrator = list(model.integrator.parameters())
     others = [p for p in model.parameters() if all(p is not q for q in integrator)]
     optimizer = torch.optim.Adam([{"params": others, "lr": config.lr},

@@ -43,15 +43,17 @@ def test_a_tiny_run_writes_checkpoint_metrics_events_and_figure(tmp_path):
     assert json.loads(done.stdout.splitlines()[-1])["updates"] == 2
 
 
-def test_a_fixed_step_scale_stays_at_the_worlds_motion_noise(tmp_path):
+def test_held_step_and_recall_scales_stay_where_they_were_put(tmp_path):
     scales = {}
-    for flags in ((), ("--fixed-step-scale",)):
+    for flags in ((), ("--fixed-step-scale", "--recall-scale", "3")):
         out = tmp_path / ("fixed" if flags else "learned")
         done = train("--updates", "2", *TINY, "--steps", "60", *flags, "--out", str(out))  # long enough to revisit
         assert done.returncode == 0, done.stderr
-        scales[bool(flags)] = metrics(out)[-1]["scales"]["step_scale"]
-    assert scales[True] == pytest.approx(0.5, abs=1e-6)  # the noisy task's motion noise, untouched
-    assert abs(scales[False] - 0.5) > 1e-4  # learned, it moves in two updates
+        scales[bool(flags)] = metrics(out)[-1]["scales"]
+    assert scales[True]["step_scale"] == pytest.approx(0.5, abs=1e-6)  # the noisy task's motion noise, untouched
+    assert scales[True]["recall_scale"] == pytest.approx(3.0, abs=1e-6)
+    assert abs(scales[False]["step_scale"] - 0.5) > 1e-4  # learned, they move in two updates
+    assert abs(scales[False]["recall_scale"] - 5.0) > 1e-4
 
 
 def test_resume_continues_with_the_losses_of_an_uninterrupted_run(tmp_path):
@@ -115,6 +117,7 @@ def load_train_module():
     (["--alignment-weight", "-1"], "--alignment-weight: expected >= 0"),
     (["--truncate-backprop", "-1"], "--truncate-backprop: expected an int >= 0, got -1"),
     (["--lr-schedule", "step"], "--lr-schedule: expected one of constant, cosine, got 'step'"),
+    (["--recall-scale", "-1"], "--recall-scale: expected >= 0 (0: learned), got -1.0"),
 ])
 def test_bad_options_are_named(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
