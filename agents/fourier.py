@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 import numbers
+
 import torch
 from torch import nn
 
