@@ -14,7 +14,8 @@ agent's own: origin at the episode's start; actions are displacements in the sam
   (the readout's), ``fruit`` (expected now, over ``max_fruit``), ``age`` (steps since last seen,
   over the regrowth period) and ``present`` (1; an empty entry is all zeros);
 - ``sigma``: the believed position's std per axis;
-- the tree in sight: ``seen``, its ``valence``, ``valence_std`` and expected ``fruit``;
+- the tree in sight: ``seen``, its ``valence``, ``valence_std`` and expected ``fruit`` (all 0 when
+  nothing is in sight);
 - with a goal (homing): ``dx, dy, distance`` to the goal look's recalled place and the recall's
   ``confidence`` (all 0 while there is no goal or nothing recalled).
 
@@ -72,7 +73,7 @@ def memory_features(agent: TEMAgent, perception: Perception, edible: int = 4, po
     c, planner = agent.config, agent.planner.config
     scale = c["sight_range"]
     trees, valid, _, _, expected = agent.remembered_trees()
-    position = agent.belief.position().double()  # (B, 2)
+    position = perception.position.double()  # (B, 2), the belief this step
     offset = (trees.double() - position[:, None]) / scale  # (B, C, 2)
     distance = offset.norm(dim=-1)
     mean, std = agent.tree_valence.double(), agent.tree_valence_std.double()
@@ -88,8 +89,9 @@ def memory_features(agent: TEMAgent, perception: Perception, edible: int = 4, po
     rows = torch.arange(B)
     slot = perception.sighted.clamp_min(0)
     known = perception.seen & (perception.sighted >= 0)
-    sight = torch.stack([perception.seen.double(), perception.sight_valence.double(),
-                         perception.sight_valence_std.double(),
+    seen = perception.seen
+    sight = torch.stack([seen.double(), torch.where(seen, perception.sight_valence.double(), 0.0),
+                         torch.where(seen, perception.sight_valence_std.double(), 0.0),
                          torch.where(known, expected[rows, slot] / planner.max_fruit, 0.0)], dim=-1)
     parts = [best.reshape(B, -1), bad.reshape(B, -1), agent.sigma().double()[:, None] / scale, sight]
     if goal:
@@ -153,6 +155,11 @@ class MemoryReader:
     def reset(self, rows: Sequence[int] | None = None) -> None:
         """Forget the episodes of ``rows`` (all when None): belief at the origin, memory empty."""
         self.agent.reset(rows)
+
+    def end_episodes(self, observations: Mapping[str, np.ndarray], rows: Sequence[int]) -> None:
+        """End the episodes of ``rows`` on their terminal ``observations`` (B, ...): the shared readout
+        learns from their last bites (:meth:`TEMAgent.end_episodes`), then those rows start afresh."""
+        self.agent.end_episodes(observations, rows)
 
     def observe(self, observations: Mapping[str, np.ndarray]) -> np.ndarray:
         """(B, F) float32 features after the agent took in one step's (B, ...) observations."""

@@ -37,7 +37,8 @@ class TEMFeatures(VecEnvWrapper):
 
     Rows of the reader's memory start afresh exactly where the env's episodes do; the terminal
     observation of an ended episode gets the features the reader would have given for it
-    (computed on a copy, so nothing of it leaks into the next episode).
+    (computed on a copy, so nothing of it leaks into the next episode), and the shared valence
+    readout learns from the episode's last bite before the row is reset.
     """
 
     def __init__(self, venv: VecEnv, reader: MemoryReader) -> None:
@@ -73,7 +74,7 @@ class TEMFeatures(VecEnvWrapper):
             terminal = self.reader.peek(last)
             for i in ended:
                 infos[i]["terminal_observation"] = {**infos[i]["terminal_observation"], MEMORY_KEY: terminal[i]}
-            self.reader.reset(ended)
+            self.reader.end_episodes(last, ended)
         return {**observations, MEMORY_KEY: self.reader.observe(observations)}, rewards, dones, infos
 
 

@@ -94,7 +94,7 @@ from treeworld.agents.pseudometric import PseudoMetric
 from treeworld.agents.topography import Topography
 from treeworld.agents.valence import ValenceReadout
 
-FORMAT = "treeworld.TEMAgent/3"
+FORMAT = "treeworld.TEMAgent/4"
 
 #: How the valence readout is kept: one per agent (row), or one for the whole batch.
 VALENCE_SHARING = ("agent", "batch")
@@ -123,6 +123,24 @@ class Perception(NamedTuple):
     goal_mask: torch.Tensor | None  # (B,) bool, rows with a recalled goal
     goal_confidence: torch.Tensor  # (B,) float64 the recall's weight in [0, 1] (0: no goal)
     goal_slot: torch.Tensor  # (B,) long, the memory slot the goal was recalled from (-1: no goal)
+
+
+def _check_observations(arrays: Mapping[str, np.ndarray], batch: int, percept_dim: int) -> None:
+    """ValueError naming ``observations[key]`` for a missing key, a wrong shape, a non-finite value
+    or a ``sight_distance`` / ``health`` outside [0, 1]: checked before the agent changes anything."""
+    widths = {"sight": percept_dim, "sight_distance": 1, "motion": 2, "heading": 2, "health": 1, "goal": percept_dim}
+    for key, width in widths.items():
+        if key not in arrays:
+            if key == "goal":
+                continue
+            raise ValueError(f"observations: expected key {key!r}, got {sorted(arrays)}")
+        value, name = arrays[key], f"observations[{key!r}]"
+        if value.shape not in ((batch, width),) + (((batch,),) if width == 1 else ()):
+            raise ValueError(f"{name}: expected shape ({batch}, {width}), got {value.shape}")
+        if not np.isfinite(value).all():
+            raise ValueError(f"{name}: expected finite values, got {int((~np.isfinite(value)).sum())} non-finite")
+        if key in ("sight_distance", "health") and not ((value >= 0) & (value <= 1)).all():
+            raise ValueError(f"{name}: expected values in [0, 1], got min {value.min()} and max {value.max()}")
 
 
 def _percept_metric(P: int, rank: int | None) -> PseudoMetric:
@@ -233,26 +251,35 @@ class TEMAgent(nn.Module):
         self.register_buffer("tasted", torch.zeros(B, C))  # each slot's own bite outcome: +1, -1, 0 untasted
         self.register_buffer("tree_valence", torch.zeros(B, C))  # valence mean per memory slot (see _refresh_valence)
         self.register_buffer("tree_valence_std", torch.ones(B, C))  # and its std
-        self.register_buffer("valence_refreshed", torch.zeros((), dtype=torch.long))  # readout eats then
+        # per row: its readout's eats at the row's last full valence refresh
+        self.register_buffer("valence_refreshed", torch.zeros(B, dtype=torch.long))
         self.register_buffer("clock", torch.zeros((), dtype=torch.long))  # act() calls
         self.register_buffer("map_position", torch.zeros(B, U, 2))  # decoded map units per row
-        self._last_mode = torch.zeros(B, dtype=torch.long)  # the planner's mode of the last step
-        self._frontier = torch.full((B, 2), math.nan)  # the frontier cell of the last step (nan: none)
+        self.register_buffer("last_mode", torch.zeros(B, dtype=torch.long))  # the planner's mode of the last step
+        self.register_buffer("frontier", torch.full((B, 2), math.nan))  # the frontier cell of the last step (nan: none)
         self.generator = torch.Generator().manual_seed(0)
         self.row_generators = [torch.Generator().manual_seed(row) for row in range(B)]
         self._sync_belief_out()
 
     @classmethod
     def for_config(cls, config, num_agents: int = 1, **overrides) -> "TEMAgent":
-        """An agent whose sensor and body constants match a ``WorldConfig`` (sight range and cone,
-        health scale, fruit health, odometry noise and gain), with keyword ``overrides``."""
+        """An agent whose sensor, body and world constants match a ``WorldConfig`` (sight range and
+        cone, health scale, fruit health, odometry noise and gain; the planner's step, reach, arena,
+        regrowth and fruit cap), with keyword ``overrides`` (``planner`` ones merged into these)."""
         checks.instance(config, WorldConfig, "config")
         matched = dict(percept_dim=config.percept_dim, sight_range=config.sight_distance,
                        cone_cos=config.sight_cos, tree_spread=config.tree_spread,
                        max_health=config.max_health,
                        fruit_health=config.fruit_health, motion_noise=config.motion_noise,
                        motion_gain=config.motion_gain)
-        return cls(num_agents, **{**matched, **overrides})
+        # a tree starts with 0..max_fruit fruit, uniformly; the trip and approach thresholds scale with
+        # the fruit cap and the reach (at the defaults 3 fruit and 8 units)
+        planner = dict(max_step=config.max_step, eat_radius=config.eat_radius, arena_radius=config.arena_radius,
+                       regrow_every=config.regrow_every, max_fruit=config.max_fruit,
+                       initial_fruit=config.max_fruit / 2, min_fruit=0.6 * config.max_fruit,
+                       sight_stop=0.8 * config.eat_radius)
+        planner.update(overrides.pop("planner", None) or {})
+        return cls(num_agents, **{**matched, "planner": planner, **overrides})
 
     @torch.no_grad()
     def position(self) -> torch.Tensor:
@@ -358,13 +385,12 @@ class TEMAgent(nn.Module):
         which decides every bite, is always current). A tasted tree's own outcome overrides the
         readout: mean ``tasted`` (+-1), std 0."""
         rows = torch.arange(self.num_agents)
-        eats = int(self.readouts.eats.sum())
-        full = eats != int(self.valence_refreshed) and int(self.clock) % self.config["valence_every"] == 0
-        slots = self.memory.valid.clone() if full else torch.zeros_like(self.memory.valid)
+        eats = self.readouts.eats[self._owners(rows)]  # (B,) each row's readout's bites so far
+        full = (eats != self.valence_refreshed) & (int(self.clock) % self.config["valence_every"] == 0)
+        slots = self.memory.valid & full[:, None]
         changed = written >= 0
         slots[rows[changed], written[changed]] = True
-        if full:
-            self.valence_refreshed.fill_(eats)
+        self.valence_refreshed.copy_(torch.where(full, eats, self.valence_refreshed))
         if bool(slots.any()):
             owners = rows[:, None].expand_as(slots)[slots]
             self.tree_valence[slots], self.tree_valence_std[slots] = self.valence(owners, self.memory.percepts[slots])
@@ -404,8 +430,11 @@ class TEMAgent(nn.Module):
         self.eaten_slot[chosen] = -1
         self.tasted[chosen] = 0.0
         self.goal_position[chosen] = math.nan
-        self._last_mode[chosen] = 0
-        self._frontier[chosen] = math.nan
+        self.last_mode[chosen] = 0
+        self.frontier[chosen] = math.nan
+        self.tree_valence[chosen] = 0.0
+        self.tree_valence_std[chosen] = 1.0
+        self.map_position[chosen] = 0.0
 
     @torch.no_grad()
     def perceive(self, observations: Mapping[str, np.ndarray]) -> Perception:
@@ -413,14 +442,12 @@ class TEMAgent(nn.Module):
         valence, landmarks, map and goal are updated; nothing is decided. Follow it with
         :meth:`finish_step` once the actions are chosen (``act`` does both, with the planner between)."""
         c = self.config
-        arrays = _check_batch(observations, self.num_agents)
-        for key in ("sight", "sight_distance", "motion", "heading", "health"):
-            if key not in arrays:
-                raise ValueError(f"observations: expected key {key!r}, got {sorted(arrays)}")
         B, P = self.num_agents, c["percept_dim"]
+        arrays = _check_batch(observations, B)
+        _check_observations(arrays, B, P)
         as_t = lambda key: torch.as_tensor(np.asarray(arrays[key], dtype=np.float32))  # noqa: E731
         sight, motion, obs_heading = as_t("sight"), as_t("motion"), as_t("heading")
-        distance = as_t("sight_distance").reshape(B).clamp(0.0, 1.0)
+        distance = as_t("sight_distance").reshape(B)
         health = as_t("health").reshape(B).to(torch.float64)
         seen = distance > 0
         rows = torch.arange(B)
@@ -430,17 +457,7 @@ class TEMAgent(nn.Module):
         self.belief.step(motion)
 
         # 2. valence from the outcome of last step's eat
-        delta = (health - self.previous_health.double()) * c["max_health"]
-        tried = self.ate & torch.isfinite(delta)
-        half = 0.5 * c["fruit_health"]
-        edible, poison = tried & (delta > half), tried & (delta < -half)
-        learned = edible | poison
-        if bool(learned.any()):
-            outcomes = torch.where(edible, 1.0, -1.0)[learned]
-            self._learn(rows[learned], self.eaten_percept[learned], outcomes)
-            own = learned & (self.eaten_slot >= 0)
-            self.tasted[rows[own], self.eaten_slot[own]] = torch.where(edible, 1.0, -1.0)[own]
-        bare = tried & ~learned & (delta.abs() < 0.2 * c["fruit_health"]) & (health < 1.0)
+        bare = self._learn_bites(health, torch.ones(B, dtype=torch.bool))
 
         # 3. landmarks, then the valence of the sight and of the changed or stale slots
         if bool(seen.any()):
@@ -505,6 +522,40 @@ class TEMAgent(nn.Module):
                           heading=obs_heading, sight_valence=sight_mean, sight_valence_std=sight_std,
                           sighted=sighted, goal=goal, goal_mask=goal_mask, goal_confidence=goal_confidence,
                           goal_slot=goal_slot)
+
+    def _learn_bites(self, health: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """Learn valence from the outcome of last step's bites in ``rows`` (B,) bool, read off the
+        health (B,) float64 now (over max_health); returns (B,) bool, the bites that found no fruit."""
+        c, B = self.config, self.num_agents
+        delta = (health - self.previous_health.double()) * c["max_health"]
+        tried = self.ate & torch.isfinite(delta) & rows
+        half = 0.5 * c["fruit_health"]
+        edible, poison = tried & (delta > half), tried & (delta < -half)
+        learned = edible | poison
+        if bool(learned.any()):
+            every = torch.arange(B)
+            outcomes = torch.where(edible, 1.0, -1.0)[learned]
+            self._learn(every[learned], self.eaten_percept[learned], outcomes)
+            own = learned & (self.eaten_slot >= 0)
+            self.tasted[every[own], self.eaten_slot[own]] = torch.where(edible, 1.0, -1.0)[own]
+        return tried & ~learned & (delta.abs() < 0.2 * c["fruit_health"]) & (health < 1.0)
+
+    @torch.no_grad()
+    def end_episodes(self, observations: Mapping[str, np.ndarray], rows: Sequence[int]) -> None:
+        """End the episodes of ``rows`` on their terminal ``observations`` (a dict of (B, ...) arrays;
+        other rows' entries are ignored): the readouts learn from the last bites and adapt to the
+        last sights as :meth:`perceive` would, then :meth:`reset` forgets those rows' episodes."""
+        chosen = _check_rows(rows, self.num_agents)
+        B = self.num_agents
+        arrays = _check_batch(observations, B)
+        _check_observations(arrays, B, self.config["percept_dim"])
+        ending = torch.zeros(B, dtype=torch.bool)
+        ending[chosen] = True
+        self._learn_bites(torch.as_tensor(arrays["health"], dtype=torch.float64).reshape(B), ending)
+        seen = ending & torch.as_tensor(arrays["sight_distance"].reshape(B) > 0)
+        if bool(seen.any()):
+            self._adapt(torch.arange(B)[seen], torch.as_tensor(arrays["sight"], dtype=torch.float32)[seen])
+        self.reset(chosen)
 
     @torch.no_grad()
     def finish_step(self, perception: Perception, eat: torch.Tensor) -> None:
@@ -573,8 +624,8 @@ class TEMAgent(nn.Module):
         in_view = seen & (plan.target >= 0) & (sighted == plan.target)
         self.target_range.copy_(torch.where(in_view, distance * c["sight_range"], math.nan))
         self.heading.copy_(plan.heading.float())
-        self._last_mode = plan.mode
-        self._frontier = frontier
+        self.last_mode.copy_(plan.mode)
+        self.frontier.copy_(frontier)
         self.finish_step(p, eat)
         return action.numpy().astype(np.float32)
 
@@ -595,8 +646,8 @@ class TEMAgent(nn.Module):
         t = int(self.target[0])
         if t >= 0 and bool(self.memory.valid[0, t]):
             target = self.landmarks.position[0, t]
-        elif int(self._last_mode[0]) == EXPLORE and bool(torch.isfinite(self._frontier[0]).all()):
-            target = self._frontier[0]  # exploring: the frontier cell it heads for
+        elif int(self.last_mode[0]) == EXPLORE and bool(torch.isfinite(self.frontier[0]).all()):
+            target = self.frontier[0]  # exploring: the frontier cell it heads for
         goal = self.goal_position[0]
         goal = goal if bool(torch.isfinite(goal).all()) else None
         return belief_overlays(position, sigma, trees["position"], self.tree_valence[0, slots].clamp(-1, 1),

@@ -384,6 +384,9 @@ def train_rl(config: TrainConfig) -> dict:
     if config.resume:
         try:
             policy = load_policy(out / "policy.zip", env.unwrapped.observation_space, env.action_space, config.envs)
+            if (policy.reader is None) != (reader is None):
+                raise ValueError(f"{out / 'policy.zip'} was trained {'with' if policy.reader else 'without'} "
+                                 f"--tem-features; resume it {'with' if policy.reader else 'without'} them")
         except ValueError as e:
             print(f"train.py: error: --resume: {e}", file=sys.stderr)
             raise SystemExit(2)

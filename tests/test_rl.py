@@ -80,11 +80,19 @@ def test_the_wrappers_features_are_the_tem_agents_own_readouts():
         np.testing.assert_array_equal(observations[MEMORY_KEY], mine)
         np.testing.assert_allclose(mine[:, :entries], reference_features(agent, perception, 4, 2), atol=1e-5)
         checked += int(mine[:, 7].sum())  # present edible0 entries
+        sight = mine[:, entries:]  # seen, valence, valence_std, fruit: all 0 with nothing in sight
+        np.testing.assert_array_equal(sight[:, 0], perception.seen.numpy())
+        assert (sight[~perception.seen.numpy()] == 0).all()
         a = actions(rng, 3)
         agent.finish_step(perception, torch.as_tensor(a[:, 2] > 0))
-        observations, _, dones, _ = env.step(a)
+        observations, _, dones, infos = env.step(a)
         if dones.any():
-            agent.reset(np.flatnonzero(dones).tolist())
+            ended = np.flatnonzero(dones).tolist()
+            last = {k: v.copy() for k, v in observations.items() if k != MEMORY_KEY}
+            for i in ended:
+                for k in last:
+                    last[k][i] = infos[i]["terminal_observation"][k]
+            agent.end_episodes(last, ended)
         perception = agent.perceive({k: v for k, v in observations.items() if k != MEMORY_KEY})
     assert checked > 20  # remembered trees were compared, not only empty entries
     assert int(agent.readouts.eats[0]) > 0  # bites taught the shared valence readout
@@ -110,6 +118,42 @@ def test_memory_rows_start_afresh_where_episodes_do_and_never_mix_envs():
             assert int(env.reader.agent.steps.max()) == 0
             assert int(memory.valid.sum(-1).max()) <= 1
     assert int(env.reader.agent.memory.valid.sum()) > 2
+
+
+def test_the_last_bite_of_an_episode_teaches_the_shared_readout_as_a_terminal_perceive_does():
+    config = world(num_trees=30, name_pool=30, arena_radius=30.0, start_radius=15.0, tree_spread=15.0,
+                   poison_probability=0.5)
+    B = 4
+    env = wrapped(config, B, steps=6)
+    by_hand = MemoryReader.for_config(config, B)  # takes in every terminal observation, then resets
+    strip = lambda obs: {k: v for k, v in obs.items() if k != MEMORY_KEY}  # noqa: E731
+    by_hand.observe(strip(env.reset()))
+    rng = np.random.default_rng(0)
+    last_bites = 0
+    for step in range(60):
+        a = rng.uniform(-0.2, 0.2, (B, 3)).astype(np.float32)
+        a[:, 2] = 1.0  # always bite
+        by_hand.acted(a)
+        observations, _, dones, infos = env.step(a)
+        ended = np.flatnonzero(dones).tolist()
+        if ended:
+            last = strip(observations)
+            for i in ended:
+                last = {k: v.copy() for k, v in last.items()}
+                for k, v in infos[i]["terminal_observation"].items():
+                    if k != MEMORY_KEY:
+                        last[k][i] = v
+            before = int(by_hand.agent.readouts.eats.sum())
+            by_hand.observe(last)  # the next-step autoreset's way: a full perceive of the terminal observations
+            last_bites += int(by_hand.agent.readouts.eats.sum()) - before
+            by_hand.agent.finish_step(by_hand.perception, torch.zeros(B, dtype=torch.bool))
+            by_hand.perception = None
+            by_hand.reset(ended)
+        by_hand.observe(strip(observations))
+    assert last_bites > 0  # some episodes ended on a bite whose outcome only the terminal observation shows
+    mine, theirs = env.reader.agent.readouts, by_hand.agent.readouts
+    assert torch.equal(mine.eats, theirs.eats)
+    torch.testing.assert_close(mine.weight_mean, theirs.weight_mean, rtol=0, atol=1e-9)
 
 
 def test_the_wrapped_env_keeps_its_spaces_like_check_env():

@@ -1,5 +1,7 @@
 """The TEM agent composed (agents/tem.py): runs in the vector envs, batch = singles, never eats a
 kind learned poisonous, save/load round trip, reset of rows."""
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -8,9 +10,10 @@ import gymnasium as gym
 
 import treeworld.envs  # noqa: F401  (registers the ids)
 from treeworld.agents.protocol import BatchAgent
-from treeworld.agents.planner import HOMING, RELOCALIZE
+from treeworld.agents.planner import EXPLORE, HOMING, RELOCALIZE
 from treeworld.agents.tem import TEMAgent
 from treeworld.agents.valence import ValenceReadout
+from treeworld.config import WorldConfig
 
 torch.set_num_threads(1)
 P = 384
@@ -27,7 +30,7 @@ def _run(env_id, steps, seed=0, agent=None, **env_kwargs):
         actions = agent.act(observations)
         assert actions.shape == (2, 3) and actions.dtype == np.float32
         assert envs.single_action_space.contains(actions[0]) and envs.single_action_space.contains(actions[1])
-        agent.modes.append(agent._last_mode.numpy().copy())
+        agent.modes.append(agent.last_mode.numpy().copy())
         observations, _, terminated, truncated, _ = envs.step(actions)
         if restart.any():
             agent.reset(np.flatnonzero(restart).tolist())
@@ -141,7 +144,10 @@ def test_batch_equals_single_agents_as_they_learn_from_their_bites():
         shared_bites = shared.act(obs)[:, 2] > 0
         for row, s in enumerate(singles):
             np.testing.assert_allclose(out[row], s.act({k: v[row:row + 1] for k, v in obs.items()})[0], atol=1e-4)
+            # the remembered trees' valence cache too: refreshed when the row's own readout learned
+            torch.testing.assert_close(batch.tree_valence[row], s.tree_valence[0], rtol=0, atol=1e-6)
         jump = np.where(out[:, 2:] > 0, rng.choice([-0.025, 0.025], size=(2, 1)), 0.0).astype(np.float32)
+        jump[0] *= t < 6  # row 0's readout stops learning early, row 1's goes on
         health += jump
         shared_learned += shared_bites & (jump[:, 0] != 0) & (t < 39)  # learned on the next step's health
     eats = batch.readouts.eats.tolist()
@@ -151,6 +157,14 @@ def test_batch_equals_single_agents_as_they_learn_from_their_bites():
         torch.testing.assert_close(batch.readouts.weight_mean[row], s.readouts.weight_mean[0], rtol=0, atol=1e-12)
     assert shared.readouts.count == 1 and shared_learned.min() > 0  # one readout learned from both rows' bites
     assert int(shared.readouts.eats[0]) == shared_learned.sum()
+
+
+def test_for_config_takes_the_worlds_constants_and_planner_overrides_win():
+    config = WorldConfig(regrow_every=20, max_fruit=2, max_step=3.0, eat_radius=6.0, arena_radius=None)
+    planner = TEMAgent.for_config(config, 1, planner={"max_step": 4.0}).planner.config
+    assert (planner.regrow_every, planner.max_fruit, planner.initial_fruit) == (20, 2, 1.0)
+    assert (planner.max_step, planner.eat_radius, planner.arena_radius) == (4.0, 6.0, None)
+    assert TEMAgent.for_config(WorldConfig()).planner.config == TEMAgent().planner.config  # the defaults agree
 
 
 def test_valence_sharing_is_checked():
@@ -242,6 +256,13 @@ def test_save_load_round_trip(tmp_path):
         np.testing.assert_array_equal(agent.act(obs), loaded.act(obs))
 
 
+def test_a_loaded_explorer_draws_the_same_overlays(tmp_path):
+    agent = _run("treeworld/TreeWorld-v0", 5, agent=TEMAgent(2, consolidate_every=0))
+    assert int(agent.last_mode[0]) == EXPLORE and bool(torch.isfinite(agent.frontier[0]).all())
+    agent.save(tmp_path / "tem.pt")
+    assert repr(TEMAgent.load(tmp_path / "tem.pt").overlays) == repr(agent.overlays)  # the frontier target too
+
+
 def test_corrupted_or_foreign_file(tmp_path):
     agent = TEMAgent(1, capacity=16)
     path = tmp_path / "tem.pt"
@@ -286,6 +307,12 @@ def test_reset_rows_only():
     origin = agent.metric.encode(torch.zeros(1, 2))[0]
     assert torch.allclose(after["code"][1], origin)
     assert torch.equal(after["readouts.weight_factor"], before["readouts.weight_factor"])  # learned parts persist
+    fresh = TEMAgent(2).state_dict()  # row 1's episode state is a new agent's, cache and map included
+    knowledge = ("readouts.", "belief.integrator.", "landmarks.memory.percept_metric.", "valence_refreshed")
+    for key, value in after.items():
+        if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == 2 and not key.startswith(knowledge):
+            assert torch.equal(torch.nan_to_num(value[1].double(), nan=-7.0),
+                               torch.nan_to_num(fresh[key][1].double(), nan=-7.0)), key
     assert not torch.equal(before["readouts.weight_factor"][0], before["readouts.weight_factor"][1])  # (row 1 learned)
     with pytest.raises(ValueError):
         agent.reset([2])
@@ -384,7 +411,7 @@ def test_an_uncertain_agent_walks_back_to_a_precise_landmark_and_gives_it_up_if_
         motion = action[:, :2] * 5.0
         moved = np.linalg.norm(motion)
         heading = (motion / moved).astype(np.float32) if moved > 0 else heading
-        modes.append(int(agent._last_mode[0]))
+        modes.append(int(agent.last_mode[0]))
         sigmas.append(float(agent.sigma()[0]))
     relocalizing = [t for t, m in enumerate(modes) if m == RELOCALIZE]
     assert relocalizing and sigmas[relocalizing[0]] > agent.planner.config.relocalize_std
@@ -406,3 +433,33 @@ def test_exploring_its_overlay_target_is_the_frontier_cell():
     dots = [o for o in agent.overlays if isinstance(o, Point) and o.color == TARGET_COLOR]
     assert len(dots) == 1
     np.testing.assert_allclose(dots[0].xy, frontier.numpy(), atol=1e-4)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("sight", np.nan, "finite"), ("motion", np.inf, "finite"), ("heading", np.nan, "finite"),
+    ("health", np.nan, "finite"), ("goal", np.nan, "finite"), ("sight_distance", -0.3, r"in \[0, 1\]"),
+    ("sight_distance", 7.0, r"in \[0, 1\]"), ("health", 1.5, r"in \[0, 1\]")])
+def test_a_bad_observation_is_named_and_changes_nothing(key, value, message):
+    rng = np.random.default_rng(2)
+    tree = _percept(rng)
+    agent = TEMAgent(2)
+    agent.reset(seed=0)
+    health = np.full((2, 1), 0.6, np.float32)
+    for t in range(6):  # a bite waiting to be learned from the next health
+        obs = _obs(2, rng, np.stack([tree, tree]), 0.05, goal=True)
+        obs["health"] = health
+        agent.act(obs)
+    before = copy.deepcopy(agent.state_dict())
+    obs = _obs(2, rng, np.stack([tree, tree]), 0.05, goal=True)
+    obs["health"] = health + 0.025
+    obs[key][1, 0] = value
+    with pytest.raises(ValueError, match=rf"^observations\['{key}'\]: expected .*{message}"):
+        agent.act(obs)
+    for name, value in agent.state_dict().items():
+        if isinstance(value, torch.Tensor):
+            value, value_before = (torch.nan_to_num(v.double(), nan=-7.0) for v in (value, before[name]))
+            assert torch.equal(value, value_before), name
+        else:
+            assert value == before[name], name
+    with pytest.raises(ValueError, match=r"^observations\['motion'\]: expected shape \(2, 2\)"):
+        agent.act({**_obs(2, rng), "motion": np.zeros((2, 3), np.float32)})

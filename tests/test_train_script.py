@@ -148,7 +148,7 @@ RL_TINY = ["--envs", "2", "--max-episode-steps", "40", "--eval-steps", "512", "-
            "--checkpoint-steps", "512"]
 
 
-def test_an_rl_run_with_tem_features_trains_resumes_and_its_policy_runs(tmp_path):
+def test_an_rl_run_with_tem_features_trains_resumes_and_its_policy_runs(tmp_path, capsys):
     done = train("--algo", "ppo", "--task", "homing", "--tem-features", "--timesteps", "1024", *RL_TINY,
                  "--world", "explore_steps=10", "--out", str(tmp_path))
     assert done.returncode == 0, done.stderr
@@ -161,6 +161,11 @@ def test_an_rl_run_with_tem_features_trains_resumes_and_its_policy_runs(tmp_path
                                         *RL_TINY, "--world", "explore_steps=10", "--out", str(tmp_path), "--resume"])
     assert resumed["timesteps"] == 2048
     assert [line["timesteps"] for line in metrics(tmp_path)] == [512, 1024, 1536, 2048]
+    with pytest.raises(SystemExit):  # resumed without the features it was trained with
+        load_train_module().main(["--algo", "ppo", "--task", "homing", "--timesteps", "2560", *RL_TINY,
+                                  "--world", "explore_steps=10", "--out", str(tmp_path), "--resume"])
+    err = capsys.readouterr().err
+    assert "--resume: " in err and "trained with --tem-features" in err and "Traceback" not in err, err
     run = subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py"), "--agent", f"sb3:{tmp_path / 'policy.zip'}",
                           "--task", "homing", "--episodes", "1", "--max-steps", "20", "--set", "explore_steps=10"],
                          capture_output=True, text=True, timeout=300, env={**os.environ, "SDL_VIDEODRIVER": "dummy"})
