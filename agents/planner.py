@@ -502,7 +502,7 @@ class Planner:
             move = torch.where(look[:, None], turning, move)
         # a target tree, else (belief too uncertain) a landmark to relocalize at
         landmark = torch.full((batch,), -1, dtype=torch.int64, device=device)
-        if tree_xy is not None:
+        if tree_xy is not None and tree_xy.shape[1]:  # (no slots: nothing to aim at, as with no trees)
             if sighted is not None:
                 sighted = _steps(sighted, "sighted", (batch,), p).to(torch.int64)
                 if sight_distance is None:

@@ -140,6 +140,24 @@ def _log_parameter(value: float) -> nn.Parameter:
     return nn.Parameter(torch.tensor(math.log(value)))
 
 
+def _write(memory: tuple, written: torch.Tensor, new: tuple, seen: torch.Tensor, step: int,
+           size: int) -> tuple[tuple, torch.Tensor]:
+    """A walk's memory after step ``step``'s sightings: ``new`` (codes (B, L), percepts (B, P),
+    distances (B,), valid (B,)) stored for the rows ``seen`` (B,) only, each walk keeping its own
+    newest ``size`` sightings. Entries (B, S, ...) grow by a column while S < ``size``; then each
+    seeing row overwrites its empty slot, else its oldest (``written`` (B, S): the step of each
+    entry, -1 empty). Functional (no in-place writes), so gradients flow through the codes."""
+    if written.shape[1] < size:
+        stamp = torch.where(seen, step, -1)
+        return (tuple(torch.cat([store, value[:, None]], dim=1) for store, value in zip(memory, new)),
+                torch.cat([written, stamp[:, None]], dim=1))
+    oldest = written.argmin(dim=1)  # empty slots (-1) first
+    slot = seen[:, None] & (torch.arange(size, device=seen.device) == oldest[:, None])  # (B, S)
+    memory = tuple(torch.where(slot.reshape(slot.shape + (1,) * (store.ndim - 2)), value[:, None], store)
+                   for store, value in zip(memory, new))
+    return memory, torch.where(slot, step, written)
+
+
 class TEMModel(nn.Module):
     """The TEM VAE over sequences (module docstring). ``elbo(sequences)`` gives per-step terms.
 
@@ -202,7 +220,9 @@ class TEMModel(nn.Module):
         gain = prior_var[:, None] / total  # (B, S)
         moved = gain[..., None] * innovation  # (B, S, 2)
         shift = (weights[..., None] * moved).sum(1)  # (B, 2)
-        spread = (weights * (moved - shift[:, None]).square().sum(-1)).sum(1) / 2
+        # the mixture's spread about its mean, per axis: the trees' components and "a new tree" at 0
+        novel = 1 - weights.sum(1)  # (B,)
+        spread = ((weights * (moved - shift[:, None]).square().sum(-1)).sum(1) + novel * shift.square().sum(-1)) / 2
         variance = prior_var - (weights * gain).sum(1) * prior_var + spread
         return self.metric.apply_displacement(prior_code, shift), variance, weights
 
@@ -269,6 +289,7 @@ class TEMModel(nn.Module):
         L, P, size = self.metric.location_dim, self.config["percept_dim"], self.config["memory_size"]
         memory = (like.new_zeros(B, 0, L), like.new_zeros(B, 0, P), like.new_zeros(B, 0),
                   torch.zeros(B, 0, dtype=torch.bool, device=like.device))
+        written = torch.zeros(B, 0, dtype=torch.long, device=like.device)  # (B, S) step of each entry, -1: empty
         out = {name: [] for name in ("log_likelihood", "counted", "kl", "belief", "closure", "prior", "sample",
                                      "variance", "prior_variance", "recalled")}
         step_var = self.log_step_scale.exp().square()
@@ -314,8 +335,8 @@ class TEMModel(nn.Module):
                 memory = (memory[0].detach(),) + memory[1:]
             if bool(seen.any()):  # write the sighting at the tree's believed place
                 entry = self.metric.apply_displacement(mean, object_vector)
-                memory = tuple(torch.cat([store, new[:, None]], dim=1)[:, -size:] for store, new in
-                               zip(memory, (entry, seq.sight[t].to(like.dtype), seq.distance[t].to(like.dtype), seen)))
+                new = (entry, seq.sight[t].to(like.dtype), seq.distance[t].to(like.dtype), seen)
+                memory, written = _write(memory, written, new, seen, t, size)
         result = {name: torch.stack(values) for name, values in out.items()}
         with torch.no_grad():  # decode every code at once: (T, B, L) -> (T, B, 2)
             for name in ("belief", "prior", "sample"):

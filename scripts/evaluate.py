@@ -320,7 +320,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--belief-steps", type=int, default=10_000, help="steps of the path-integration walks")
     parser.add_argument("--noise", default="0.25,0.5,1.0", help="motion-noise levels of the path-integration walks")
     parser.add_argument("--quick", action="store_true",
-                        help="2 worlds, 100 steps (homing goals from step 20), 100-step walks at noise 0.5")
+                        help="2 worlds, 100 steps (homing goals from step 20, timing out after 40), 100-step walks "
+                             "at noise 0.5")
     args = parser.parse_args(argv)
     if args.quick:  # smaller defaults; options given on the command line stay
         for option, value in (("seeds", 2), ("steps", 100), ("belief_steps", 100), ("noise", "0.5")):
@@ -339,7 +340,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not noises or min(noises) < 0:
         parser.error(f"--noise: expected comma-separated numbers >= 0, got {args.noise!r}")
 
-    quick_homing = {"explore_steps": 20} if args.quick else {}  # goals within the short episodes
+    # goals within the short episodes, set early enough to be counted (by step steps - goal_timeout)
+    quick_homing = {"explore_steps": 20, "goal_timeout": 40} if args.quick else {}
     torch.set_num_threads(1)
     started = time.perf_counter()
     report: dict = {"agents": agents, "tasks": tasks, "worlds": args.seeds, "episodes": args.episodes,

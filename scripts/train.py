@@ -80,7 +80,10 @@ class TrainConfig:
                                                      "motion_gain=1.25,motion_rotation=0.1"})
     behaviour: str = field(default="forager", metadata={"doc": "behaviour policy (an agent name: random, forager, "
                                                                 "tem); random to calibrate a biased odometry (the "
-                                                                "Forager's one-way cone sweep biases the rotation)"})
+                                                                "Forager's one-way cone sweep biases the rotation); "
+                                                                "under torchrun each process runs tem's planner "
+                                                                "noise for its own shard, so N processes match one "
+                                                                "only with random and forager"})
     updates: int = field(default=300, metadata={"doc": "gradient updates in all (a resumed run continues to this)"})
     walks: int = field(default=16, metadata={"doc": "walks (worlds) per update, over all processes"})
     steps: int = field(default=100, metadata={"doc": "steps per walk"})
@@ -151,6 +154,8 @@ def parse(argv: list[str] | None = None) -> TrainConfig:
         problems.append("--tem-features, --tem-checkpoint: RL options; --algo tem trains the TEM parts themselves")
     if config.tem_checkpoint and not config.tem_features:
         problems.append("--tem-checkpoint: given without --tem-features")
+    if config.seed < 0:
+        problems.append(f"--seed: expected an int >= 0, got {config.seed}")
     for name in ("timesteps", "envs", "max_episode_steps", "eval_steps", "eval_envs", "checkpoint_steps"):
         if getattr(config, name) < 1:
             problems.append(f"--{name.replace('_', '-')}: expected an int >= 1, got {getattr(config, name)}")
@@ -262,15 +267,33 @@ def save(path: pathlib.Path, model: TEMModel, optimizer, config: TrainConfig, up
     temporary.replace(path)
 
 
-def load(path: pathlib.Path, model: TEMModel, optimizer) -> int:
+#: The settings that decide a --algo tem run's data and optimisation: a resumed run must keep them
+#: (--updates may grow; evaluation, checkpoint cadence and the device may change).
+RESUMED_SETTINGS = ("task", "world", "behaviour", "walks", "steps", "reuse", "lr", "integrator_lr", "lr_schedule",
+                    "consistency_weight", "alignment_weight", "fixed_step_scale", "recall_scale",
+                    "truncate_backprop", "seed")
+
+
+def load(path: pathlib.Path, model: TEMModel, optimizer, config: TrainConfig) -> int:
     """Restore model and optimizer from ``path``; the update it was saved at. ValueError naming
-    ``--resume`` for a missing, corrupted or foreign file or one of another model shape."""
+    ``--resume`` for a missing, corrupted or foreign file, one of another model shape or one
+    trained with other ``RESUMED_SETTINGS``."""
     state = read_checkpoint(path, "--resume")
     if state["model_config"] != model.config:
         raise ValueError(f"--resume: {str(path)!r} holds a model of {state['model_config']}, this run builds "
                          f"{model.config}")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
+    saved = state.get("config", {})
+    changed = [f"--{name.replace('_', '-')} {saved.get(name)!r} (now {getattr(config, name)!r})"
+               for name in RESUMED_SETTINGS if saved.get(name) != getattr(config, name)]
+    if changed:
+        raise ValueError(f"--resume: {str(path)!r} was trained with {', '.join(changed)}; resume with the "
+                         "same settings")
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        raise ValueError(f"--resume: {str(path)!r} does not fit this model ({type(error).__name__}: "
+                         f"{str(error).splitlines()[0]})") from None
     return int(state["update"])
 
 
@@ -463,7 +486,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = 0
     if config.resume:
         try:
-            start = load(checkpoint, model, optimizer)
+            start = load(checkpoint, model, optimizer, config)
         except ValueError as e:
             print(f"train.py: error: {e}", file=sys.stderr)
             raise SystemExit(2)
@@ -505,7 +528,7 @@ def main(argv: list[str] | None = None) -> dict:
         for group, base in zip(optimizer.param_groups, (config.lr, config.integrator_lr)):
             group["lr"] = base * learning_rate_factor(config, update)
         optimizer.step()
-        if distributed:  # figures of the whole batch
+        if distributed:  # the ranks' figures averaged (per-shard ratios and medians: near, not equal, the batch's)
             values = torch.tensor(list(stats.values()), dtype=torch.float64)
             dist.all_reduce(values)
             stats = dict(zip(stats, (values / world_size).tolist()))

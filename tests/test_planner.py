@@ -276,6 +276,16 @@ def _inside(position, radius=500.0):
     return torch.where(norm > radius, position * radius / norm, position)
 
 
+def test_no_tree_slots_plan_as_no_trees_given():
+    B, z = 2, torch.zeros
+    empty = dict(tree_positions=z(B, 0, 2), valid=z(B, 0, dtype=torch.bool), valence_mean=z(B, 0),
+                 valence_std=z(B, 0), fruit_estimate=z(B, 0), last_seen=0)
+    heading = torch.tensor([[1.0, 0.0]] * B)
+    plans = [Planner().act(z(B, 2), heading, 500.0, 0, generator=torch.Generator().manual_seed(1), **trees)
+             for trees in (empty, {})]
+    assert torch.equal(plans[0].action, plans[1].action) and (plans[0].target == -1).all()
+
+
 def test_explores_with_no_trees_and_covers_much_more_than_a_random_walk():
     planner = Planner()
     gen = torch.Generator().manual_seed(3)

@@ -118,6 +118,7 @@ def load_train_module():
     (["--truncate-backprop", "-1"], "--truncate-backprop: expected an int >= 0, got -1"),
     (["--lr-schedule", "step"], "--lr-schedule: expected one of constant, cosine, got 'step'"),
     (["--recall-scale", "-1"], "--recall-scale: expected >= 0 (0: learned), got -1.0"),
+    (["--seed", "-1"], "--seed: expected an int >= 0, got -1"),
 ])
 def test_bad_options_are_named(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -139,6 +140,14 @@ def test_resume_refuses_missing_foreign_shaped_and_corrupted_checkpoints(tmp_pat
                  "--out", str(tmp_path)).returncode == 0
     done = train("--updates", "2", "--walks", "2", "--steps", "12", "--out", str(tmp_path), "--resume")
     assert done.returncode == 2 and "--resume:" in done.stderr and "'metric_rank': 8" in done.stderr, done.stderr
+    same = ("--updates", "2", "--walks", "2", "--steps", "12", "--eval-every", "0", "--metric-rank", "8")
+    done = train(*same, "--seed", "7", "--lr", "0.1", "--out", str(tmp_path), "--resume")
+    assert done.returncode == 2 and "--lr 0.003 (now 0.1), --seed 0 (now 7)" in done.stderr, done.stderr
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    state["model"]["percept_metric.embedding"] = state["model"]["percept_metric.embedding"][:, :10]
+    torch.save(state, tmp_path / "checkpoint.pt")
+    done = train(*same, "--out", str(tmp_path), "--resume")
+    assert done.returncode == 2 and "does not fit this model" in done.stderr and "Traceback" not in done.stderr
     (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
     done = train("--updates", "2", "--walks", "2", "--steps", "12", "--out", str(tmp_path), "--resume")
     assert done.returncode == 2 and "is not a readable checkpoint" in done.stderr, done.stderr
