@@ -162,7 +162,19 @@ class FourierMetric(nn.Module):
             checks.matrix(tensor, size, name, what, rows="N")
         else:
             checks.last_dim(tensor, size, name, what)
-        return checks.finite_tensor(tensor, name).to(self.alphas.dtype)
+        return checks.finite_tensor(tensor.to(self.alphas.dtype), name)  # after the cast: no overflow to inf
+
+    def _apply(self, fn, recurse: bool = True):
+        """``.to``/``.double()``/...: the frequencies and directions are rebuilt in the new dtype
+        from ``scale`` and ``ratio`` (not the old dtype's rounded values widened), so a converted
+        metric equals one built in that dtype and loads its own state."""
+        super()._apply(fn, recurse)
+        dtype, device = self.alphas.dtype, self.alphas.device
+        directions = simplex_directions(self.dim)
+        self.alphas = self._frequencies(self.scale, self.ratio, dtype).to(device=device, dtype=dtype)
+        self.directions = directions.to(device=device, dtype=dtype)
+        self.directions_pinv = torch.linalg.pinv(directions).to(device=device, dtype=dtype)
+        return self
 
     # -- saving -------------------------------------------------------------------------------
     def get_extra_state(self) -> dict:

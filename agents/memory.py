@@ -82,6 +82,10 @@ def _topk(scores: torch.Tensor, k: int, block: int = 32) -> torch.Tensor:
     return index.gather(-1, scores.gather(-1, index).topk(k, dim=-1).indices)
 
 
+#: The memory's scalar settings saved with its state (``place_radius`` ... ``percept_scale``).
+RADII = ("place_radius", "percept_radius", "recall_scale", "percept_scale")
+
+
 class SpatialMemory(nn.Module):
     """Preallocated (location code, percept) store for ``batch_size`` agents.
 
@@ -124,6 +128,11 @@ class SpatialMemory(nn.Module):
         self.percept_dim = percept_metric.vector_dim
 
         B, C, dtype = self.batch_size, self.capacity, torch.get_default_dtype()
+        for name, held in (("location_metric", location_metric.alphas), ("percept_metric", percept_metric.embedding)):
+            if held.dtype != dtype:
+                raise ValueError(f"{name}: expected dtype {dtype} (torch's default, the memory's), got {held.dtype}; "
+                                 "build the metrics and the memory under one default dtype (convert the memory "
+                                 "as a whole with .to() after building it)")
         self.register_buffer("codes", torch.zeros(B, C, self.location_dim, dtype=dtype))
         self.register_buffer("percepts", torch.zeros(B, C, self.percept_dim, dtype=dtype))
         self.register_buffer("valid", torch.zeros(B, C, dtype=torch.bool))
@@ -481,8 +490,10 @@ class SpatialMemory(nn.Module):
             if not isinstance(schedule, (tuple, list)) or len(schedule) != 2:
                 raise TypeError(f"{name}: expected a (start, end) pair, got {schedule!r}")
             for value in schedule:
-                checks.positive(value.item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value,
-                                name)
+                value = checks.positive(value.item() if isinstance(value, torch.Tensor) and value.numel() == 1
+                                        else value, name)
+                if name == "lr" and value > 1:
+                    raise ValueError(f"lr: expected values <= 1, got {value}")
         percept_weight = checks.positive(percept_weight, "percept_weight")
         generator = checks.generator(generator)
         agents = range(self.batch_size) if agent is None else [self._check_agent(agent)]
@@ -522,10 +533,15 @@ class SpatialMemory(nn.Module):
         if self.topography is not None:
             t = self.topography
             spec = {"height": t.height, "width": t.width, "grid": t.grid, "percept_weight": self.percept_weight}
-        return {"map": spec}
+        return {"map": spec, "radii": {name: getattr(self, name) for name in RADII}}
 
     def set_extra_state(self, state: dict) -> None:
-        """The map geometry is rebuilt in _load_from_state_dict, before the tensors load."""
+        """The recall and merge radii as saved (a state without them keeps this memory's); the map
+        geometry is rebuilt in _load_from_state_dict, before the tensors load."""
+        radii = state.get("radii") if isinstance(state, dict) else None
+        for name, value in (radii or {}).items():
+            if name in RADII:
+                setattr(self, name, checks.positive(value, f"state_dict: '_extra_state' {name}"))
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):

@@ -84,7 +84,7 @@ class PseudoMetric(nn.Module):
             checks.matrix(tensor, self.vector_dim, name, "vector_dim")
         else:
             checks.last_dim(tensor, self.vector_dim, name, "vector_dim")
-        return checks.finite_tensor(tensor, name).to(self.embedding.dtype)
+        return checks.finite_tensor(tensor.to(self.embedding.dtype), name)  # after the cast: no overflow to inf
 
     def pseudo_distance(self, x: torch.Tensor, y: torch.Tensor, squared: bool = False, scale=None) -> torch.Tensor:
         """``||E (x - y)|| / scale`` (squared if asked): ``(..., N)``, ``(..., N)`` -> ``(...)``."""

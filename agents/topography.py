@@ -173,11 +173,12 @@ class Topography(nn.Module):
         """Unit weights as used in distances (normalized when ``normalize``).  # (U, D)"""
         return F.normalize(self.weight, dim=1) if self.normalize else self.weight
 
-    def _check_inputs(self, z, name: str) -> None:
+    def _check_inputs(self, z, name: str) -> torch.Tensor:
+        """``z`` in the weights' dtype and device, checked finite after the cast (no overflow to inf)."""
         checks.float_tensor(z, name)
         if z.ndim < 1 or z.shape[-1] != self.latent_dim:
             raise ValueError(f"{name}: expected shape (..., {self.latent_dim}), got {tuple(z.shape)}")
-        checks.finite_tensor(z, name)
+        return checks.finite_tensor(z.to(self.weight.device, self.weight.dtype), name)
 
     def _prepare(self, z: torch.Tensor) -> torch.Tensor:
         """Checked inputs in the weights' dtype and device, normalized when ``normalize``."""
@@ -185,8 +186,7 @@ class Topography(nn.Module):
         return F.normalize(z, dim=-1) if self.normalize else z
 
     def _inputs(self, z, name: str = "z") -> torch.Tensor:
-        self._check_inputs(z, name)
-        return self._prepare(z)
+        return self._prepare(self._check_inputs(z, name))
 
     @staticmethod
     def _centered(z: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -396,6 +396,8 @@ class Topography(nn.Module):
         """One SOM update from a prepared batch ``(B, D)``; returns the batch's summed distance to
         the best unit (before the update)."""
         w = self.weight  # (U, D), updated in place under no_grad
+        if self.normalize:  # the codebook the distances use (gradient steps leave the weights off the sphere)
+            w.copy_(F.normalize(w, dim=1))
         bmu = self._nearest(z, w, self._feature_sq(z, w))[:, 0]  # (B,)
         distance = (z - w[bmu]).norm(dim=-1).sum()
         active, slot = torch.unique(bmu, return_inverse=True)  # (A,), (B,)

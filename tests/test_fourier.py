@@ -517,3 +517,23 @@ def test_inputs_are_cast_to_the_buffers_dtype():
     dist = FourierCodeDistribution(metric, code64, torch.tensor(0.5, dtype=torch.float64))
     assert dist.sample((3,), generator=gen(56)).dtype == torch.float32
     assert dist.log_prob(code64).dtype == torch.float32
+
+
+def test_a_converted_metric_equals_one_built_in_its_dtype_and_loads_its_own_state():
+    converted = FourierMetric(120, scale=10.0).double()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        built = FourierMetric(120, scale=10.0)
+    finally:
+        torch.set_default_dtype(previous)
+    for name in ("alphas", "directions", "directions_pinv"):
+        assert torch.equal(getattr(converted, name), getattr(built, name)), name
+    converted.load_state_dict(converted.state_dict())  # rejected before: float32-rounded frequencies
+    assert converted.float().alphas.dtype == torch.float32
+
+
+def test_a_finite_input_that_overflows_the_metric_dtype_is_rejected_not_nan():
+    metric = FourierMetric(24)
+    with pytest.raises(ValueError, match="^x: expected finite values"):
+        metric.encode(torch.tensor([[1e300, 0.0]], dtype=torch.float64))

@@ -265,6 +265,23 @@ def test_consolidation_gives_a_topographic_map_of_the_explored_field(explored):
     before = units.codes.clone()
     memory.consolidate(topography, epochs=1, batch_size=64, sigma=(0.7, 0.7), lr=(1e-6, 1e-6), generator=gen(12))
     assert torch.allclose(memory.map_units(0).codes, before, atol=1e-4)
+    # a bad learning rate is refused before anything changes: the map stays
+    with pytest.raises(ValueError, match=r"^lr: expected values <= 1, got 2.0"):
+        memory.consolidate(Topography(48 + LandmarkField.dim, 2, 2, generator=gen(13)), lr=(2.0, 1.0))
+    assert memory.topography is topography and torch.allclose(memory.map_units(0).codes, before, atol=1e-4)
+
+
+def test_the_metrics_must_share_the_memorys_dtype_and_a_converted_memory_works():
+    with pytest.raises(ValueError, match="^location_metric: expected dtype torch.float32"):
+        SpatialMemory(FourierMetric(48, scale=200.0).double(), PseudoMetric(LandmarkField.dim, 8), 16)
+    with pytest.raises(ValueError, match="^percept_metric: expected dtype torch.float32"):
+        SpatialMemory(FourierMetric(48, scale=200.0), PseudoMetric(LandmarkField.dim, 8).double(), 16)
+    memory = SpatialMemory(FourierMetric(48, scale=200.0), PseudoMetric(LandmarkField.dim, 8), 16).double()
+    field = LandmarkField(0)
+    places = torch.tensor([[3.0, 4.0], [-10.0, 2.0]], dtype=torch.float64)
+    memory.write(memory.location_metric.encode(places)[None], field(places.float()).double()[None])
+    percepts, confidence = memory.recall_percept(memory.location_metric.encode(places[:1]))
+    assert percepts.dtype == torch.float64 and confidence.item() == pytest.approx(1.0)
 
 
 # ----------------------------------------------------------------------------- saving
@@ -285,8 +302,10 @@ def test_state_dict_round_trip_loses_nothing():
     buffer = io.BytesIO()
     torch.save(memory.state_dict(), buffer)
     buffer.seek(0)
-    restored = new_memory(40, batch_size=2, seed=99)  # other metric weights, no map yet
-    restored.load_state_dict(torch.load(buffer, weights_only=False))
+    restored = new_memory(40, batch_size=2, seed=99, place_radius=3.0, percept_radius=0.2)  # other weights and
+    restored.load_state_dict(torch.load(buffer, weights_only=False))  # radii, no map yet
+    for name in ("place_radius", "percept_radius", "recall_scale", "percept_scale"):
+        assert getattr(restored, name) == getattr(memory, name), name
     saved, loaded = memory.state_dict(), restored.state_dict()
     assert saved.keys() == loaded.keys()
     for key, value in saved.items():

@@ -359,3 +359,24 @@ def test_inputs_are_cast_to_the_weights_dtype():
     assert double(z.float())[1].dtype == torch.float64
     som.fit(z, 1, 8, generator=gen(2))
     assert som.weight.dtype == torch.float32
+
+
+def test_a_normalized_map_trains_the_unit_its_codebook_picks():
+    # weights off the unit sphere (as gradient steps through loss() leave them): the raw weights
+    # would pick unit 0, the codebook (what bmu() and the distances use) unit 1
+    topography = Topography(3, 1, 2, normalize=True, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        topography.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [0.0, 10.0, 0.0]]))
+    z = torch.tensor([[0.6, 0.8, 0.0]])
+    assert topography.bmu(z).tolist() == [1]
+    history = topography.fit(z, epochs=1, batch_size=1, sigma=(0.01, 0.01), lr=(0.5, 0.5),
+                             generator=torch.Generator().manual_seed(0))
+    assert history[0]["quantization_error"] == pytest.approx(math.hypot(0.6, 0.2), rel=1e-5)
+    weight = topography.weight.detach()
+    assert weight[1, 0] > 0.1 and float(weight[0, 1]) == pytest.approx(0.0, abs=1e-6)  # unit 1 moved toward z
+
+
+def test_a_finite_input_that_overflows_the_weights_dtype_is_rejected():
+    topography = Topography(2, 2, 2, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="^z: expected finite values"):
+        topography.bmu(torch.tensor([[1e300, 0.0]], dtype=torch.float64))
