@@ -33,10 +33,10 @@ for task, name in _IDS.items():
     if f"treeworld/{name}-v0" not in registry:
         register(id=f"treeworld/{name}-v0", entry_point="treeworld.envs.tree_world:TreeWorldEnv",
                  vector_entry_point="treeworld.envs.vector:TreeWorldVectorEnv", max_episode_steps=MAX_EPISODE_STEPS,
-                 kwargs=dict(TASKS[task]))
+                 kwargs={"preset": dict(TASKS[task])})
         register(id=f"treeworld/{name}Discrete-v0", entry_point="treeworld.envs.wrappers:make_discrete",
                  vector_entry_point="treeworld.envs.wrappers:make_discrete_vector",
-                 max_episode_steps=MAX_EPISODE_STEPS, kwargs=dict(TASKS[task]))
+                 max_episode_steps=MAX_EPISODE_STEPS, kwargs={"preset": dict(TASKS[task])})
 
 __all__ = ["TreeWorldEnv", "TreeWorldVectorEnv", "TreeWorldSB3VecEnv", "DiscreteActions", "ENV_IDS", "TASKS",
            "NOISY", "HOMING", "MAX_EPISODE_STEPS"]

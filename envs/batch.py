@@ -153,11 +153,14 @@ def _masked(transition: Transition, kept: Any) -> Transition:
         None if goals is None else GoalEvents(**{f.name: mask(getattr(goals, f.name)) for f in fields(GoalEvents)}))
 
 
-def make_config(config: WorldConfig | None, overrides: dict[str, Any]) -> WorldConfig:
-    """``config`` (default ``WorldConfig()``) with keyword ``overrides`` applied; unknown keys raise."""
+def make_config(config: WorldConfig | None, overrides: dict[str, Any], preset: dict[str, Any] | None = None
+                ) -> WorldConfig:
+    """``config`` (default: ``WorldConfig(**preset)``, an id's task settings) with keyword
+    ``overrides`` applied; unknown keys raise. A given ``config`` is taken whole: the preset does
+    not touch it."""
     if config is not None:
-        checks.instance(config, WorldConfig, "config")
-    return (config or WorldConfig()).replace(**overrides)
+        return checks.instance(config, WorldConfig, "config").replace(**overrides)
+    return WorldConfig().replace(**{**(preset or {}), **overrides})
 
 
 def check_seeds(seed: Any, count: int, name: str = "seed") -> list[int | None]:
@@ -196,19 +199,20 @@ def check_action(action: Any, shape: tuple[int, ...], backend: str = "numpy", de
         raise TypeError(f"action: expected a real-valued (float) array, got dtype {action.dtype}")
     if tuple(action.shape) != shape:
         raise ValueError(f"action: expected shape {shape}, got {tuple(action.shape)}")
-    action = action.to(torch.float32) if backend == "torch" else np.ascontiguousarray(action, np.float32)
-    if not abs(action).max() <= 1:  # True for NaN too
+    if not abs(action).max() <= 1:  # True for NaN too; checked and clipped in the given dtype (1e39 is finite)
         if not np.isfinite(to_numpy(action)).all():
             raise ValueError(f"action: expected finite values, got {to_numpy(action).tolist()} (NaN or infinite)")
-        action = action.clamp(-1.0, 1.0) if backend == "torch" else np.clip(action, -1.0, 1.0)
-    return action
+        action = action.clamp(-1, 1) if backend == "torch" else np.clip(action, -1, 1)
+    return action.to(torch.float32) if backend == "torch" else np.ascontiguousarray(action, np.float32)
 
 
 # Discrete actions: 0-7 a full step east, north-east, north, ..., south-east; 8 stay; 9 eat.
 _ANGLES = np.arange(8) * (np.pi / 4)
 DISCRETE_ACTIONS = np.vstack([np.stack([np.cos(_ANGLES), np.sin(_ANGLES), -np.ones(8)], axis=1),
                               [[0.0, 0.0, -1.0], [0.0, 0.0, 1.0]]]).astype(np.float32)  # (10, 3)
-DISCRETE_SPACE = spaces.Discrete(len(DISCRETE_ACTIONS))
+def discrete_space() -> spaces.Discrete:
+    """A new Discrete action space (each env its own: seeding one never reseeds another's)."""
+    return spaces.Discrete(len(DISCRETE_ACTIONS))
 
 
 def check_discrete_action(action: Any, shape: tuple[int, ...], backend: str = "numpy",
@@ -259,7 +263,9 @@ def observation_space(config: WorldConfig, percept_dim: int) -> spaces.Dict:
                         for key, (width, low, high) in observation_layout(config, percept_dim).items()})
 
 
-ACTION_SPACE = spaces.Box(-1.0, 1.0, (3,), np.float32)
+def action_space() -> spaces.Box:
+    """A new Box(-1, 1, (3,)) action space (each env its own: seeding one never reseeds another's)."""
+    return spaces.Box(-1.0, 1.0, (3,), np.float32)
 
 
 def privileged_info(config: WorldConfig, state: WorldState, transition: Transition | None) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from stable_baselines3.common.vec_env import VecEnv
 
 from treeworld import checks
 from treeworld.config import WorldConfig
-from treeworld.envs.batch import (ACTION_SPACE, DISCRETE_SPACE, WorldBatch, check_action, check_discrete_action,
+from treeworld.envs.batch import (WorldBatch, action_space, discrete_space, check_action, check_discrete_action,
                                   check_reset_options, make_config, observation_space)
 
 
@@ -64,13 +64,15 @@ class TreeWorldSB3VecEnv(VecEnv):
         self._start = time.perf_counter()
         self._fixed = [False] * self.batch.num_envs  # layouts fixed by set_options
         super().__init__(self.batch.num_envs, observation_space(self.config, self.batch.vocabulary.dim),
-                         DISCRETE_SPACE if self.discrete else ACTION_SPACE)
+                         discrete_space() if self.discrete else action_space())
 
     def seed(self, seed: int | None = None) -> Sequence[None | int]:
-        """Seeds for the next ``reset()``: env i gets ``seed + i`` (None: keep each generator)."""
-        if seed is not None:
-            checks.integer(seed, "seed", low=0)
-        return super().seed(seed)
+        """Seeds for the next ``reset()``: env i gets ``seed + i`` (None: keep each generator, where
+        SB3's own ``seed(None)`` would draw one from numpy's global generator)."""
+        if seed is None:
+            self._seeds = [None] * self.num_envs
+            return self._seeds
+        return super().seed(checks.integer(seed, "seed", low=0))
 
     def reset(self) -> dict[str, np.ndarray]:
         """Reset every env with the seeds of ``seed()`` (None keeps a generator) and the options of
@@ -78,6 +80,9 @@ class TreeWorldSB3VecEnv(VecEnv):
         self.batch.seed(self._seeds)
         if any(self._options):
             world_seeds = [(check_reset_options(options or {}) or [None])[0] for options in self._options]
+            # an env given {} keeps the layout set_options fixed before, as a call with no options does
+            world_seeds = [self.batch.world_seeds[i] if seed is None and self._fixed[i] else seed
+                           for i, seed in enumerate(world_seeds)]
             self._fixed = [seed is not None for seed in world_seeds]
         else:
             world_seeds = None  # no options: layouts stay as they are

@@ -10,7 +10,7 @@ import numpy as np
 from treeworld.config import WorldConfig
 from gymnasium.error import ResetNeeded
 
-from treeworld.envs.batch import (ACTION_SPACE, WorldBatch, check_action, check_reset_options, make_config,
+from treeworld.envs.batch import (WorldBatch, action_space, check_action, check_reset_options, make_config,
                                   observation_space, privileged_info)
 
 TRAIL_LENGTH = 500
@@ -120,7 +120,8 @@ class TreeWorldEnv(gym.Env):
 
     ``gym.make("treeworld/TreeWorld-v0", render_mode=None, config=None, **overrides)``: ``config``
     is a :class:`~treeworld.WorldConfig`; keyword ``overrides`` replace its fields (unknown keys
-    raise ``ValueError``). ``render_mode`` is ``"human"`` or ``"rgb_array"``. Agents may set
+    raise ``ValueError``). An id's task settings (``preset``, e.g. the noisy id's noise levels)
+    make the default config; a ``config`` given is taken whole. ``render_mode`` is ``"human"`` or ``"rgb_array"``. Agents may set
     ``env.unwrapped.overlays`` to a list of :mod:`treeworld.overlay` primitives to draw beliefs.
 
     ## Version History
@@ -131,14 +132,15 @@ class TreeWorldEnv(gym.Env):
 
     metadata = {"render_modes": ["human", "rgb_array"], "render_fps": 30}
 
-    def __init__(self, config: WorldConfig | None = None, render_mode: str | None = None, **overrides: Any):
+    def __init__(self, config: WorldConfig | None = None, render_mode: str | None = None,
+                 preset: dict[str, Any] | None = None, **overrides: Any):
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode: expected one of {self.metadata['render_modes']} or None, got {render_mode!r}")
-        self.config = make_config(config, overrides)
+        self.config = make_config(config, overrides, preset)
         self.render_mode = render_mode
         self._batch = WorldBatch(self.config, num_envs=1)
         self.observation_space = observation_space(self.config, self._batch.vocabulary.dim)
-        self.action_space = ACTION_SPACE
+        self.action_space = action_space()
         self.overlays: list = []
         self._trail: deque = deque(maxlen=TRAIL_LENGTH)
         self._renderer = None

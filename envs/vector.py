@@ -12,8 +12,8 @@ from gymnasium.error import ResetNeeded
 from treeworld import checks
 from treeworld.backend import BACKENDS, copy_array, from_numpy, to_numpy
 from treeworld.config import WorldConfig
-from treeworld.envs.batch import (ACTION_SPACE, DISCRETE_SPACE, WorldBatch, check_action, check_device,
-                                  check_discrete_action, check_reset_options, check_seeds, make_config,
+from treeworld.envs.batch import (WorldBatch, action_space, check_action, check_device,
+                                  check_discrete_action, check_reset_options, check_seeds, discrete_space, make_config,
                                   observation_space, privileged_info)
 
 
@@ -41,7 +41,7 @@ class TreeWorldVectorEnv(VectorEnv):
 
     def __init__(self, num_envs: int = 1, config: WorldConfig | None = None, device: str = "cpu",
                  backend: str | None = None, max_episode_steps: int | None = 2000, render_mode: str | None = None,
-                 discrete: bool = False, **overrides: Any):
+                 discrete: bool = False, preset: dict[str, Any] | None = None, **overrides: Any):
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode: the vector env renders 'rgb_array' frames of env 0 or None, "
                              f"got {render_mode!r}")
@@ -55,7 +55,7 @@ class TreeWorldVectorEnv(VectorEnv):
             raise ValueError(f"device: the {backend} backend runs on 'cpu' only, got {device!r}; use backend='torch'")
         if max_episode_steps is not None:
             max_episode_steps = checks.count(max_episode_steps, "max_episode_steps")
-        self.config = make_config(config, overrides)
+        self.config = make_config(config, overrides, preset)
         self.batch = WorldBatch(self.config, num_envs, backend, device if backend == "torch" else None)
         self.num_envs = self.batch.num_envs
         self.device = device
@@ -64,7 +64,7 @@ class TreeWorldVectorEnv(VectorEnv):
         self._step_limit = max_episode_steps or np.iinfo(np.int64).max
         self.render_mode = render_mode
         self.single_observation_space = observation_space(self.config, self.batch.vocabulary.dim)
-        self.single_action_space = DISCRETE_SPACE if discrete else ACTION_SPACE
+        self.single_action_space = discrete_space() if discrete else action_space()
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self._autoreset = np.zeros(self.num_envs, dtype=bool)

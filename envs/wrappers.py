@@ -6,7 +6,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from treeworld.envs.batch import DISCRETE_ACTIONS, DISCRETE_SPACE, check_discrete_action
+from treeworld.envs.batch import DISCRETE_ACTIONS, check_discrete_action, discrete_space
 
 
 class DiscreteActions(gym.ActionWrapper):
@@ -18,7 +18,7 @@ class DiscreteActions(gym.ActionWrapper):
 
     def __init__(self, env: gym.Env):
         super().__init__(env)
-        self.action_space = DISCRETE_SPACE
+        self.action_space = discrete_space()
 
     def action(self, action: Any) -> np.ndarray:
         if isinstance(action, (bool, np.bool_)) or not isinstance(action, (int, np.integer, np.ndarray)):

@@ -17,6 +17,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv  # noqa: E402
 
 import treeworld.envs  # noqa: E402
 from treeworld.envs import DiscreteActions, TreeWorldEnv, TreeWorldSB3VecEnv, TreeWorldVectorEnv  # noqa: E402
+from treeworld.config import WorldConfig  # noqa: E402
 
 torch.set_num_threads(1)
 SHORT = dict(max_health=60.0)  # episodes end within ~50 steps, so autoreset is exercised
@@ -314,3 +315,52 @@ def test_odd_but_valid_arguments_are_accepted():
     tiny = TreeWorldEnv(arena_radius=1.0, start_radius=0.5, tree_spread=1000.0)  # truncated Gaussian, no loop
     _, info = tiny.reset(seed=0)
     assert (np.hypot(*info["tree_positions"].T) <= 1.0).all()
+
+
+def test_every_env_has_its_own_action_space_so_seeding_one_leaves_the_others():
+    envs = [gym.make("treeworld/TreeWorld-v0"), gym.make("treeworld/TreeWorld-v0"),
+            gym.make("treeworld/TreeWorldDiscrete-v0"), gym.make("treeworld/TreeWorldDiscrete-v0"),
+            TreeWorldVectorEnv(2), TreeWorldSB3VecEnv(2)]
+    spaces = [env.action_space for env in envs[:4]] + [envs[4].single_action_space, envs[5].action_space]
+    assert len({id(space) for space in spaces}) == len(spaces)
+    for a, b in ((spaces[0], spaces[1]), (spaces[2], spaces[3])):
+        a.seed(1)
+        first = [a.sample() for _ in range(3)]
+        a.seed(1)
+        b.seed(2)
+        np.testing.assert_array_equal([a.sample() for _ in range(3)], first)
+
+
+def test_an_ids_task_settings_make_the_default_config_and_a_given_config_is_taken_whole():
+    noisy = treeworld.envs.NOISY
+    assert gym.make("treeworld/TreeWorldNoisy-v0").unwrapped.config.motion_noise == noisy["motion_noise"]
+    assert gym.make("treeworld/TreeWorldNoisy-v0", motion_noise=1.0).unwrapped.config.motion_noise == 1.0
+    mine = WorldConfig(motion_noise=2.0, percept_noise=0.0)
+    for env in (gym.make("treeworld/TreeWorldNoisy-v0", config=mine).unwrapped,
+                gym.make_vec("treeworld/TreeWorldNoisy-v0", 2, vectorization_mode="vector_entry_point", config=mine)):
+        assert env.config == mine
+    homing = gym.make("treeworld/TreeWorldHoming-v0", config=WorldConfig(task="homing")).unwrapped.config
+    assert (homing.living_cost, homing.move_cost) == (WorldConfig().living_cost, WorldConfig().move_cost)
+
+
+def test_the_sb3_adapter_keeps_generators_on_seed_none_and_layouts_on_empty_options():
+    env = TreeWorldSB3VecEnv(2, WorldConfig())
+    state = np.random.get_state()[1].copy()
+    assert env.seed(None) == [None, None]
+    np.testing.assert_array_equal(np.random.get_state()[1], state)  # numpy's global generator untouched
+    env.set_options([{"world_seed": 7}, {"world_seed": 8}])
+    env.reset()
+    layout = env.batch.state.tree_position.copy()
+    env.set_options([{"world_seed": 7}, {}])  # env 1: no new options, its fixed layout stays
+    env.reset()
+    assert env.batch.world_seeds == [7, 8]
+    np.testing.assert_array_equal(env.batch.state.tree_position, layout)
+
+
+def test_a_huge_finite_float64_action_is_clipped_not_called_infinite():
+    env = gym.make("treeworld/TreeWorld-v0")
+    env.reset(seed=0)
+    env.step(np.array([1e39, 0.0, -1.0]))  # finite in float64, inf in float32: clipped to 1
+    assert env.unwrapped.config.max_step == pytest.approx(float(np.hypot(*env.unwrapped._batch.state.motion[0])), rel=1e-4)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        env.step(np.array([np.inf, 0.0, -1.0]))

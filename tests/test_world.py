@@ -253,3 +253,12 @@ def test_config_builds_from_dict_and_documents_fields():
     assert config.num_trees == 10 and config.arena_radius is None
     docs = WorldConfig.field_docs()
     assert set(docs) == {f.name for f in dataclasses.fields(WorldConfig)} and all(docs.values())
+
+
+def test_a_tiny_move_turns_the_heading_to_a_unit_vector(physics):
+    config, _, state = world(trees=[(30.0, 0.0, APPLE, 1)], agent=(0.0, 0.0), heading=(0.0, 1.0))
+    state, _ = physics.step(config, state, act(dx=1e-14 / config.max_step))
+    if np.hypot(*state.agent_position[0]) > 0:  # the move survived float32: the heading is its direction
+        np.testing.assert_allclose(state.heading[0], [1.0, 0.0], atol=1e-6)
+    else:
+        np.testing.assert_allclose(state.heading[0], [0.0, 1.0])

@@ -200,7 +200,7 @@ def step(config: WorldConfig, state: WorldState, action: Array) -> tuple[WorldSt
         position = position * (config.arena_radius / xp.maximum(radius, config.arena_radius))[:, None]
     move = position - state.agent_position  # (B, 2) realized displacement
     moved = xp.hypot(move[:, 0], move[:, 1])  # (B,)
-    heading = xp.where((moved > 0)[:, None], move / xp.maximum(moved, 1e-12)[:, None], state.heading)
+    heading = xp.where((moved > 0)[:, None], move / xp.where(moved > 0, moved, 1.0)[:, None], state.heading)
     offset = state.tree_offset - move[:, :, None]  # (B, 2, T)
     dist = xp.hypot(offset[:, 0], offset[:, 1])  # (B, T)
     health = state.health - (config.living_cost + config.move_cost * moved)
