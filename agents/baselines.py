@@ -151,6 +151,7 @@ APPROACH = 1.5  # the forager stops this far from a tree to eat (world units)
 SWEEP_TURN = 0.8  # radians the heading turns per sweeping step (the sight cone is about 0.9 wide)
 GIVE_UP = 12  # sweeping steps at a located tree without seeing it before the forager gives up on it
 GIVE_UP_FOR = 300  # steps a tree is then skipped
+HAZARD_MARGIN = 3.0  # no bite while a poisonous or unknown tree is believed within the target's distance + this
 SCORE_DISTANCE = 30.0  # added to a tree's distance (world units) when scoring targets
 EXPLORE_DISTANCE = 100.0  # while trees are missing from the map, exploring scores as an unknown tree this far away
 KEEP_TARGET = 0.8  # keep the current target while its score is at least this fraction of the best
@@ -304,9 +305,12 @@ class Forager:
     def _decide(self, seen: SeenTree | None, distance: float, heading: np.ndarray, positions: np.ndarray,
                 located: np.ndarray) -> np.ndarray:
         if seen is not None and not seen.poisonous and seen.fruit > 0 and distance <= 0.9 * self.config.eat_radius:
-            self._target, self._lost = seen.name, 0
-            believed = positions[seen.name] - self._position if located[seen.name] else heading
-            return self._move(self._onto_sight(believed, distance, heading), distance - APPROACH, eat=True)
+            hazard = self._hazard_within(distance + HAZARD_MARGIN, seen.name, positions, located)
+            if not hazard or distance > APPROACH + HAZARD_MARGIN:  # a hazard as near: step in closer first
+                self._target, self._lost = seen.name, 0
+                believed = positions[seen.name] - self._position if located[seen.name] else heading
+                return self._move(self._onto_sight(believed, distance, heading), distance - APPROACH, eat=not hazard)
+            self._skip_until[seen.name] = self._step + GIVE_UP_FOR  # a hazard beside it: not this tree for now
         self._target = self._choose_target(positions, located)
         if self._target >= 0:
             offset = positions[self._target] - self._position
@@ -325,6 +329,15 @@ class Forager:
             offset = offsets[np.argmin(np.hypot(offsets[:, 0], offsets[:, 1]))]
             return self._move(offset, max(np.hypot(*offset) - APPROACH, 0.0), eat=False)
         return self._explore()
+
+    def _hazard_within(self, reach: float, name: int, positions: np.ndarray, located: np.ndarray) -> bool:
+        """Whether a located tree other than ``name``, of a poisonous or not yet known kind, is
+        believed within ``reach`` of the agent: the world feeds from the nearest tree with fruit, so
+        a bite meant for ``name`` could land there."""
+        risky = located & ((self._kind < 0) | self._poisonous[np.maximum(self._kind, 0)])
+        risky[name] = False
+        offsets = positions[risky] - self._position
+        return bool((np.hypot(offsets[:, 0], offsets[:, 1]) < reach).any())
 
     def _onto_sight(self, offset: np.ndarray, distance: float, heading: np.ndarray) -> np.ndarray:
         """The believed ``offset`` (2,) of the tree in sight, moved into the sight cone at the seen ``distance``."""

@@ -18,8 +18,9 @@ from treeworld import checks
 class Agent(Protocol):
     """What the runner drives: ``reset`` before an episode, then ``act`` on every observation.
 
-    An agent may also have ``overlays``: a list of :mod:`treeworld.overlay` primitives in world
-    coordinates, copied to ``env.unwrapped.overlays`` before each frame to draw its beliefs.
+    An agent may also have ``overlays``: a list of :mod:`treeworld.overlay` primitives in its own
+    frame (origin at its episode's start, the world's axes), which a runner moves by the true start
+    position (:func:`treeworld.overlay.translated`) onto ``env.unwrapped.overlays`` to draw them.
     """
 
     def reset(self, seed: int | None = None) -> None:

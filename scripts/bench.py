@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from reporting import emit_json
+from treeworld.envs.batch import check_device  # noqa: E402
 
 SUITES = ("env", "fourier", "topography", "memory", "agent", "training", "rl")
 
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--suites: unknown suite(s) {unknown}; expected names from {SUITES}")
     if args.repeats < 1:
         parser.error(f"--repeats: expected >= 1, got {args.repeats}")
+    try:
+        args.device = check_device(args.device)
+    except ValueError as e:
+        parser.error(f"--{e}")
 
     torch.set_num_threads(1)
     report = {

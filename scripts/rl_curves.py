@@ -123,7 +123,11 @@ def main(argv: list[str] | None = None) -> dict:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
         parser.error(f"--seeds: expected comma-separated ints, got {args.seeds!r}")
+    for name in ("timesteps", "eval_steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}: expected an int >= 1, got {getattr(args, name)}")
     out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     report: dict = {"timesteps": args.timesteps, "seeds": seeds, "tasks": {}}
     for task in tasks:
         if not args.plot_only:  # seed by seed, so an interrupted sweep has every variant

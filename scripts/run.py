@@ -26,9 +26,12 @@ from typing import Any
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # the agents' per-step products are tiny: a second thread only spins
 
+import numpy as np  # noqa: E402
+
 from treeworld.agents import registry  # noqa: E402
 from treeworld.config import WorldConfig, parse_overrides  # noqa: E402
 from treeworld.envs import TASKS  # noqa: E402
+from treeworld.overlay import translated  # noqa: E402
 
 RENDER_MODES = ("human", "rgb_array", "none")
 MAX_RECORDED_FRAMES = 300  # the default --frame-every keeps recordings about this long
@@ -52,13 +55,13 @@ def run_episode(env: Any, agent: Any, seed: int, world_seed: int | None, frames:
     ``frames`` unless it is None. The agent's ``overlays``, if any, are drawn. Returns the metrics."""
     agent.reset(seed=seed)
     observation, info = env.reset(seed=seed, options=None if world_seed is None else {"world_seed": world_seed})
-    _copy_overlays(env, agent)
+    start = np.array(info["position"], dtype=np.float64)  # the agent's frame's origin in the world
     steps, total, terminated, truncated = 0, 0.0, False, False
     while not (terminated or truncated):
-        if frames is not None and steps % frame_every == 0:
-            frames.append(env.render())
         action = agent.act(observation)
-        _copy_overlays(env, agent)  # before step(), which draws the window in render mode "human"
+        _copy_overlays(env, agent, start)  # what it believes of this observation; before step(), which
+        if frames is not None and steps % frame_every == 0:  # draws the window in render mode "human"
+            frames.append(env.render())
         observation, reward, terminated, truncated, info = env.step(action)
         steps += 1
         total += reward
@@ -78,12 +81,13 @@ def run_episode(env: Any, agent: Any, seed: int, world_seed: int | None, frames:
     }
 
 
-def _copy_overlays(env: Any, agent: Any) -> None:
+def _copy_overlays(env: Any, agent: Any, start: np.ndarray) -> None:
+    """The agent's overlays (in its own frame, origin at its start) onto the world's."""
     if env.render_mode is None:  # nothing draws them (and an agent may build them at a cost)
         return
     overlays = getattr(agent, "overlays", None)
     if overlays is not None:
-        env.unwrapped.overlays = list(overlays)
+        env.unwrapped.overlays = translated(list(overlays), start)
 
 
 def mean_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
@@ -179,7 +183,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         try:
             agent = registry.make_agent(args.agent, config, env.action_space, args.seed)
         except (TypeError, ValueError) as e:
-            parser.error(f"--{e}")
+            parser.error(f"--{e}" if str(e).startswith("agent:") else f"--agent: {e}")
         for episode in range(args.episodes):
             seed = args.seed + episode
             with tqdm(total=args.max_steps, desc=f"episode {episode}", unit="step", file=sys.stderr) as progress:

@@ -192,6 +192,13 @@ def test_forager_beats_random_walker():
     assert mean(forager, "health") > mean(walker, "health") + 200
 
 
+def test_forager_takes_no_bite_with_a_poisonous_tree_nearer_than_its_target():
+    # world seed 10: at step 1,113 a nightshade it had located stood 3.6 units away while it bit a
+    # cherry seen at 8.8; the world feeds from the nearest tree with fruit, so it ate poison
+    _, info = rollout(Forager(), seed=10, steps=1150)
+    assert info["poison_eaten"] == 0 and info["fruit_eaten"] > 100
+
+
 def test_forager_eats_only_edible_fruit_with_a_noisy_compass():
     _, info = rollout(Forager(), seed=0, steps=300, motion_noise=1.0)
     assert info["fruit_eaten"] > 5 and info["poison_eaten"] == 0

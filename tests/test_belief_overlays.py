@@ -245,3 +245,16 @@ def test_overlays_change_the_env_frame_where_they_are_and_nowhere_else():
             np.testing.assert_array_equal(after[y - 20:y + 20, x - 20:x + 20], before[y - 20:y + 20, x - 20:x + 20])
     finally:
         env.close()
+
+
+def test_translated_moves_every_primitive_and_refuses_others():
+    from treeworld.overlay import Circle, HeatMap, Point, Segment, Text, translated
+
+    items = [Point((1.0, 2.0)), Circle((0.0, 0.0), 3.0), Segment((1.0, 1.0), (2.0, 3.0)), Text((0.0, 1.0), "a"),
+             HeatMap(np.ones((2, 2)), (0.0, 1.0, 0.0, 2.0))]
+    moved = translated(items, (10.0, -5.0))
+    assert moved[0].xy == (11.0, -3.0) and moved[1].center == (10.0, -5.0) and moved[1].radius == 3.0
+    assert (moved[2].start, moved[2].end) == ((11.0, -4.0), (12.0, -2.0)) and moved[3].xy == (10.0, -4.0)
+    assert moved[4].extent == (10.0, 11.0, -5.0, -3.0)
+    with pytest.raises(TypeError, match="overlays: expected treeworld.overlay primitives"):
+        translated(["x"], (0.0, 0.0))

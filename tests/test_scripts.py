@@ -18,7 +18,7 @@ import torch
 
 import treeworld.envs  # noqa: F401  (registers the environment ids)
 from treeworld.agents import registry
-from treeworld.overlay import Point
+from treeworld.overlay import Point, translated
 from treeworld.vocabulary import WORDS, Vocabulary
 
 torch.set_num_threads(1)
@@ -113,7 +113,8 @@ def test_bad_arguments(argv, message, capsys):
 
 
 class OverlayAgent:
-    """Stands still and marks the origin: checks that the runner hands overlays to the renderer."""
+    """Stands still and marks the origin of its own frame (its start): checks that the runner hands
+    overlays to the renderer, moved onto the world's frame."""
 
     def __init__(self):
         self.overlays = [Point((0.0, 0.0), color=(255, 0, 0), radius_px=6)]
@@ -129,9 +130,10 @@ def test_run_episode_copies_overlays_and_subsamples_frames():
     env = gym.make("treeworld/TreeWorld-v0", render_mode="rgb_array", max_episode_steps=7)
     frames = []
     metrics = run.run_episode(env, OverlayAgent(), seed=0, world_seed=None, frames=frames, frame_every=3)
-    assert env.unwrapped.overlays == OverlayAgent().overlays
+    start = env.unwrapped.state.agent_position[0]  # it stood still
+    assert np.abs(start).max() > 1 and env.unwrapped.overlays == translated(OverlayAgent().overlays, start)
     assert len(frames) == 4  # steps 0, 3, 6 and the last
-    assert tuple(frames[-1][300, 300]) == (255, 0, 0)  # the origin is the frame's center
+    assert frames[0].shape == (600, 600, 3)
     assert metrics == {"steps": 7, "return": 0.0, "fruit_eaten": 0, "poison_eaten": 0, "distance_travelled": 0.0,
                        "final_health": 993.0, "terminated": False, "truncated": True}
     env.close()

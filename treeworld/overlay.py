@@ -8,7 +8,7 @@ widths and point radii in screen pixels, colors are ``(r, g, b)`` ints in [0, 25
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Union
 
 import numpy as np
@@ -145,6 +145,31 @@ class HeatMap:
 
 Overlay = Union[Point, Circle, Segment, Text, HeatMap]
 OVERLAY_TYPES = (Point, Circle, Segment, Text, HeatMap)
+
+
+def translated(overlays: list, offset) -> list:
+    """``overlays`` moved by ``offset`` (2,) world units: e.g. an agent's, drawn in its own frame
+    (origin at its start), onto the world's (``offset``: the start position)."""
+    dx, dy = _xy(offset, "offset")
+
+    def move(xy: tuple[float, float]) -> tuple[float, float]:
+        return (xy[0] + dx, xy[1] + dy)
+
+    moved = []
+    for item in overlays:
+        if isinstance(item, (Point, Text)):
+            item = replace(item, xy=move(item.xy))
+        elif isinstance(item, Circle):
+            item = replace(item, center=move(item.center))
+        elif isinstance(item, Segment):
+            item = replace(item, start=move(item.start), end=move(item.end))
+        elif isinstance(item, HeatMap):
+            xmin, xmax, ymin, ymax = item.extent
+            item = replace(item, extent=(xmin + dx, xmax + dx, ymin + dy, ymax + dy))
+        else:
+            raise TypeError(f"overlays: expected treeworld.overlay primitives, got {type(item).__name__}")
+        moved.append(item)
+    return moved
 
 
 def _set(obj: object, name: str, value: object) -> None:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from treeworld import checks
+
 EDIBLE_KINDS = ("apple", "pear", "plum", "cherry", "peach", "apricot",
                 "fig", "orange", "lemon", "mango", "banana", "grape")
 POISONOUS_KINDS = ("deadly nightshade", "yew berry", "manchineel", "white baneberry")
@@ -74,6 +76,7 @@ class Vocabulary:
     @functools.cache
     def hashed(dim: int, seed: int = 0) -> "Vocabulary":
         """Seeded random unit vectors: each word's vector depends only on (word, seed, dim)."""
+        dim, seed = checks.integer(dim, "dim", low=2), checks.integer(seed, "seed", low=0)
         rows = [np.random.default_rng([seed, zlib.crc32(word.encode())]).standard_normal(dim) for word in WORDS]
         return Vocabulary(table=_unit_rows(np.stack(rows).astype(np.float32)), source=f"hashed(seed={seed})")
 
