@@ -79,10 +79,11 @@ class TreeWorldSB3VecEnv(VecEnv):
         ``set_options`` ({"world_seed": k} fixes the layout through autoresets); both are then consumed."""
         self.batch.seed(self._seeds)
         if any(self._options):
-            world_seeds = [(check_reset_options(options or {}) or [None])[0] for options in self._options]
-            # an env given {} keeps the layout set_options fixed before, as a call with no options does
-            world_seeds = [self.batch.world_seeds[i] if seed is None and self._fixed[i] else seed
-                           for i, seed in enumerate(world_seeds)]
+            # an env given {} (no options) keeps the layout set_options fixed before, as a call with
+            # no options at all does; {"world_seed": None} clears it
+            world_seeds = [self.batch.world_seeds[i] if not options and self._fixed[i]
+                           else (check_reset_options(options) or [None])[0]
+                           for i, options in enumerate(self._options)]
             self._fixed = [seed is not None for seed in world_seeds]
         else:
             world_seeds = None  # no options: layouts stay as they are
