@@ -282,9 +282,10 @@ def load(path: pathlib.Path, model: TEMModel, optimizer, config: TrainConfig) ->
     if state["model_config"] != model.config:
         raise ValueError(f"--resume: {str(path)!r} holds a model of {state['model_config']}, this run builds "
                          f"{model.config}")
-    saved = state.get("config", {})
-    changed = [f"--{name.replace('_', '-')} {saved.get(name)!r} (now {getattr(config, name)!r})"
-               for name in RESUMED_SETTINGS if saved.get(name) != getattr(config, name)]
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # of settings older files lack
+    saved = {name: state.get("config", {}).get(name, defaults[name]) for name in RESUMED_SETTINGS}
+    changed = [f"--{name.replace('_', '-')} {saved[name]!r} (now {getattr(config, name)!r})"
+               for name in RESUMED_SETTINGS if saved[name] != getattr(config, name)]
     if changed:
         raise ValueError(f"--resume: {str(path)!r} was trained with {', '.join(changed)}; resume with the "
                          "same settings")
