@@ -280,3 +280,31 @@ def test_evaluate_quick_writes_a_report_that_parses(tmp_path):
 def test_evaluate_bad_arguments_name_the_option(argv, message):
     done = evaluate("--quick", *argv)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_rl_curves_plots_finished_runs_with_steps_to_threshold_and_t_intervals(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("treeworld_scripts_rl_curves", ROOT / "scripts" / "rl_curves.py")
+    curves = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        spec.loader.exec_module(curves)
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    fruit = {"ppo": ([1.0, 6.0, 12.0], [2.0, 4.0, 11.0]), "ppo_tem": ([5.0, 5.0, 30.0], [0.0, 21.0, 9.0])}
+    for variant, seeds in fruit.items():  # runs as train.py writes them: a validation line per check
+        for seed, values in enumerate(seeds):
+            run = tmp_path / "out" / "noisy" / variant / f"seed{seed}"
+            run.mkdir(parents=True)
+            run.joinpath("metrics.jsonl").write_text("".join(
+                json.dumps({"timesteps": 100 * (i + 1), "validation": {"fruit": v, "survived": 0.0, "return": v}}) + "\n"
+                for i, v in enumerate(values)))
+    report = curves.main(["--out", str(tmp_path / "out"), "--plot-only", "--tasks", "noisy", "--variants",
+                          "ppo,ppo_tem", "--seeds", "0,1", "--timesteps", "300", "--eval-steps", "100"])
+    ppo, tem = report["tasks"]["noisy"]["ppo"], report["tasks"]["noisy"]["ppo_tem"]
+    assert ppo["steps_to_fruit"]["5.0"] == [200, 300] and ppo["steps_to_fruit"]["10.0"] == [300, 300]
+    assert tem["steps_to_fruit"]["5.0"] == [100, 200] and tem["steps_to_fruit"]["20.0"] == [300, 200]
+    assert ppo["final"]["fruit"]["mean"] == 11.5 and ppo["final"]["fruit"]["ci95"] == pytest.approx(12.7062 * 0.5, rel=1e-4)
+    assert (tmp_path / "out" / "curves_noisy.png").stat().st_size > 0 and (tmp_path / "out" / "curves.json").exists()
+    with pytest.raises(SystemExit):
+        curves.main(["--out", str(tmp_path / "out"), "--plot-only", "--timesteps", "-5"])
+    assert "--timesteps: expected an int >= 1, got -5" in capsys.readouterr().err
