@@ -161,6 +161,9 @@ def test_bench_runs_every_suite_at_a_tiny_budget(tmp_path):
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--suites", "nope"],
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "--suites: unknown suite" in bad.stderr
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", "nope"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "--device: expected a torch device" in bad.stderr and "Traceback" not in bad.stderr
     tasks = report["env"]["tasks"]
     assert {"quiet", "contended"} <= tasks.keys() and {"forage", "noisy", "homing"} <= tasks["contended"].keys()
 

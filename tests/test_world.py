@@ -233,6 +233,9 @@ def test_vocabulary_is_real_minilm_and_hashed_is_seeded():
     a, b = Vocabulary.hashed(64, seed=1), Vocabulary.hashed(64, seed=1)
     assert np.array_equal(a.table, b.table) and a.table.shape == (len(WORDS), 64)
     assert not np.array_equal(a.table, Vocabulary.hashed(64, seed=2).table)
+    for args, name in (((0,), "dim"), ((2.5,), "dim"), ((64, -1), "seed")):
+        with pytest.raises((TypeError, ValueError), match=f"^{name}: "):
+            Vocabulary.hashed(*args)
     assert len(set(NAMES)) == len(NAMES) == 128
     assert vocabulary.poisonous.sum() == 4
 
