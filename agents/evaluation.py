@@ -37,7 +37,7 @@ import torch
 
 from treeworld import checks
 from treeworld.agents.path_integration import Belief
-from treeworld.tasks import spl
+from treeworld.tasks import shortest_path, spl
 
 #: Held-out evaluation world seeds start here; training and tuning use seeds below it.
 EVAL_SEED = 10_000
@@ -167,9 +167,10 @@ def first_episodes(envs: Any, agent: Any, steps: int, seed: int,
             set_travelled = np.where(new, travelled, set_travelled)
             goal = np.where(running, now, goal)
             died = running & np.asarray(terminated) & (goal >= 0) & (set_at <= last_set)
+            shortest = shortest_path(envs.config, set_distance)
             result["goals"] += [{"env": int(i), "reached": False, "distance": float(set_distance[i]),
-                                 "shortest": max(float(set_distance[i]) - envs.config.eat_radius, 0.0),
-                                 "path": float(travelled[i] - set_travelled[i])} for i in np.flatnonzero(died)]
+                                 "shortest": float(shortest[i]), "path": float(travelled[i] - set_travelled[i])}
+                                for i in np.flatnonzero(died)]
         result["return"][running] += np.asarray(reward)[running]
         result["steps"][running] += 1
         result["fruit"][running] = np.asarray(info["fruit_eaten"])[running]

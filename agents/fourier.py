@@ -118,16 +118,21 @@ class FourierMetric(nn.Module):
         self.ratio = checks.positive(ratio, "ratio", minimum=1.0, strict=False)
         dtype = torch.get_default_dtype()
 
-        directions = simplex_directions(dim)  # (dim+1, dim)
-        alphas = self._frequencies(self.scale, self.ratio, dtype)
         if phases is None:
             phases = torch.zeros(self.num_modules, dim + 1, dtype=torch.float64)
         else:
             phases = self._check_phases(phases)
-        self.register_buffer("directions", directions.to(dtype))  # (dim+1, dim)
-        self.register_buffer("directions_pinv", torch.linalg.pinv(directions).to(dtype))  # (dim, dim+1)
-        self.register_buffer("alphas", alphas.to(dtype))  # (J,)
+        for name, value in self._constants(dtype, torch.device("cpu")).items():
+            self.register_buffer(name, value)
         self.register_buffer("phases", phases.to(dtype))  # (J, dim+1)
+
+    def _constants(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
+        """The buffers fixed by ``dim``, ``scale`` and ``ratio``, built in float64 and cast to
+        ``dtype``: ``directions`` (dim+1, dim), ``directions_pinv`` (dim, dim+1), ``alphas`` (J,)."""
+        directions = simplex_directions(self.dim)
+        built = {"directions": directions, "directions_pinv": torch.linalg.pinv(directions),
+                 "alphas": self._frequencies(self.scale, self.ratio, dtype)}
+        return {name: value.to(device=device, dtype=dtype) for name, value in built.items()}
 
     def _frequencies(self, scale: float, ratio: float, dtype: torch.dtype) -> torch.Tensor:
         """``alphas`` in float64, checked to be normal numbers of ``dtype`` (ValueError naming
@@ -169,11 +174,8 @@ class FourierMetric(nn.Module):
         from ``scale`` and ``ratio`` (not the old dtype's rounded values widened), so a converted
         metric equals one built in that dtype and loads its own state."""
         super()._apply(fn, recurse)
-        dtype, device = self.alphas.dtype, self.alphas.device
-        directions = simplex_directions(self.dim)
-        self.alphas = self._frequencies(self.scale, self.ratio, dtype).to(device=device, dtype=dtype)
-        self.directions = directions.to(device=device, dtype=dtype)
-        self.directions_pinv = torch.linalg.pinv(directions).to(device=device, dtype=dtype)
+        for name, value in self._constants(self.alphas.dtype, self.alphas.device).items():
+            setattr(self, name, value)
         return self
 
     # -- saving -------------------------------------------------------------------------------

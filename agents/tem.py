@@ -125,9 +125,11 @@ class Perception(NamedTuple):
     goal_slot: torch.Tensor  # (B,) long, the memory slot the goal was recalled from (-1: no goal)
 
 
-def _check_observations(arrays: Mapping[str, np.ndarray], batch: int, percept_dim: int) -> None:
-    """ValueError naming ``observations[key]`` for a missing key, a wrong shape, a non-finite value
-    or a ``sight_distance`` / ``health`` outside [0, 1]: checked before the agent changes anything."""
+def _check_observations(observations: Any, batch: int, percept_dim: int) -> dict[str, np.ndarray]:
+    """The (B, ...) numpy arrays of ``observations``; ValueError naming ``observations[key]`` for a
+    missing key, a wrong shape, a non-finite value or a ``sight_distance`` / ``health`` outside
+    [0, 1]: checked before the agent changes anything."""
+    arrays = _check_batch(observations, batch)
     widths = {"sight": percept_dim, "sight_distance": 1, "motion": 2, "heading": 2, "health": 1, "goal": percept_dim}
     for key, width in widths.items():
         if key not in arrays:
@@ -141,6 +143,7 @@ def _check_observations(arrays: Mapping[str, np.ndarray], batch: int, percept_di
             raise ValueError(f"{name}: expected finite values, got {int((~np.isfinite(value)).sum())} non-finite")
         if key in ("sight_distance", "health") and not ((value >= 0) & (value <= 1)).all():
             raise ValueError(f"{name}: expected values in [0, 1], got min {value.min()} and max {value.max()}")
+    return arrays
 
 
 def _percept_metric(P: int, rank: int | None) -> PseudoMetric:
@@ -443,8 +446,7 @@ class TEMAgent(nn.Module):
         :meth:`finish_step` once the actions are chosen (``act`` does both, with the planner between)."""
         c = self.config
         B, P = self.num_agents, c["percept_dim"]
-        arrays = _check_batch(observations, B)
-        _check_observations(arrays, B, P)
+        arrays = _check_observations(observations, B, P)
         as_t = lambda key: torch.as_tensor(np.asarray(arrays[key], dtype=np.float32))  # noqa: E731
         sight, motion, obs_heading = as_t("sight"), as_t("motion"), as_t("heading")
         distance = as_t("sight_distance").reshape(B)
@@ -547,8 +549,7 @@ class TEMAgent(nn.Module):
         last sights as :meth:`perceive` would, then :meth:`reset` forgets those rows' episodes."""
         chosen = _check_rows(rows, self.num_agents)
         B = self.num_agents
-        arrays = _check_batch(observations, B)
-        _check_observations(arrays, B, self.config["percept_dim"])
+        arrays = _check_observations(observations, B, self.config["percept_dim"])
         ending = torch.zeros(B, dtype=torch.bool)
         ending[chosen] = True
         self._learn_bites(torch.as_tensor(arrays["health"], dtype=torch.float64).reshape(B), ending)

@@ -36,6 +36,11 @@ class GoalEvents:
     path: Array  # float32, p: distance travelled while it was the goal
 
 
+def shortest_path(config: WorldConfig, distance: Array) -> Array:
+    """SPL's ``l`` of goals set at straight-line ``distance`` (an array): ``max(distance - eat_radius, 0)``."""
+    return namespace(distance).maximum(distance - config.eat_radius, 0.0)
+
+
 def end_goals(config: WorldConfig, state: WorldState) -> GoalEvents | None:
     """Homing: end the goals reached or timed out after a step (``state``'s goal arrays are
     replaced); None in other tasks."""
@@ -50,7 +55,7 @@ def end_goals(config: WorldConfig, state: WorldState) -> GoalEvents | None:
     ended = reached | failed
     distance = xp.where(ended, state.goal_distance, 0.0)
     events = GoalEvents(reached=reached, failed=failed, distance=distance,
-                        shortest=xp.maximum(distance - config.eat_radius, 0.0),
+                        shortest=shortest_path(config, distance),
                         path=xp.where(ended, state.distance - state.goal_start, 0.0))
     state.goal_tree = xp.where(ended, -1, state.goal_tree)
     state.goals_reached = state.goals_reached + xp.astype(reached, state.goals_reached.dtype)
