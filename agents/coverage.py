@@ -89,8 +89,10 @@ class Coverage(nn.Module):
         """(B, 2) the frontier cell to explore for agents at ``position`` (B, 2); nan rows when
         every cell inside ``radius`` was viewed."""
         self._check(position, "position", (self.num_agents, 2))
-        distance = (self.centres[None] - position.double()[:, None]).norm(dim=-1)
-        score = self.log_prior - torch.log(distance + self.offset)
+        # float32: the (B, G * G) scores are most of a frontier's cost, and a cell is 25 units wide
+        centres, here = self.centres.float(), position.float()
+        distance = ((centres[:, 0] - here[:, :1]).square() + (centres[:, 1] - here[:, 1:]).square()).sqrt()  # (B, G*G)
+        score = self.log_prior.float() - torch.log(distance + self.offset)
         score = score.masked_fill(self.viewed | ~self.inside, -math.inf)
         best, cell = score.max(dim=-1)
         goal = self.centres[cell].to(position.dtype)

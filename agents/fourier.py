@@ -125,6 +125,7 @@ class FourierMetric(nn.Module):
         for name, value in self._constants(dtype, torch.device("cpu")).items():
             self.register_buffer(name, value)
         self.register_buffer("phases", phases.to(dtype))  # (J, dim+1)
+        self._chain_cache: tuple = (None,)  # (key, carries, steps): see _chain_matrices
 
     def _constants(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
         """The buffers fixed by ``dim``, ``scale`` and ``ratio``, built in float64 and cast to
@@ -176,6 +177,7 @@ class FourierMetric(nn.Module):
         super()._apply(fn, recurse)
         for name, value in self._constants(self.alphas.dtype, self.alphas.device).items():
             setattr(self, name, value)
+        self._chain_cache = (None,)
         return self
 
     # -- saving -------------------------------------------------------------------------------
@@ -287,13 +289,8 @@ class FourierMetric(nn.Module):
         rounded on its own; ``K K^+`` drops the mean over directions, which is no displacement. The
         readings then come in one batched product, differentiable in the phases.
         """
-        work = u_to.dtype
-        lengths = _TWO_PI / self.alphas.to(torch.float64)  # (J,)
         phase = (u_to - u_from).reshape(self.num_modules, self.dim + 1, -1)  # (J, dim+1, N) cycles
-        directions = self.directions.to(torch.float64)
-        pinv = torch.linalg.pinv(directions)  # of K as stored: the telescoping needs K^+ K = I to float64
-        projection = directions @ pinv  # K K^+
-        carries = ((lengths[:-1] / lengths[1:])[:, None, None] * projection).to(work)  # (J-1, dim+1, dim+1)
+        carries, steps = self._chain_matrices(u_to.dtype)
         with torch.no_grad():
             modules = phase.unbind(0)
             previous = modules[0].round()
@@ -302,8 +299,22 @@ class FourierMetric(nn.Module):
                 previous = torch.addmm(now, carry, before - previous, alpha=-1.0).round_()
                 turns.append(previous)
             turns = torch.stack(turns)  # (J, dim+1, N)
-        steps = (lengths[:, None, None] * pinv).to(work)  # (J, dim, dim+1)
         return torch.bmm(steps, phase - turns)
+
+    def _chain_matrices(self, work: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The chain's fixed matrices in dtype ``work``: the carries ``(lambda_{j-1} / lambda_j) K K^+``
+        (J-1, dim+1, dim+1) and the readings ``lambda_j K^+`` (J, dim, dim+1), with ``K^+`` the float64
+        pseudo-inverse of the directions as stored (the telescoping needs ``K^+ K = I`` to float64).
+        Kept until the directions or frequencies change (a load, a dtype or device move)."""
+        key = (work, self.directions.data_ptr(), self.directions._version, self.alphas.data_ptr(),
+               self.alphas._version)
+        if self._chain_cache[0] != key:
+            lengths = _TWO_PI / self.alphas.to(torch.float64)  # (J,)
+            directions = self.directions.to(torch.float64)
+            pinv = torch.linalg.pinv(directions)
+            carries = ((lengths[:-1] / lengths[1:])[:, None, None] * (directions @ pinv)).to(work)
+            self._chain_cache = (key, carries, (lengths[:, None, None] * pinv).to(work))
+        return self._chain_cache[1], self._chain_cache[2]
 
     @staticmethod
     def _batch_shape(u_from: torch.Tensor, u_to: torch.Tensor) -> torch.Size:

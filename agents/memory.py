@@ -290,7 +290,7 @@ class SpatialMemory(nn.Module):
         with torch.no_grad():  # shortlist by 2 <E x, E y> - ||E y||^2 = ||E x||^2 - ||E (x - y)||^2
             keys, keys_sq = self._percept_keys()
             wide = max(k, min(self.candidates, self.capacity))
-            queries = percepts @ self.percept_metric.embedding.detach().T  # (B, Q, M)
+            queries = self.percept_metric.embed(percepts)  # (B, Q, M)
             slots = self._top_slots(2.0 * queries, keys.transpose(1, 2), -keys_sq[:, None, :], wide)
         dist_sq = self._percept_distances(percepts, queries, slots)
         dist_sq = dist_sq.masked_fill(~self._gather(self.valid, slots), _INF)
@@ -329,7 +329,7 @@ class SpatialMemory(nn.Module):
         (only the changed slots are re-embedded) and recomputed whenever the percepts or the
         embedding changed otherwise (an optimizer step, a load)."""
         if self._keys_tag != self._keys_version():
-            self._keys = self.percepts @ self.percept_metric.embedding.detach().T
+            self._keys = self.percept_metric.embed(self.percepts)
             self._keys_sq = self._keys.square().sum(-1)
             self._keys_tag = self._keys_version()
         return self._keys, self._keys_sq
@@ -338,7 +338,7 @@ class SpatialMemory(nn.Module):
         """After the memory changed the percepts of (agents[i], slots[i]): re-embed those slots if
         the keys were ``fresh`` before the change (else they are recomputed on the next recall)."""
         if fresh:
-            keys = self.percepts[agents, slots] @ self.percept_metric.embedding.detach().T
+            keys = self.percept_metric.embed(self.percepts[agents, slots])
             self._keys[agents, slots] = keys
             self._keys_sq[agents, slots] = keys.square().sum(-1)
             self._keys_tag = self._keys_version()
@@ -374,7 +374,7 @@ class SpatialMemory(nn.Module):
 
         # Novelty gate: the nearest shortlisted entry close in place and in percept.
         slots, place_sq = self._shortlist(codes)  # (B, K, k)
-        percept_sq = self._percept_distances(percepts, percepts @ self.percept_metric.embedding.detach().T, slots)
+        percept_sq = self._percept_distances(percepts, self.percept_metric.embed(percepts), slots)
         match = (place_sq <= self.place_radius ** 2) & (percept_sq <= self.percept_radius ** 2)
         nearest = place_sq.masked_fill(~match, _INF).argmin(-1, keepdim=True)
         target = slots.gather(-1, nearest).squeeze(-1)  # (B, K)

@@ -74,6 +74,7 @@ class PseudoMetric(nn.Module):
         initial = initial / math.sqrt(self.vector_dim)
         self.embedding = nn.Parameter(initial)  # (M, N)
         self._cache: tuple[tuple, torch.Tensor, _Factors] | None = None
+        self._identity: tuple = (None, False)  # (E's identity and version, whether E = I): see embed
 
     def extra_repr(self) -> str:
         return f"vector_dim={self.vector_dim}, metric_rank={self.metric_rank}, tau={self.tau}"
@@ -85,6 +86,17 @@ class PseudoMetric(nn.Module):
         else:
             checks.last_dim(tensor, self.vector_dim, name, "vector_dim")
         return checks.finite_tensor(tensor.to(self.embedding.dtype), name)  # after the cast: no overflow to inf
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """``E x`` without autograd, for unchecked inputs in E's dtype: ``(..., N) -> (..., M)``, a
+        new tensor. An identity ``E`` (a Euclidean metric) is not multiplied: the test is redone
+        only when ``E`` changed."""
+        E = self.embedding.detach()
+        key = (E.data_ptr(), E._version, E.shape, E.dtype, E.device)
+        if self._identity[0] != key:
+            square = E.shape[0] == E.shape[1]
+            self._identity = (key, square and torch.equal(E, torch.eye(len(E), dtype=E.dtype, device=E.device)))
+        return x.detach().clone() if self._identity[1] else x.detach() @ E.T
 
     def pseudo_distance(self, x: torch.Tensor, y: torch.Tensor, squared: bool = False, scale=None) -> torch.Tensor:
         """``||E (x - y)|| / scale`` (squared if asked): ``(..., N)``, ``(..., N)`` -> ``(...)``."""

@@ -537,3 +537,12 @@ def test_a_finite_input_that_overflows_the_metric_dtype_is_rejected_not_nan():
     metric = FourierMetric(24)
     with pytest.raises(ValueError, match="^x: expected finite values"):
         metric.encode(torch.tensor([[1e300, 0.0]], dtype=torch.float64))
+
+
+def test_the_chain_follows_a_load_of_other_frequencies():
+    metric, other = _metric(2, 10.0), _metric(2, 1000.0, ratio=1.5)
+    here = torch.tensor([[300.0, -200.0], [-450.0, 10.0]])
+    metric.decode(metric.encode(torch.zeros(1, 2)))  # the chain's matrices are now kept for scale 10
+    metric.load_state_dict(other.state_dict())
+    assert torch.equal(metric.decode(other.encode(here))[1], other.decode(other.encode(here))[1])
+    assert torch.allclose(metric.decode(metric.encode(here))[1], here, atol=1e-2)

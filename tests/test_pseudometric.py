@@ -268,3 +268,19 @@ def test_inputs_are_cast_to_the_embedding_dtype():
     assert dist.sample((2,), generator=gen(32)).dtype == torch.float32 and dist.log_prob(y).dtype == torch.float32
     double = _metric(8, 2).double()
     assert double.pseudo_distance(x.float(), y.float()).dtype == torch.float64
+
+
+def test_embed_is_the_product_with_e_and_skips_only_an_identity():
+    metric = _metric(40, 6)
+    x = torch.randn(3, 5, 40, generator=gen(31))
+    assert torch.allclose(metric.embed(x), x @ metric.embedding.detach().T)
+    square = PseudoMetric(40, 40)
+    with torch.no_grad():
+        square.embedding.copy_(torch.eye(40))
+    same = square.embed(x)
+    assert torch.equal(same, x) and same.data_ptr() != x.data_ptr()  # a new tensor, never the input
+    with torch.no_grad():
+        square.embedding.mul_(2.0)  # in place, as an optimizer step: the identity test is redone
+    assert torch.equal(square.embed(x), 2.0 * x)
+    x.requires_grad_(True)
+    assert not square.embed(x).requires_grad
