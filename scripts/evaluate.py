@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import os
 import pathlib
 import sys
@@ -51,6 +50,7 @@ from tqdm import tqdm  # noqa: E402
 from treeworld.agents import evaluation, registry  # noqa: E402
 from treeworld.config import WorldConfig  # noqa: E402
 from treeworld.envs import TASKS  # noqa: E402
+from reporting import json_text  # noqa: E402
 
 TASK_IDS = {"forage": "treeworld/TreeWorld-v0", "noisy": "treeworld/TreeWorldNoisy-v0",
             "homing": "treeworld/TreeWorldHoming-v0"}
@@ -394,7 +394,7 @@ def main(argv: list[str] | None = None) -> dict:
     report["goals"] = goals(report)
     args.out.mkdir(parents=True, exist_ok=True)
     report["plots"] = plots(report, args.out)
-    (args.out / "report.json").write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
+    (args.out / "report.json").write_text(json_text(report, indent=1) + "\n")
     (args.out / "report.md").write_text(markdown(report) + "\n")
     print(markdown(report))
     print(f"wrote {args.out / 'report.json'}, {args.out / 'report.md'} and {', '.join(report['plots'])}")

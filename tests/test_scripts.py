@@ -6,6 +6,7 @@ os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
 
 import importlib.util
 import json
+import math
 import pathlib
 import subprocess
 import sys
@@ -311,3 +312,15 @@ def test_rl_curves_plots_finished_runs_with_steps_to_threshold_and_t_intervals(t
     with pytest.raises(SystemExit):
         curves.main(["--out", str(tmp_path / "out"), "--plot-only", "--timesteps", "-5"])
     assert "--timesteps: expected an int >= 1, got -5" in capsys.readouterr().err
+
+
+def test_reports_write_a_nan_or_infinite_figure_as_null(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("treeworld_scripts_reporting", ROOT / "scripts" / "reporting.py")
+    reporting = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reporting)
+    report = {"median": math.nan, "rows": [1.5, math.inf, (2, -math.inf)], "nested": {"n": 3, "p90": math.nan}}
+    reporting.emit_json(report, tmp_path / "sub" / "report.json")
+    expected = {"median": None, "rows": [1.5, None, [2, None]], "nested": {"n": 3, "p90": None}}
+    assert json.loads((tmp_path / "sub" / "report.json").read_text()) == expected
+    assert json.loads(capsys.readouterr().out) == expected
+    assert report["median"] != report["median"]  # the caller's report is left as it was
