@@ -473,9 +473,9 @@ def revisits(envs: Any, agent: Any, steps: int, seed: int, progress: Callable[[i
     action = agent.act(observation)
     for _ in range(steps):
         observation, _, terminated, truncated, info = envs.step(action)
-        alive &= ~(np.asarray(terminated) | np.asarray(truncated))
-        offset, now = tree_here(info)
+        offset, now = tree_here(info)  # on an episode's last step, still its world
         arrived = np.nonzero((now >= 0) & (now != here) & alive)[0]  # (envs,) each at its tree now[env]
+        alive &= ~(np.asarray(terminated) | np.asarray(truncated))
         here = now
         if arrived.size:
             percepts, confidence = agent.recall_here(observation["motion"])  # before it sees this step

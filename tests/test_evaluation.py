@@ -390,3 +390,35 @@ def test_later_episodes_replay_the_same_worlds_from_other_starts():
     with pytest.raises(ValueError, match="^episodes"):
         evaluation.foraging(envs, agent, 50, evaluation.EVAL_SEED, episodes=0)
     envs.close()
+
+
+class CountingNodeMemory(NodeMemory):
+    """The node agent, noting the step of every recall (an arrival in some world)."""
+
+    def reset(self, rows=None, seed=None):
+        super().reset(rows, seed)
+        self.step, self.recalled = 0, []
+
+    def act(self, observations):
+        self.step += 1
+        return super().act(observations)
+
+    def recall_here(self, motion):
+        self.recalled.append(self.step)
+        return super().recall_here(motion)
+
+
+def test_an_arrival_on_an_episodes_last_step_counts():
+    def run(limit, steps):
+        envs = gym.make_vec("treeworld/TreeWorld-v0", num_envs=3, vectorization_mode="vector_entry_point",
+                            config=WorldConfig(living_cost=0.0, move_cost=0.0), max_episode_steps=limit)
+        agent = CountingNodeMemory(envs)
+        result = evaluation.revisits(envs, agent, steps, seed=evaluation.EVAL_SEED)
+        envs.close()
+        return len(result["arrivals"]), agent.recalled
+
+    _, steps = run(None, 300)
+    last = steps[len(steps) // 2]  # a step with an arrival: the episodes end on it next time
+    counted, _ = run(last, last + 10)
+    unlimited, _ = run(None, last)
+    assert counted == unlimited > 0
