@@ -215,11 +215,16 @@ class SpatialMemory(nn.Module):
         picked = store.flatten(0, 1).index_select(0, (index + offset).flatten())
         return picked.unflatten(0, index.shape)
 
-    def _scored_slots(self, k: int = 0) -> int:
-        """Leading slots that hold every stored entry (at least ``k``): new entries take the lowest
+    @property
+    def used_slots(self) -> int:
+        """Leading slots that hold every stored entry of every agent: new entries take the lowest
         free slot, so the slots past the last stored entry of any agent are empty."""
         occupied = self.valid.any(0).nonzero()
-        return min(self.capacity, max(int(occupied[-1]) + 1 if len(occupied) else 0, k))
+        return int(occupied[-1]) + 1 if len(occupied) else 0
+
+    def _scored_slots(self, k: int = 0) -> int:
+        """:attr:`used_slots`, at least ``k`` (at most the capacity)."""
+        return min(self.capacity, max(self.used_slots, k))
 
     def _top_slots(self, queries: torch.Tensor, keys: torch.Tensor, offset: torch.Tensor | None,
                    k: int) -> torch.Tensor:

@@ -72,15 +72,16 @@ def memory_features(agent: TEMAgent, perception: Perception, edible: int = 4, po
     F = ``len(feature_names(edible, poison, goal))``."""
     c, planner = agent.config, agent.planner.config
     scale = c["sight_range"]
-    trees, valid, _, _, expected = agent.remembered_trees()
+    C = agent.tree_slots(perception.sighted)
+    trees, valid, _, _, expected = agent.remembered_trees(C)
     position = perception.position.double()  # (B, 2), the belief this step
     offset = (trees.double() - position[:, None]) / scale  # (B, C, 2)
     distance = offset.norm(dim=-1)
-    mean, std = agent.tree_valence.double(), agent.tree_valence_std.double()
+    mean, std = agent.tree_valence[:, :C].double(), agent.tree_valence_std[:, :C].double()
     poisonous, is_edible, _ = agent.planner.kinds(mean, std, torch.full_like(mean, np.inf))
     value = (1 + mean) / 2 * expected * torch.where(is_edible, 1.0, planner.unknown_discount)
     score = value / (distance * scale + planner.distance_offset) - 1e-9 * distance  # nearer wins ties
-    age = (agent.steps[:, None] - agent.landmarks.last_seen).clamp_min(0).double() / planner.regrow_every
+    age = (agent.steps[:, None] - agent.landmarks.last_seen[:, :C]).clamp_min(0).double() / planner.regrow_every
     tables = (offset[..., 0], offset[..., 1], distance, mean, std, expected / planner.max_fruit, age)
     minus_inf = torch.tensor(-np.inf, dtype=torch.float64)
     best = _entries(agent, torch.where(valid & ~poisonous, score, minus_inf), edible, tables)

@@ -328,16 +328,24 @@ class TEMAgent(nn.Module):
         self.readouts.adapt(percepts, self._owners(rows))
 
     # ------------------------------------------------------------------------------ helpers
+    def tree_slots(self, sighted: torch.Tensor) -> int:
+        """C >= 1, the leading memory slots that hold every remembered tree and the tree in sight
+        ``sighted`` (B,) (-1: none): what the planner and the features read (the rest are empty)."""
+        return max(self.memory.used_slots, int(sighted.max()) + 1, 1)
+
     @torch.no_grad()
-    def remembered_trees(self) -> tuple[torch.Tensor, ...]:
-        """What the agent knows of its remembered trees now (C slots per row): believed places
-        (B, C, 2), valid slots (B, C) bool, the fruit estimate (B, C) float64 (``initial_fruit``
-        when stored, 0 when marked bare), the step of that estimate (B, C) long and the fruit expected
-        now with the world's regrowth since (B, C) float64."""
-        fruit = torch.nan_to_num(self.landmarks.fruit.double(), nan=self.planner.config.initial_fruit).clamp_min(0.0)
-        last_seen = self.fruit_since.clamp(max=self.steps[:, None])
+    def remembered_trees(self, slots: int | None = None) -> tuple[torch.Tensor, ...]:
+        """What the agent knows of its remembered trees now, in the first ``slots`` memory slots of
+        each row (C; default all, ``memory.used_slots`` hold every tree): believed places (B, C, 2),
+        valid slots (B, C) bool, the fruit estimate (B, C) float64 (``initial_fruit`` when stored, 0
+        when marked bare), the step of that estimate (B, C) long and the fruit expected now with
+        the world's regrowth since (B, C) float64."""
+        C = self.memory.capacity if slots is None else slots
+        fruit = torch.nan_to_num(self.landmarks.fruit[:, :C].double(), nan=self.planner.config.initial_fruit)
+        fruit = fruit.clamp_min(0.0)
+        last_seen = self.fruit_since[:, :C].clamp(max=self.steps[:, None])
         expected = self.planner.expected_fruit(fruit, last_seen, self.steps[:, None])
-        return self.landmarks.position.float(), self.memory.valid.clone(), fruit, last_seen, expected
+        return self.landmarks.position[:, :C].float(), self.memory.valid[:, :C].clone(), fruit, last_seen, expected
 
     @torch.no_grad()
     def _closure_std(self, health: torch.Tensor | None = None) -> torch.Tensor:
@@ -582,7 +590,8 @@ class TEMAgent(nn.Module):
         # 7. plan
         position = p.position
         frontier = self.coverage.frontier(position)
-        trees, valid, fruit, last_seen, expected = self.remembered_trees()
+        C = self.tree_slots(sighted)
+        trees, valid, fruit, last_seen, expected = self.remembered_trees(C)
         places, places_mask = trees, valid
         mapped = self._map_places()
         if mapped is not None:
@@ -593,8 +602,8 @@ class TEMAgent(nn.Module):
                                torch.ones(B, dtype=torch.float64))
         plan = self.planner.act(
             position, heading, p.health * c["max_health"], self.steps[:, None],
-            tree_positions=trees, valid=valid, valence_mean=self.tree_valence,
-            valence_std=self.tree_valence_std, fruit_estimate=fruit.float(),
+            tree_positions=trees, valid=valid, valence_mean=self.tree_valence[:, :C],
+            valence_std=self.tree_valence_std[:, :C], fruit_estimate=fruit.float(),
             last_seen=last_seen, current=self.target.clone(),
             sight_valence_mean=p.sight_valence.float(), sight_valence_std=p.sight_valence_std.float(),
             sight_distance=torch.where(seen, distance.double() * c["sight_range"],
@@ -602,7 +611,7 @@ class TEMAgent(nn.Module):
             fruit_in_sight=in_sight.float(), sighted=torch.where(seen, sighted, -1), goal=goal, goal_mask=goal_mask,
             goal_sighted=seen & (sighted >= 0) & (sighted == p.goal_slot),
             places=places, places_mask=places_mask, position_std=self.sigma().float(),
-            closure_std=self._closure_std(p.health * c["max_health"]).float(),
+            closure_std=self._closure_std(p.health * c["max_health"])[:, :C].float(),
             frontier=frontier, generator=self.generator)
         action = plan.action.clone()
         eat = (action[:, 2] > 0) & seen

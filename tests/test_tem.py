@@ -463,3 +463,22 @@ def test_a_bad_observation_is_named_and_changes_nothing(key, value, message):
             assert value == before[name], name
     with pytest.raises(ValueError, match=r"^observations\['motion'\]: expected shape \(2, 2\)"):
         agent.act({**_obs(2, rng), "motion": np.zeros((2, 3), np.float32)})
+
+
+def test_the_planner_reading_only_the_slots_in_use_acts_as_with_every_slot():
+    envs = gym.make_vec("treeworld/TreeWorldNoisy-v0", num_envs=3, vectorization_mode="vector_entry_point")
+    observations, _ = envs.reset(seed=5)
+    agent = TEMAgent.for_config(envs.config, 3)
+    agent.reset(seed=5)
+    every = copy.deepcopy(agent)
+    every.tree_slots = lambda sighted: every.memory.capacity  # the planner given all C slots
+    for step in range(300):
+        actions = agent.act(observations)
+        np.testing.assert_array_equal(actions, every.act(observations), err_msg=f"step {step}")
+        observations = envs.step(actions)[0]
+    envs.close()
+    used = agent.memory.used_slots
+    assert 0 < used < agent.memory.capacity and not agent.memory.valid[:, used:].any()
+    assert agent.memory.valid[:, used - 1].any()
+    for part, whole in zip(agent.remembered_trees(used), agent.remembered_trees()):
+        assert torch.equal(part, whole[:, :used])
