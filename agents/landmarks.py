@@ -189,8 +189,7 @@ def covariance_intersection(A_dep: torch.Tensor, A_ind: torch.Tensor, B_dep: tor
 def _weighted_inverses(dep: torch.Tensor, ind: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """The entries ``(a, b, c, d)``, each ``(..., grid)``, of ``weight (dep + weight ind + 1e-9 I)^-1``
     for (..., 2, 2) ``dep``, ``ind`` and (grid,) ``weight``."""
-    m00, m01, m10, m11 = (dep[..., i, j, None] + weight * ind[..., i, j, None]
-                          for i, j in ((0, 0), (0, 1), (1, 0), (1, 1)))
+    m00, m01, m10, m11 = (dep[..., None] + weight * ind[..., None]).flatten(-3, -2).unbind(-2)  # (..., grid) each
     m00, m11 = m00 + 1e-9, m11 + 1e-9
     det = m00 * m11 - m01 * m10
     return tuple(weight * (entry / det) for entry in (m11, -m01, -m10, m00))

@@ -24,8 +24,9 @@ vocabulary):
    travel (``max_step + 4 motion_noise``) of the target's distance in sight on the step before is
    that target still, whatever slot its (noisy) look was matched to: the world's sight distance is
    exact, so a one-step misrecognition does not send the agent scanning for a tree in front of it.
-4. Coverage: the cells of the agent's frame that its sight cone has swept (up to the tree in
-   sight, else the sight range) are marked viewed; the frontier, the nearest unviewed cell
+4. Coverage (in ``act``: a reader of the memory that never plans skips it): the cells of the
+   agent's frame that its sight cone has swept (up to the tree in sight, else the sight range)
+   are marked viewed; the frontier, the nearest unviewed cell
    weighted by a prior of trees around the start (:class:`~treeworld.agents.coverage.Coverage`),
    is where the planner explores. It replaced a repulsion from known places that walked the empty
    side of a world as readily as the wooded one (validation worlds 9,200+ and 9,300+, clean task,
@@ -449,9 +450,10 @@ class TEMAgent(nn.Module):
 
     @torch.no_grad()
     def perceive(self, observations: Mapping[str, np.ndarray]) -> Perception:
-        """Steps 1-6 of the module docstring for a dict of (B, ...) observation arrays: the belief,
-        valence, landmarks, map and goal are updated; nothing is decided. Follow it with
-        :meth:`finish_step` once the actions are chosen (``act`` does both, with the planner between)."""
+        """Steps 1-3, 5 and 6 of the module docstring for a dict of (B, ...) observation arrays: the
+        belief, valence, landmarks, map and goal are updated; nothing is decided. Follow it with
+        :meth:`finish_step` once the actions are chosen (``act`` does both, with the coverage and
+        the planner between)."""
         c = self.config
         B, P = self.num_agents, c["percept_dim"]
         arrays = _check_observations(observations, B, P)
@@ -492,10 +494,7 @@ class TEMAgent(nn.Module):
         sight_mean, sight_std = _own_taste(sight_mean, sight_std, taste)
         self._sync_belief_out()
 
-        # 4. coverage: the cells the sight cone swept
         position = self.belief.position().float()
-        reach = torch.where(seen, distance, 1.0) * c["sight_range"]
-        self.coverage.mark(position, obs_heading, reach, c["cone_cos"])
 
         # 5. consolidation into the map layer
         every = c["consolidate_every"]
@@ -587,8 +586,11 @@ class TEMAgent(nn.Module):
         seen, distance, sighted, goal, goal_mask = p.seen, p.distance, p.sighted, p.goal, p.goal_mask
         rows = torch.arange(B)
 
-        # 7. plan
+        # 4. coverage: the cells the sight cone swept (the planner's: perceive alone leaves it)
         position = p.position
+        reach = torch.where(seen, distance, 1.0) * c["sight_range"]
+        self.coverage.mark(position, p.heading, reach, c["cone_cos"])
+        # 7. plan
         frontier = self.coverage.frontier(position)
         C = self.tree_slots(sighted)
         trees, valid, fruit, last_seen, expected = self.remembered_trees(C)

@@ -482,3 +482,14 @@ def test_the_planner_reading_only_the_slots_in_use_acts_as_with_every_slot():
     assert agent.memory.valid[:, used - 1].any()
     for part, whole in zip(agent.remembered_trees(used), agent.remembered_trees()):
         assert torch.equal(part, whole[:, :used])
+
+
+def test_the_coverage_is_marked_by_act_and_left_by_perceive_alone():
+    rng = np.random.default_rng(8)
+    agent = TEMAgent(2)
+    agent.reset(seed=0)
+    observations = _obs(2, rng)
+    agent.perceive(observations)  # a memory reader's step: no planner, no coverage
+    assert not agent.coverage.viewed.any()
+    agent.act(observations)
+    assert agent.coverage.viewed.sum(1).min() > 1  # the cell it stands in and its sight cone
