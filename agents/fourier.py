@@ -277,7 +277,7 @@ class FourierMetric(nn.Module):
                 for c in cycles]
 
     def _readings(self, u_from: torch.Tensor, u_to: torch.Tensor) -> torch.Tensor:
-        """Every module's reading ``d_j`` of the displacement ``from -> to``.  # (J, dim, prod(B))
+        """Every module's reading ``d_j`` of the displacement ``from -> to``.  # (J, dim, *B)
 
         ``u_from``, ``u_to``: phases in cycles, ``(J, dim+1, ...)``, broadcastable to batch ``B``;
         readings in world units. The chain's step ``d_j = d_{j-1} + lambda_j K^+ (w_j - K d_{j-1} /
@@ -289,7 +289,9 @@ class FourierMetric(nn.Module):
         rounded on its own; ``K K^+`` drops the mean over directions, which is no displacement. The
         readings then come in one batched product, differentiable in the phases.
         """
-        phase = (u_to - u_from).reshape(self.num_modules, self.dim + 1, -1)  # (J, dim+1, N) cycles
+        phase = u_to - u_from  # (J, dim+1, *B) cycles
+        batch = phase.shape[2:]
+        phase = phase.reshape(self.num_modules, self.dim + 1, -1)  # (J, dim+1, N)
         carries, steps = self._chain_matrices(u_to.dtype)
         with torch.no_grad():
             modules = phase.unbind(0)
@@ -299,7 +301,7 @@ class FourierMetric(nn.Module):
                 previous = torch.addmm(now, carry, before - previous, alpha=-1.0).round_()
                 turns.append(previous)
             turns = torch.stack(turns)  # (J, dim+1, N)
-        return torch.bmm(steps, phase - turns)
+        return torch.bmm(steps, phase - turns).reshape(self.num_modules, self.dim, *batch)
 
     def _chain_matrices(self, work: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """The chain's fixed matrices in dtype ``work``: the carries ``(lambda_{j-1} / lambda_j) K K^+``
@@ -316,14 +318,8 @@ class FourierMetric(nn.Module):
             self._chain_cache = (key, carries, (lengths[:, None, None] * pinv).to(work))
         return self._chain_cache[1], self._chain_cache[2]
 
-    @staticmethod
-    def _batch_shape(u_from: torch.Tensor, u_to: torch.Tensor) -> torch.Size:
-        return torch.broadcast_shapes(u_from.shape[2:], u_to.shape[2:])
-
     def _per_module(self, u_from: torch.Tensor, u_to: torch.Tensor, dtype: torch.dtype):
-        readings = self._readings(u_from, u_to)  # (J, dim, N)
-        readings = readings.reshape(readings.shape[:2] + self._batch_shape(u_from, u_to))
-        per_module = readings.movedim((0, 1), (-2, -1))  # (..., J, dim)
+        per_module = self._readings(u_from, u_to).movedim((0, 1), (-2, -1))  # (..., J, dim)
         return per_module.to(dtype), per_module.mean(-2).to(dtype)
 
     def _moments(self, u_from: torch.Tensor, u_to: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -332,10 +328,11 @@ class FourierMetric(nn.Module):
         The variance is taken around the mean (two passes), so nearly equal readings do not
         cancel catastrophically.
         """
-        readings = self._readings(u_from, u_to)  # (J, dim, N)
+        readings = self._readings(u_from, u_to)  # (J, dim, *B)
+        batch = readings.shape[2:]
+        readings = readings.reshape(self.num_modules, self.dim, -1)  # (J, dim, N)
         mean = readings.mean(0)  # (dim, N)
         spread = (readings - mean).square().sum((0, 1)) / max(self.num_modules - 1, 1)
-        batch = self._batch_shape(u_from, u_to)
         return mean.square().sum(0).reshape(batch), spread.reshape(batch)
 
     # -- public API ---------------------------------------------------------------------------
