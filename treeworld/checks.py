@@ -9,6 +9,7 @@ ValueError (wrong value) with a message that starts with the argument's name:
 """
 from __future__ import annotations
 
+import math
 from typing import Any, TypeVar
 
 import numpy as np
@@ -136,7 +137,7 @@ def finite_tensor(tensor: Any, name: str) -> torch.Tensor:
     and the entries are counted only to word the error.
     """
     float_tensor(tensor, name)
-    if tensor.numel() and bool(torch.isfinite(tensor.detach().sum())):  # one pass: NaN and inf survive a sum
+    if tensor.numel() and math.isfinite(tensor.detach().sum().item()):  # one pass: NaN and inf survive a sum
         return tensor
     if not bool(torch.isfinite(tensor).all()):  # an overflowing sum of finite values lands here too
         bad = int((~torch.isfinite(tensor)).sum())
