@@ -125,7 +125,7 @@ class FourierMetric(nn.Module):
         for name, value in self._constants(dtype, torch.device("cpu")).items():
             self.register_buffer(name, value)
         self.register_buffer("phases", phases.to(dtype))  # (J, dim+1)
-        self._chain_cache: tuple = (None,)  # (key, carries, steps): see _chain_matrices
+        self._chain_cache: tuple = (None, (), ())  # (dtype, sources, versions, carries, steps): see _chain_matrices
 
     def _constants(self, dtype: torch.dtype, device: torch.device) -> dict[str, torch.Tensor]:
         """The buffers fixed by ``dim``, ``scale`` and ``ratio``, built in float64 and cast to
@@ -177,7 +177,7 @@ class FourierMetric(nn.Module):
         super()._apply(fn, recurse)
         for name, value in self._constants(self.alphas.dtype, self.alphas.device).items():
             setattr(self, name, value)
-        self._chain_cache = (None,)
+        self._chain_cache = (None, (), ())
         return self
 
     # -- saving -------------------------------------------------------------------------------
@@ -307,16 +307,20 @@ class FourierMetric(nn.Module):
         """The chain's fixed matrices in dtype ``work``: the carries ``(lambda_{j-1} / lambda_j) K K^+``
         (J-1, dim+1, dim+1) and the readings ``lambda_j K^+`` (J, dim, dim+1), with ``K^+`` the float64
         pseudo-inverse of the directions as stored (the telescoping needs ``K^+ K = I`` to float64).
-        Kept until the directions or frequencies change (a load, a dtype or device move)."""
-        key = (work, self.directions.data_ptr(), self.directions._version, self.alphas.data_ptr(),
-               self.alphas._version)
-        if self._chain_cache[0] != key:
-            lengths = _TWO_PI / self.alphas.to(torch.float64)  # (J,)
-            directions = self.directions.to(torch.float64)
-            pinv = torch.linalg.pinv(directions)
-            carries = ((lengths[:-1] / lengths[1:])[:, None, None] * (directions @ pinv)).to(work)
-            self._chain_cache = (key, carries, (lengths[:, None, None] * pinv).to(work))
-        return self._chain_cache[1], self._chain_cache[2]
+        Kept until the directions or frequencies change (a load, a dtype or device move: another
+        tensor or an in-place edit); built outside inference mode, so a cache first filled there
+        still serves autograd."""
+        sources = (self.directions, self.alphas)
+        versions = tuple(source._version for source in sources)
+        cached = self._chain_cache
+        if not (cached[0] == work and all(a is b for a, b in zip(cached[1], sources)) and cached[2] == versions):
+            with torch.inference_mode(False):
+                lengths = _TWO_PI / self.alphas.to(torch.float64)  # (J,)
+                directions = self.directions.to(torch.float64)
+                pinv = torch.linalg.pinv(directions)
+                carries = ((lengths[:-1] / lengths[1:])[:, None, None] * (directions @ pinv)).to(work)
+                self._chain_cache = (work, sources, versions, carries, (lengths[:, None, None] * pinv).to(work))
+        return self._chain_cache[3], self._chain_cache[4]
 
     def _per_module(self, u_from: torch.Tensor, u_to: torch.Tensor, dtype: torch.dtype):
         per_module = self._readings(u_from, u_to).movedim((0, 1), (-2, -1))  # (..., J, dim)

@@ -546,3 +546,13 @@ def test_the_chain_follows_a_load_of_other_frequencies():
     metric.load_state_dict(other.state_dict())
     assert torch.equal(metric.decode(other.encode(here))[1], other.decode(other.encode(here))[1])
     assert torch.allclose(metric.decode(metric.encode(here))[1], here, atol=1e-2)
+
+
+def test_the_chain_filled_in_inference_mode_still_serves_autograd():
+    metric = _metric(2, 10.0)
+    code = metric.encode(torch.tensor([[3.0, -2.0]]))
+    with torch.inference_mode():
+        metric.decode(code)
+    delta = torch.tensor([[1.0, 2.0]], requires_grad=True)
+    metric.displacement(code, metric.apply_displacement(code, delta))[1].sum().backward()
+    assert torch.allclose(delta.grad, torch.ones(1, 2))
