@@ -6,9 +6,14 @@ import math
 import pathlib
 from typing import Any
 
+import numpy as np
+
 
 def _finite(value: Any) -> Any:
-    """``value`` with every NaN or infinite float (also in nested dicts, lists and tuples) as None."""
+    """``value`` with numpy scalars and arrays as Python numbers and lists, and every NaN or infinite
+    float (also in nested dicts, lists and tuples) as None."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        value = value.tolist()
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):

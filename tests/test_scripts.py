@@ -318,9 +318,11 @@ def test_reports_write_a_nan_or_infinite_figure_as_null(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("treeworld_scripts_reporting", ROOT / "scripts" / "reporting.py")
     reporting = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(reporting)
-    report = {"median": math.nan, "rows": [1.5, math.inf, (2, -math.inf)], "nested": {"n": 3, "p90": math.nan}}
+    report = {"median": math.nan, "rows": [1.5, math.inf, (2, -math.inf)], "nested": {"n": 3, "p90": math.nan},
+              "numpy": [np.float32(0.5), np.float32(np.nan), np.array([1.0, np.inf]), np.int64(7)]}
     reporting.emit_json(report, tmp_path / "sub" / "report.json")
-    expected = {"median": None, "rows": [1.5, None, [2, None]], "nested": {"n": 3, "p90": None}}
+    expected = {"median": None, "rows": [1.5, None, [2, None]], "nested": {"n": 3, "p90": None},
+                "numpy": [0.5, None, [1.0, None], 7]}
     assert json.loads((tmp_path / "sub" / "report.json").read_text()) == expected
     assert json.loads(capsys.readouterr().out) == expected
     assert report["median"] != report["median"]  # the caller's report is left as it was
