@@ -349,17 +349,18 @@ class TEMAgent(nn.Module):
         return self.landmarks.position[:, :C].float(), self.memory.valid[:, :C].clone(), fruit, last_seen, expected
 
     @torch.no_grad()
-    def _closure_std(self, health: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, C) float64 belief std a loop closure at each remembered tree would leave, seen from where
-        the planner stops short of a tree (+inf for empty slots, for trees sought there since they
-        were last seen and not found, and for every tree of rows the planner would not relocalize
-        with ``health`` (B,); None: any health)."""
+    def _closure_std(self, health: torch.Tensor | None = None, slots: int | None = None) -> torch.Tensor:
+        """(B, C) float64 belief std a loop closure at each remembered tree of the first ``slots``
+        memory slots (C; default all) would leave, seen from where the planner stops short of a tree
+        (+inf for empty slots, for trees sought there since they were last seen and not found, and
+        for every tree of rows the planner would not relocalize with ``health`` (B,); None: any health)."""
         c = self.planner.config
+        C = self.memory.capacity if slots is None else slots
         if health is None:
             health = torch.full((self.num_agents,), math.inf, dtype=torch.float64)
         rows = self.planner.may_relocalize(self.sigma(), health)
-        left = self.landmarks.closure_variance(self.variance, c.stop_fraction * c.eat_radius, rows).sqrt()
-        return left.masked_fill(self.missed > self.landmarks.last_seen, math.inf)
+        left = self.landmarks.closure_variance(self.variance, c.stop_fraction * c.eat_radius, rows)[:, :C].sqrt()
+        return left.masked_fill(self.missed[:, :C] > self.landmarks.last_seen[:, :C], math.inf)
 
     @property
     def memory(self) -> SpatialMemory:
@@ -613,7 +614,7 @@ class TEMAgent(nn.Module):
             fruit_in_sight=in_sight.float(), sighted=torch.where(seen, sighted, -1), goal=goal, goal_mask=goal_mask,
             goal_sighted=seen & (sighted >= 0) & (sighted == p.goal_slot),
             places=places, places_mask=places_mask, position_std=self.sigma().float(),
-            closure_std=self._closure_std(p.health * c["max_health"])[:, :C].float(),
+            closure_std=self._closure_std(p.health * c["max_health"], C).float(),
             frontier=frontier, generator=self.generator)
         action = plan.action.clone()
         eat = (action[:, 2] > 0) & seen
