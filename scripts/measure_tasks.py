@@ -13,7 +13,7 @@ Writes JSON with
   recognised as its nearest vocabulary percept (kind and name);
 - per task (forage, noisy, homing) and agent (do-nothing, random walker, Forager): return, fruit,
   poison, steps, survival to the time limit, homing goals and SPL; means with 95% confidence
-  intervals (normal approximation) over episodes seeded --seed, --seed + 1, ...
+  intervals (Student's t) over episodes seeded --seed, --seed + 1, ...
 Privileged state is read only to measure, never by the agents.
 """
 from __future__ import annotations
