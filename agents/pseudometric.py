@@ -74,7 +74,7 @@ class PseudoMetric(nn.Module):
         initial = initial / math.sqrt(self.vector_dim)
         self.embedding = nn.Parameter(initial)  # (M, N)
         self._cache: tuple[tuple, torch.Tensor, _Factors] | None = None
-        self._identity: tuple = (None, False)  # (E's identity and version, whether E = I): see embed
+        self._identity: tuple = (None, None, False)  # (E, its version and layout, whether E = I): see embed
 
     def extra_repr(self) -> str:
         return f"vector_dim={self.vector_dim}, metric_rank={self.metric_rank}, tau={self.tau}"
@@ -92,11 +92,12 @@ class PseudoMetric(nn.Module):
         new tensor. An identity ``E`` (a Euclidean metric) is not multiplied: the test is redone
         only when ``E`` changed."""
         E = self.embedding.detach()
-        key = (E.data_ptr(), E._version, E.shape, E.dtype, E.device)
-        if self._identity[0] != key:
-            square = E.shape[0] == E.shape[1]
-            self._identity = (key, square and torch.equal(E, torch.eye(len(E), dtype=E.dtype, device=E.device)))
-        return x.detach().clone() if self._identity[1] else x.detach() @ E.T
+        key = (E._version, E.shape, E.dtype, E.device)
+        held, held_key, identity = self._identity
+        if held is not self.embedding or held_key != key:  # the parameter itself, not its address
+            identity = E.shape[0] == E.shape[1] and torch.equal(E, torch.eye(len(E), dtype=E.dtype, device=E.device))
+            self._identity = (self.embedding, key, identity)
+        return x.detach().clone() if identity else x.detach() @ E.T
 
     def pseudo_distance(self, x: torch.Tensor, y: torch.Tensor, squared: bool = False, scale=None) -> torch.Tensor:
         """``||E (x - y)|| / scale`` (squared if asked): ``(..., N)``, ``(..., N)`` -> ``(...)``."""

@@ -210,6 +210,8 @@ def check_action(action: Any, shape: tuple[int, ...], backend: str = "numpy", de
 _ANGLES = np.arange(8) * (np.pi / 4)
 DISCRETE_ACTIONS = np.vstack([np.stack([np.cos(_ANGLES), np.sin(_ANGLES), -np.ones(8)], axis=1),
                               [[0.0, 0.0, -1.0], [0.0, 0.0, 1.0]]]).astype(np.float32)  # (10, 3)
+
+
 def discrete_space() -> spaces.Discrete:
     """A new Discrete action space (each env its own: seeding one never reseeds another's)."""
     return spaces.Discrete(len(DISCRETE_ACTIONS))

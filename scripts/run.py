@@ -59,8 +59,9 @@ def run_episode(env: Any, agent: Any, seed: int, world_seed: int | None, frames:
     steps, total, terminated, truncated = 0, 0.0, False, False
     while not (terminated or truncated):
         action = agent.act(observation)
-        _copy_overlays(env, agent, start)  # what it believes of this observation; before step(), which
-        if frames is not None and steps % frame_every == 0:  # draws the window in render mode "human"
+        # what it believes of this observation, copied before step() (which draws the window in "human")
+        _copy_overlays(env, agent, start)
+        if frames is not None and steps % frame_every == 0:
             frames.append(env.render())
         observation, reward, terminated, truncated, info = env.step(action)
         steps += 1
